@@ -1,0 +1,475 @@
+//! The capture state machine of one database in one process.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::status::Status;
+use super::{CaptureError, CaptureIo, Moment};
+use crate::record::pb::{self, wal_reset::Kind};
+use crate::record::hex;
+use crate::spool::{SnapshotMeta, Spool, SpoolError, SpoolLock, Tail};
+use crate::target::TargetSpec;
+use crate::wal::{
+    frame_offset, ReadAt, ShmHeader, WalCursor, WalHeader, FRAME_HEADER_BYTES,
+};
+
+/// How the WAL as it is now relates to the stream's tail.
+enum Continuation {
+    /// Frames after this position are new; capture them.
+    From(WalCursor),
+    /// The WAL holds nothing to capture.
+    Nothing,
+    /// The stream cannot be continued; start a new generation for this reason.
+    Diverged(String),
+}
+
+/// Capture of one database, shared by the connections of a process.
+pub struct Capture {
+    db_path: PathBuf,
+    target: TargetSpec,
+    spool: Spool,
+    /// The WAL position the spool was caught up to when this process took the write lock; only
+    /// meaningful while the lock is held. A WAL reset under that lock discards nothing uncaptured.
+    synced_at_lock: Option<WalCursor>,
+    status: Status,
+    frame_buf: Vec<u8>,
+}
+
+impl Capture {
+    pub fn open(db_path: PathBuf, target: TargetSpec) -> Result<Self, CaptureError> {
+        let dir = match &target {
+            TargetSpec::Local(dir) => dir.clone(),
+            TargetSpec::S3 { .. } => {
+                return Err(crate::target::TargetError::Unsupported(target.describe()).into())
+            }
+        };
+        let spool = Spool::open(&dir)?;
+        let status = Status {
+            database: db_path.display().to_string(),
+            target: target.describe(),
+            ..Default::default()
+        };
+        Ok(Self { db_path, target, spool, synced_at_lock: None, status, frame_buf: Vec::new() })
+    }
+
+    pub fn target(&self) -> &TargetSpec {
+        &self.target
+    }
+
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// True while committed transactions in the WAL are missing from the stream: the extension
+    /// then refuses the locks SQLite needs to discard WAL content (restart, truncate, last-close
+    /// checkpoint), so the WAL keeps them until capture succeeds.
+    pub fn refuse_wal_reset(&self) -> bool {
+        self.status.behind
+    }
+
+    /// Handles one moment. Never fails: an error is recorded in the status, the capture is
+    /// marked as behind, and the next moment tries again from where the stream ends.
+    pub fn event(&mut self, moment: Moment, io: CaptureIo<'_>) {
+        let result = match moment {
+            Moment::WriteLockAcquired => self.on_lock_acquired(io),
+            Moment::WriteLockReleasing => {
+                let r = self.catch_up(io);
+                self.synced_at_lock = None;
+                r
+            }
+            Moment::CommitExclusive => self.catch_up(io),
+            Moment::WalReset => self.before_reset(io),
+            Moment::Closing => self.before_close(io),
+        };
+        match result {
+            Ok(()) => self.status.behind = false,
+            Err(e) => {
+                self.status.behind = true;
+                self.status.errors += 1;
+                self.status.last_error = Some(e.to_string());
+            }
+        }
+        if let Some(t) = self.spool.cached_tail() {
+            self.status.generation = Some(t.generation);
+            self.status.last_seq = Some(t.last_seq);
+            self.status.head_hash = Some(hex(&t.head_hash));
+        }
+    }
+
+    fn on_lock_acquired(&mut self, io: CaptureIo<'_>) -> Result<(), CaptureError> {
+        self.synced_at_lock = None;
+        let shm = io.shm.and_then(ShmHeader::parse);
+        self.catch_up(io)?;
+        let (Some(shm), Some(tail)) = (shm, self.spool.cached_tail()) else { return Ok(()) };
+        if let Some(w) = tail.wal.filter(|w| {
+            w.salt1 == shm.salt1 && w.salt2 == shm.salt2 && w.frame == shm.mx_frame
+        }) {
+            self.synced_at_lock = Some(w);
+        }
+        Ok(())
+    }
+
+    /// Captures every committed transaction in the WAL that the stream does not hold yet.
+    fn catch_up(&mut self, io: CaptureIo<'_>) -> Result<(), CaptureError> {
+        let shm = match io.shm {
+            Some(region) => match ShmHeader::parse(region) {
+                Some(h) => Some(h),
+                // Not initialised: recovery has not run, so nothing is visible yet.
+                None => return Ok(()),
+            },
+            None => None,
+        };
+        let limit = shm.map(|h| h.mx_frame);
+        let wal_header = if limit == Some(0) { None } else { WalHeader::read(io.wal)? };
+        let mut lock = self.spool.lock()?;
+        let tail = match lock.tail() {
+            Some(t) if !t.ended => t.clone(),
+            Some(_) => {
+                drop(lock);
+                return self.new_generation(io, limit, "the previous generation was ended");
+            }
+            None => {
+                drop(lock);
+                return self.new_generation(io, limit, "new stream");
+            }
+        };
+        let from = match continuation(&tail, wal_header.as_ref(), limit, &self.db_path) {
+            Continuation::Nothing => return Ok(()),
+            Continuation::From(cursor) => cursor,
+            Continuation::Diverged(reason) => {
+                drop(lock);
+                return self.new_generation(io, limit, &reason);
+            }
+        };
+        if tail.page_size != 0 && from.page_size != tail.page_size {
+            return Err(CaptureError::PageSizeChanged { wal: from.page_size, stream: tail.page_size });
+        }
+        let outcome = capture_frames(&mut lock, &tail, from, limit, io.wal, &mut self.frame_buf)?;
+        drop(lock);
+        match outcome {
+            FramesOutcome::Captured(n) => {
+                self.status.captured_txns += n;
+                Ok(())
+            }
+            FramesOutcome::Broken { frame } => {
+                let reason = format!(
+                    "WAL frame {frame} does not continue the captured history (the database \
+                     lost or rewrote committed frames)"
+                );
+                self.new_generation(io, limit, &reason)
+            }
+        }
+    }
+
+    /// Before SQLite discards the current WAL: mark the stream as continuing into the next WAL
+    /// if every transaction of this one is captured, and make the spool durable.
+    fn before_reset(&mut self, io: CaptureIo<'_>) -> Result<(), CaptureError> {
+        let heap_mode = io.shm.is_none();
+        if heap_mode {
+            // Exclusive locking mode without a shared wal-index: the WAL is still intact, and
+            // its valid frames are bounded by the checksum chain.
+            self.catch_up(CaptureIo { shm: None, wal: io.wal, db: io.db })?;
+        }
+        let current = WalHeader::read(io.wal).ok().flatten();
+        let synced = self.synced_at_lock;
+        let mut lock = self.spool.lock()?;
+        let Some(tail) = lock.tail().cloned() else { return Ok(()) };
+        if tail.reset.is_none() && !tail.ended {
+            let complete = match (tail.wal, heap_mode) {
+                (Some(w), true) => current.is_some_and(|h| w.same_wal(&h)),
+                (Some(w), false) => synced == Some(w),
+                (None, _) => false,
+            };
+            if complete {
+                lock.mark_reset(pb::WalReset {
+                    kind: Kind::Restart as i32,
+                    after_seq: tail.last_seq,
+                    ..Default::default()
+                })?;
+            }
+        }
+        lock.sync()?;
+        Ok(())
+    }
+
+    /// The last connection is closing after checkpointing everything into the database file.
+    fn before_close(&mut self, io: CaptureIo<'_>) -> Result<(), CaptureError> {
+        self.catch_up(CaptureIo { shm: io.shm, wal: io.wal, db: io.db })?;
+        let (bytes, mtime_ns) = db_file_stat(&self.db_path).map_err(CaptureError::Db)?;
+        let mut lock = self.spool.lock()?;
+        if let Some(tail) = lock.tail().cloned().filter(|t| !t.ended) {
+            lock.mark_reset(pb::WalReset {
+                kind: Kind::Close as i32,
+                after_seq: tail.last_seq,
+                db_file_bytes: bytes,
+                db_file_mtime_ns: mtime_ns,
+            })?;
+        }
+        lock.sync()?;
+        Ok(())
+    }
+
+    /// Starts a new generation from a snapshot of the database as of the last commit in the WAL.
+    fn new_generation(
+        &mut self,
+        io: CaptureIo<'_>,
+        limit: Option<u32>,
+        reason: &str,
+    ) -> Result<(), CaptureError> {
+        let image = DatabaseImage::scan(io.wal, io.db, limit, &mut self.frame_buf)?;
+        if image.page_count == 0 && image.wal.is_none() && image.page_size == 0 {
+            // An empty database: nothing to snapshot until the first transaction arrives.
+            if self.spool.lock()?.tail().is_none() {
+                return Ok(());
+            }
+        }
+        let meta = SnapshotMeta {
+            page_size: image.page_size,
+            page_count: image.page_count,
+            reason: reason.to_string(),
+            wal: image.wal,
+        };
+        let db_path = self.db_path.clone();
+        let stat = db_file_stat(&db_path).map_err(CaptureError::Db)?;
+        let mut lock = self.spool.lock()?;
+        let mut read_page = |pgno: u32, buf: &mut [u8]| -> Result<(), SpoolError> {
+            image.read_page(pgno, buf, io.wal, io.db).map_err(|source| SpoolError::Io {
+                path: db_path.clone(),
+                source,
+            })
+        };
+        lock.start_generation(&meta, &mut read_page)?;
+        if image.wal.is_none() {
+            // The state is the database file itself: the next WAL starts from it.
+            lock.mark_reset(pb::WalReset {
+                kind: Kind::Close as i32,
+                after_seq: 0,
+                db_file_bytes: stat.0,
+                db_file_mtime_ns: stat.1,
+            })?;
+            lock.sync()?;
+        }
+        drop(lock);
+        self.status.generations_started += 1;
+        self.status.last_generation_reason = Some(reason.to_string());
+        Ok(())
+    }
+}
+
+/// Size and modification time of the database file, read with `stat` (no file descriptor is
+/// opened on it: closing one would drop SQLite's POSIX locks).
+fn db_file_stat(path: &std::path::Path) -> std::io::Result<(u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
+}
+
+fn continuation(
+    tail: &Tail,
+    wal: Option<&WalHeader>,
+    limit: Option<u32>,
+    db_path: &std::path::Path,
+) -> Continuation {
+    let Some(h) = wal else { return Continuation::Nothing };
+    if let Some(w) = tail.wal.filter(|w| w.same_wal(h)) {
+        if limit.is_some_and(|mx| mx < w.frame) {
+            return Continuation::Diverged(format!(
+                "the WAL holds {} frames but {} were captured: the database lost committed \
+                 transactions",
+                limit.unwrap_or(0),
+                w.frame
+            ));
+        }
+        return Continuation::From(w);
+    }
+    let reset = tail.reset.as_ref().map(|r| r.kind());
+    match reset {
+        Some(Kind::Restart) if tail.wal.is_some_and(|w| h.salt1 == w.salt1.wrapping_add(1)) => {
+            Continuation::From(WalCursor::at_start(h))
+        }
+        Some(Kind::Close) => {
+            let r = tail.reset.as_ref().expect("matched Some");
+            match db_file_stat(db_path) {
+                Ok((bytes, mtime)) if bytes == r.db_file_bytes && mtime == r.db_file_mtime_ns => {
+                    Continuation::From(WalCursor::at_start(h))
+                }
+                Ok(_) => Continuation::Diverged(
+                    "the database file changed while no walstream connection had it open".into(),
+                ),
+                Err(e) => Continuation::Diverged(format!("cannot stat the database file: {e}")),
+            }
+        }
+        _ => Continuation::Diverged(
+            "the WAL was reset or replaced with frames walstream did not capture".into(),
+        ),
+    }
+}
+
+enum FramesOutcome {
+    Captured(u64),
+    /// A frame below the wal-index's mxFrame does not chain from the stream's position.
+    Broken { frame: u32 },
+}
+
+/// Streams the committed transactions in the WAL after `from` into the spool.
+fn capture_frames(
+    lock: &mut SpoolLock<'_>,
+    tail: &Tail,
+    from: WalCursor,
+    limit: Option<u32>,
+    wal: &mut dyn ReadAt,
+    buf: &mut Vec<u8>,
+) -> Result<FramesOutcome, CaptureError> {
+    let file_size = wal.size().map_err(crate::wal::WalError::Io)?;
+    let mut cursor = from;
+    let mut captured = 0;
+    let mut last_commit = tail.last_commit_page;
+    while limit.is_none_or(|mx| cursor.frame < mx) {
+        let txn_start = cursor.frame;
+        let mut txn = None;
+        let step = next_txn(lock, &mut txn, &mut cursor, limit, wal, file_size, buf, last_commit);
+        match step {
+            Ok(true) => {
+                if let Some(t) = txn.take() {
+                    let commit_frame = read_commit_size(buf);
+                    lock.commit_txn(t, commit_frame, crate::now_ms(), &cursor)?;
+                    last_commit = lock.tail().and_then(|t| t.last_commit_page);
+                    captured += 1;
+                }
+            }
+            Ok(false) => {
+                if let Some(t) = txn.take() {
+                    lock.abort_txn(t)?;
+                }
+                if limit.is_some_and(|mx| txn_start < mx) {
+                    return Ok(FramesOutcome::Broken { frame: cursor.frame + 1 });
+                }
+                break;
+            }
+            Err(e) => {
+                if let Some(t) = txn.take() {
+                    let _ = lock.abort_txn(t);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(FramesOutcome::Captured(captured))
+}
+
+/// The database size field of the frame in `buf` (a commit frame).
+fn read_commit_size(buf: &[u8]) -> u32 {
+    u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]])
+}
+
+/// Reads frames up to and including the next commit frame, appending their pages to `txn`
+/// (begun lazily). Returns true at a commit frame (the frame stays in `buf`; `txn` is `None` if
+/// the frame was sector padding), false at the end of the valid log before any commit frame.
+#[allow(clippy::too_many_arguments)]
+fn next_txn(
+    lock: &mut SpoolLock<'_>,
+    txn: &mut Option<crate::spool::TxnAppender>,
+    cursor: &mut WalCursor,
+    limit: Option<u32>,
+    wal: &mut dyn ReadAt,
+    file_size: u64,
+    buf: &mut Vec<u8>,
+    last_commit: Option<(u32, u32, crate::record::Hash)>,
+) -> Result<bool, CaptureError> {
+    loop {
+        if limit.is_some_and(|mx| cursor.frame >= mx) {
+            return Ok(false);
+        }
+        let Some(frame) = cursor.next_frame(wal, file_size, buf)? else { return Ok(false) };
+        let page = &buf[FRAME_HEADER_BYTES..];
+        if frame.is_commit() && txn.is_none() {
+            let hash = crate::record::chain::page_hash(page);
+            if last_commit == Some((frame.pgno, frame.db_size_after_commit, hash)) {
+                // A repeat of the previous commit frame, written as sector padding.
+                return Ok(true);
+            }
+        }
+        let appender = txn.get_or_insert_with(|| lock.begin_txn());
+        lock.txn_page(appender, frame.pgno, page)?;
+        if frame.is_commit() {
+            return Ok(true);
+        }
+    }
+}
+
+/// The database's state as of the last commit in the WAL: the database file overlaid with the
+/// newest committed WAL frame of each page.
+struct DatabaseImage {
+    page_size: u32,
+    page_count: u32,
+    /// Position of the last commit frame included (None: the WAL contributed nothing).
+    wal: Option<WalCursor>,
+    /// Page number to the WAL frame holding its newest committed version.
+    overlay: HashMap<u32, u32>,
+}
+
+impl DatabaseImage {
+    fn scan(
+        wal: &mut dyn ReadAt,
+        db: &mut dyn ReadAt,
+        limit: Option<u32>,
+        buf: &mut Vec<u8>,
+    ) -> Result<Self, CaptureError> {
+        let mut image = DatabaseImage { page_size: 0, page_count: 0, wal: None, overlay: HashMap::new() };
+        let header = if limit == Some(0) { None } else { WalHeader::read(wal)? };
+        if let Some(h) = header {
+            let file_size = wal.size().map_err(crate::wal::WalError::Io)?;
+            let mut cursor = WalCursor::at_start(&h);
+            let mut pending = Vec::new();
+            while limit.is_none_or(|mx| cursor.frame < mx) {
+                let Some(frame) = cursor.next_frame(wal, file_size, buf)? else { break };
+                pending.push((frame.pgno, cursor.frame));
+                if frame.is_commit() {
+                    image.overlay.extend(pending.drain(..));
+                    image.page_count = frame.db_size_after_commit;
+                    image.page_size = h.page_size;
+                    image.wal = Some(cursor);
+                }
+            }
+            if limit.is_some_and(|mx| image.wal.map_or(0, |w| w.frame) < mx) {
+                return Err(CaptureError::Unsnapshotable(
+                    PathBuf::from("WAL"),
+                    format!("frames below mxFrame {} do not validate", limit.unwrap_or(0)),
+                ));
+            }
+        }
+        if image.wal.is_none() {
+            let db_size = db.size().map_err(CaptureError::Db)?;
+            if db_size > 0 {
+                let mut hdr = [0u8; 100];
+                db.read_exact_at(&mut hdr, 0).map_err(CaptureError::Db)?;
+                let raw = u32::from(u16::from_be_bytes([hdr[16], hdr[17]]));
+                image.page_size = if raw == 1 { 65536 } else { raw };
+                if !crate::wal::is_valid_page_size(image.page_size) {
+                    return Err(CaptureError::Unsnapshotable(
+                        PathBuf::from("database"),
+                        format!("invalid page size {raw} in the database header"),
+                    ));
+                }
+                image.page_count = u32::try_from(db_size / u64::from(image.page_size)).unwrap_or(u32::MAX);
+            }
+        }
+        Ok(image)
+    }
+
+    fn read_page(
+        &self,
+        pgno: u32,
+        buf: &mut [u8],
+        wal: &mut dyn ReadAt,
+        db: &mut dyn ReadAt,
+    ) -> std::io::Result<()> {
+        match self.overlay.get(&pgno) {
+            Some(&frame) => {
+                let offset = frame_offset(frame, self.page_size) + FRAME_HEADER_BYTES as u64;
+                wal.read_exact_at(buf, offset)
+            }
+            None => db.read_exact_at(buf, u64::from(pgno - 1) * u64::from(self.page_size)),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The spool: the append-only local copy of the stream that capture writes on the commit path.
+//! For a local-directory target the spool *is* the target.
+//!
+//! Writers in several processes take turns under SQLite's WAL write lock; the spool adds its own
+//! advisory lock (`spool.lock`, `flock`) so that a writer can also notice, cheaply, that another
+//! process appended since it last looked (the active segment's length changed) and re-read only
+//! what was appended. A transaction is appended as it is read from the WAL (bounded memory); if
+//! capture fails halfway, the partial transaction is cut off again. A partial transaction left by
+//! a writer that died is cut off by the next writer, under the same locks.
+//!
+//! Relevant docs: docs/DESIGN.md ("The spool"), docs/FORMAT.md.
+
+mod scan;
+mod writer;
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+pub use scan::Tail;
+pub use writer::TxnAppender;
+
+use crate::record::RecordError;
+use crate::wal::WalCursor;
+
+/// Name of the lock file in the spool directory.
+pub const LOCK_NAME: &str = "spool.lock";
+/// A segment is sealed and a new one started once it holds this many bytes. Bounds the work of
+/// re-reading the active segment when a process starts.
+pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 16 << 20;
+/// Bytes of a transaction buffered before they are written to the segment; bounds capture's
+/// memory for transactions of any size.
+pub const APPEND_BUFFER_BYTES: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    #[error("spool {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("spool file {path}: {source}")]
+    Record { path: PathBuf, source: RecordError },
+    #[error("spool file {path}: {problem}")]
+    Corrupt { path: PathBuf, problem: String },
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io { path: path.to_path_buf(), source }
+}
+
+/// What a new generation's snapshot describes.
+#[derive(Debug, Clone)]
+pub struct SnapshotMeta {
+    pub page_size: u32,
+    pub page_count: u32,
+    pub reason: String,
+    /// The WAL position the snapshot's state corresponds to.
+    pub wal: Option<WalCursor>,
+}
+
+/// The spool of one database, in one directory.
+pub struct Spool {
+    dir: PathBuf,
+    lock_file: File,
+    tail: Option<Tail>,
+    /// Append handle on the active segment of `tail`.
+    segment: Option<File>,
+    /// Whether something was written since the last `sync`.
+    unsynced: bool,
+    pub segment_bytes_max: u64,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool directory. Fails if it cannot be created or written.
+    pub fn open(dir: &Path) -> Result<Self, SpoolError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join(LOCK_NAME);
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            lock_file,
+            tail: None,
+            segment: None,
+            unsynced: false,
+            segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes the spool lock and brings the cached tail up to date with what other processes
+    /// appended. The lock is held until the returned guard is dropped.
+    pub fn lock(&mut self) -> Result<SpoolLock<'_>, SpoolError> {
+        self.lock_file.lock().map_err(io_err(&self.dir.join(LOCK_NAME)))?;
+        let mut guard = SpoolLock { spool: self };
+        guard.refresh()?;
+        Ok(guard)
+    }
+
+    /// The tail as last seen (without locking or refreshing), for status reports.
+    pub fn cached_tail(&self) -> Option<&Tail> {
+        self.tail.as_ref()
+    }
+}
+
+/// The spool while its lock is held.
+pub struct SpoolLock<'a> {
+    spool: &'a mut Spool,
+}
+
+impl Drop for SpoolLock<'_> {
+    fn drop(&mut self) {
+        let _ = self.spool.lock_file.unlock();
+    }
+}
+
+impl SpoolLock<'_> {
+    pub fn tail(&self) -> Option<&Tail> {
+        self.spool.tail.as_ref()
+    }
+
+    /// Makes everything appended so far durable (segment data and new directory entries).
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if !self.spool.unsynced {
+            return Ok(());
+        }
+        if let Some(f) = &self.spool.segment {
+            f.sync_data().map_err(io_err(&self.spool.dir))?;
+        }
+        if let Some(t) = &self.spool.tail {
+            let gen_dir = self.spool.dir.join(crate::layout::generation_dir(t.generation));
+            sync_dir(&gen_dir)?;
+        }
+        sync_dir(&self.spool.dir.join(crate::layout::GENERATIONS_DIR))?;
+        self.spool.unsynced = false;
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}

@@ -1,0 +1,355 @@
+//! Reading the spool's own tail back: where the stream ends, so that capture continues it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::{io_err, SpoolError, SpoolLock};
+use crate::layout;
+use crate::record::pb::{self, record::Body, segment_end::Reason};
+use crate::record::{hash_field, FileKind, Hash, RecordReader};
+use crate::wal::WalCursor;
+
+/// Where the stream in the spool ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tail {
+    pub generation: u64,
+    pub page_size: u32,
+    /// Sequence number of the last complete transaction (0: only the snapshot).
+    pub last_seq: u64,
+    /// Chain hash of that transaction (the snapshot hash when `last_seq` is 0).
+    pub head_hash: Hash,
+    pub last_commit_ms: i64,
+    /// The WAL position captured through, if known.
+    pub wal: Option<WalCursor>,
+    /// Set when the WAL at `wal` was announced as reset after the last transaction.
+    pub reset: Option<pb::WalReset>,
+    /// The last transaction's commit frame: page number, database size and page hash. A WAL
+    /// frame repeating it exactly is sector padding, not a transaction.
+    pub last_commit_page: Option<(u32, u32, Hash)>,
+    /// The generation was ended (a newer one was being started when its writer stopped).
+    pub ended: bool,
+    pub segment_first_seq: u64,
+    /// Length of the active segment up to the end of its last complete record.
+    pub segment_len: u64,
+}
+
+pub(crate) fn wal_from_pb(p: &pb::WalPosition) -> WalCursor {
+    WalCursor {
+        salt1: p.salt1,
+        salt2: p.salt2,
+        page_size: p.page_size,
+        big_endian_checksum: p.big_endian_checksum,
+        frame: p.frame,
+        checksum: (p.checksum1, p.checksum2),
+    }
+}
+
+pub(crate) fn wal_to_pb(c: &WalCursor) -> pb::WalPosition {
+    pb::WalPosition {
+        salt1: c.salt1,
+        salt2: c.salt2,
+        frame: c.frame,
+        checksum1: c.checksum.0,
+        checksum2: c.checksum.1,
+        page_size: c.page_size,
+        big_endian_checksum: c.big_endian_checksum,
+    }
+}
+
+/// How a scanned segment ends.
+pub(crate) enum SegmentEnd {
+    Open,
+    Rolled { next_seq: u64 },
+    NewGeneration,
+}
+
+impl SpoolLock<'_> {
+    pub(crate) fn segment_path(&self, generation: u64, first_seq: u64) -> PathBuf {
+        self.spool.dir.join(layout::segment_key(generation, first_seq))
+    }
+
+    /// Brings the cached tail up to date: re-reads only what was appended since it was cached,
+    /// or everything if the spool changed in another way.
+    pub(super) fn refresh(&mut self) -> Result<(), SpoolError> {
+        let Some(tail) = self.spool.tail.clone() else { return self.reload() };
+        if tail.ended {
+            return self.reload();
+        }
+        let path = self.segment_path(tail.generation, tail.segment_first_seq);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(_) => return self.reload(),
+        };
+        if len == tail.segment_len {
+            return Ok(());
+        }
+        if len < tail.segment_len {
+            return self.reload();
+        }
+        self.spool.segment = None;
+        let mut tail = tail;
+        let end = scan_segment(&path, Some(tail.segment_len), &mut tail)?;
+        self.spool.tail = Some(tail);
+        self.follow(end)
+    }
+
+    /// Acts on how the active segment ended: continue in the next segment, or start over.
+    fn follow(&mut self, end: SegmentEnd) -> Result<(), SpoolError> {
+        match end {
+            SegmentEnd::Open => Ok(()),
+            SegmentEnd::NewGeneration => self.reload(),
+            SegmentEnd::Rolled { next_seq } => {
+                let mut tail = self.spool.tail.clone().expect("scanned a segment");
+                let path = self.segment_path(tail.generation, next_seq);
+                if path.exists() {
+                    let end = scan_segment(&path, None, &mut tail)?;
+                    self.spool.tail = Some(tail);
+                    self.follow(end)
+                } else {
+                    // The writer stopped between sealing a segment and starting the next.
+                    self.create_segment(next_seq)
+                }
+            }
+        }
+    }
+
+    /// Reads the tail from scratch: the newest generation that has a snapshot, and its last
+    /// segment.
+    fn reload(&mut self) -> Result<(), SpoolError> {
+        self.spool.segment = None;
+        self.spool.tail = None;
+        let Some(generation) = newest_complete_generation(&self.spool.dir)? else {
+            return Ok(());
+        };
+        let gen_dir = self.spool.dir.join(layout::generation_dir(generation));
+        let mut segments = list_segments(&gen_dir)?;
+        loop {
+            let Some(first_seq) = segments.pop() else {
+                return self.tail_from_snapshot(generation);
+            };
+            let path = self.segment_path(generation, first_seq);
+            let mut tail = Tail {
+                generation,
+                page_size: snapshot_page_size(&self.spool.dir, generation)?,
+                last_seq: 0,
+                head_hash: [0; 32],
+                last_commit_ms: 0,
+                wal: None,
+                reset: None,
+                last_commit_page: None,
+                ended: false,
+                segment_first_seq: first_seq,
+                segment_len: 0,
+            };
+            match scan_segment(&path, None, &mut tail) {
+                Ok(end) => {
+                    self.spool.tail = Some(tail);
+                    return self.follow(end);
+                }
+                Err(SpoolError::Record { source, .. }) if source.is_torn_tail() => {
+                    // A segment whose header was never completely written holds nothing.
+                    fs::remove_file(&path).map_err(io_err(&path))?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A generation whose writer stopped after the snapshot but before its first segment.
+    fn tail_from_snapshot(&mut self, generation: u64) -> Result<(), SpoolError> {
+        let path = self.spool.dir.join(layout::snapshot_key(generation));
+        let summary = read_snapshot_summary(&path)?;
+        self.spool.tail = Some(Tail {
+            generation,
+            page_size: summary.header.page_size,
+            last_seq: 0,
+            head_hash: summary.hash,
+            last_commit_ms: summary.header.created_ms,
+            wal: summary.header.wal.as_ref().map(wal_from_pb),
+            reset: None,
+            last_commit_page: None,
+            ended: false,
+            segment_first_seq: 1,
+            segment_len: 0,
+        });
+        self.create_segment(1)
+    }
+}
+
+/// Generations in the spool directory that have a complete snapshot, newest first.
+fn newest_complete_generation(dir: &Path) -> Result<Option<u64>, SpoolError> {
+    let mut generations = list_generations(dir)?;
+    generations.sort_unstable();
+    Ok(generations
+        .into_iter()
+        .rev()
+        .find(|g| dir.join(layout::snapshot_key(*g)).exists()))
+}
+
+/// Every generation directory, complete or not.
+pub(crate) fn list_generations(dir: &Path) -> Result<Vec<u64>, SpoolError> {
+    let root = dir.join(layout::GENERATIONS_DIR);
+    let entries = match fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(SpoolError::Io { path: root, source: e }),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(&root))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(generation) = layout::parse_hex16(&name) {
+            out.push(generation);
+        }
+    }
+    Ok(out)
+}
+
+fn list_segments(gen_dir: &Path) -> Result<Vec<u64>, SpoolError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(gen_dir).map_err(io_err(gen_dir))? {
+        let entry = entry.map_err(io_err(gen_dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(first_seq) = name.strip_suffix(layout::SEGMENT_SUFFIX).and_then(layout::parse_hex16) {
+            out.push(first_seq);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn record_err(path: &Path) -> impl FnOnce(crate::record::RecordError) -> SpoolError + '_ {
+    move |source| SpoolError::Record { path: path.to_path_buf(), source }
+}
+
+fn corrupt(path: &Path, problem: String) -> SpoolError {
+    SpoolError::Corrupt { path: path.to_path_buf(), problem }
+}
+
+fn snapshot_page_size(dir: &Path, generation: u64) -> Result<u32, SpoolError> {
+    let path = dir.join(layout::snapshot_key(generation));
+    let file = File::open(&path).map_err(io_err(&path))?;
+    let mut reader = RecordReader::new(BufReader::new(file))
+        .and_then(|r| r.expect_kind(FileKind::Snapshot))
+        .map_err(record_err(&path))?;
+    match reader.next_record().map_err(record_err(&path))? {
+        Some((_, pb::Record { body: Some(Body::SnapshotHeader(h)) })) => Ok(h.page_size),
+        _ => Err(corrupt(&path, "does not start with a snapshot header".into())),
+    }
+}
+
+/// A snapshot's header and hash, read through the whole file.
+pub(crate) struct SnapshotSummary {
+    pub header: pb::SnapshotHeader,
+    pub hash: Hash,
+}
+
+pub(crate) fn read_snapshot_summary(path: &Path) -> Result<SnapshotSummary, SpoolError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let mut reader = RecordReader::new(BufReader::new(file))
+        .and_then(|r| r.expect_kind(FileKind::Snapshot))
+        .map_err(record_err(path))?;
+    let mut header = None;
+    while let Some((_, record)) = reader.next_record().map_err(record_err(path))? {
+        match record.body {
+            Some(Body::SnapshotHeader(h)) => header = Some(h),
+            Some(Body::SnapshotEnd(end)) => {
+                let hash = hash_field(&end.hash)
+                    .ok_or_else(|| corrupt(path, "snapshot hash is not 32 bytes".into()))?;
+                let header =
+                    header.ok_or_else(|| corrupt(path, "snapshot has no header".into()))?;
+                return Ok(SnapshotSummary { header, hash });
+            }
+            _ => {}
+        }
+    }
+    Err(corrupt(path, "snapshot has no end record".into()))
+}
+
+/// Applies the records of a segment to `tail`, from the start (`from = None`, which also reads
+/// the segment header) or from a record boundary. A torn record or an unfinished transaction at
+/// the end is cut off: the caller holds the spool lock, so the writer that left it has stopped.
+pub(crate) fn scan_segment(
+    path: &Path,
+    from: Option<u64>,
+    tail: &mut Tail,
+) -> Result<SegmentEnd, SpoolError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut reader = match from {
+        None => RecordReader::new(BufReader::new(file))
+            .and_then(|r| r.expect_kind(FileKind::Segment))
+            .map_err(record_err(path))?,
+        Some(offset) => {
+            file.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
+            RecordReader::resume(BufReader::new(file), FileKind::Segment, offset)
+        }
+    };
+    let mut good_end = reader.offset();
+    let mut open_txn: Option<u64> = None;
+    let mut last_page: Option<(u32, Hash)> = None;
+    let mut end = SegmentEnd::Open;
+    loop {
+        let (offset, record) = match reader.next_record() {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) if e.is_torn_tail() => break,
+            Err(e) => return Err(record_err(path)(e)),
+        };
+        let body = record.body.expect("reader rejects empty records");
+        match (body, open_txn) {
+            (Body::SegmentHeader(h), None) if offset == crate::record::frame::FILE_HEADER_BYTES as u64 => {
+                tail.generation = h.generation;
+                tail.segment_first_seq = h.first_seq;
+                tail.last_seq = h.first_seq.saturating_sub(1);
+                tail.head_hash = hash_field(&h.prev_hash)
+                    .ok_or_else(|| corrupt(path, "segment prev_hash is not 32 bytes".into()))?;
+                tail.wal = h.wal.as_ref().map(wal_from_pb);
+                tail.last_commit_ms = h.prev_commit_time_ms;
+                tail.reset = None;
+                tail.last_commit_page = None;
+            }
+            (Body::TxnBegin(b), None) if b.seq == tail.last_seq + 1 => open_txn = Some(b.seq),
+            (Body::Page(p), Some(_)) => {
+                let hash = hash_field(&p.hash)
+                    .ok_or_else(|| corrupt(path, format!("page {}: hash is not 32 bytes", p.pgno)))?;
+                last_page = Some((p.pgno, hash));
+            }
+            (Body::TxnCommit(c), Some(seq)) if c.seq == seq => {
+                tail.last_seq = seq;
+                tail.head_hash = hash_field(&c.hash)
+                    .ok_or_else(|| corrupt(path, format!("txn {seq}: hash is not 32 bytes")))?;
+                tail.last_commit_ms = c.commit_time_ms;
+                tail.wal = c.wal.as_ref().map(wal_from_pb);
+                tail.reset = None;
+                tail.last_commit_page = last_page.map(|(pgno, h)| (pgno, c.db_size_pages, h));
+                open_txn = None;
+            }
+            (Body::WalReset(r), None) => tail.reset = Some(r),
+            (Body::SegmentEnd(e), None) => {
+                end = match e.reason() {
+                    Reason::Rolled => SegmentEnd::Rolled { next_seq: e.next_seq },
+                    _ => {
+                        tail.ended = true;
+                        SegmentEnd::NewGeneration
+                    }
+                };
+                good_end = reader.offset();
+                break;
+            }
+            (other, _) => {
+                return Err(corrupt(path, format!("unexpected record at offset {offset}: {other:?}")))
+            }
+        }
+        if open_txn.is_none() {
+            good_end = reader.offset();
+        }
+    }
+    let file_len = fs::metadata(path).map_err(io_err(path))?.len();
+    if file_len > good_end {
+        let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+        f.set_len(good_end).map_err(io_err(path))?;
+    }
+    tail.segment_len = good_end;
+    Ok(end)
+}

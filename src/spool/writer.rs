@@ -1,0 +1,292 @@
+//! Appending to the spool: new generations (snapshot plus first segment), transactions,
+//! WAL-reset markers, and sealing segments.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+
+use super::scan::{list_generations, wal_to_pb, Tail};
+use super::{io_err, SnapshotMeta, SpoolError, SpoolLock, APPEND_BUFFER_BYTES};
+use crate::layout;
+use crate::record::chain::{page_hash, SnapshotHasher, TxnHasher};
+use crate::record::frame::encode_record;
+use crate::record::pb::{self, record::Body, segment_end::Reason};
+use crate::record::{FileKind, Hash, RecordWriter};
+use crate::wal::WalCursor;
+
+/// Pages per snapshot chunk record are limited to this many bytes (at least one page).
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 256 << 10;
+
+fn rec(body: Body) -> pb::Record {
+    pb::Record { body: Some(body) }
+}
+
+impl SpoolLock<'_> {
+    fn tail_mut(&mut self) -> &mut Tail {
+        self.spool.tail.as_mut().expect("a generation is open")
+    }
+
+    /// Appends framed bytes to the active segment.
+    fn append(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        let tail = self.spool.tail.as_ref().expect("a generation is open");
+        let path = self.segment_path(tail.generation, tail.segment_first_seq);
+        if self.spool.segment.is_none() {
+            let f = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
+            self.spool.segment = Some(f);
+        }
+        let file = self.spool.segment.as_mut().expect("opened above");
+        self.spool.unsynced = true;
+        file.write_all(bytes).map_err(io_err(&path))?;
+        self.tail_mut().segment_len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn append_record(&mut self, body: Body) -> Result<(), SpoolError> {
+        let mut buf = Vec::new();
+        encode_record(&rec(body), &mut buf);
+        self.append(&buf)
+    }
+
+    /// Cuts the active segment back to `len` bytes after a failed append.
+    fn cut_back(&mut self, len: u64) -> Result<(), SpoolError> {
+        let tail = self.spool.tail.as_ref().expect("a generation is open");
+        let path = self.segment_path(tail.generation, tail.segment_first_seq);
+        self.spool.segment = None;
+        let result = OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(len));
+        match result {
+            Ok(()) => {
+                self.tail_mut().segment_len = len;
+                Ok(())
+            }
+            Err(e) => {
+                // Forget the cache: the next lock re-reads the segment and repairs it.
+                self.spool.tail = None;
+                Err(SpoolError::Io { path, source: e })
+            }
+        }
+    }
+
+    /// Starts the segment whose first transaction is `first_seq`, after the current tail.
+    pub(crate) fn create_segment(&mut self, first_seq: u64) -> Result<(), SpoolError> {
+        let tail = self.spool.tail.clone().expect("a generation is open");
+        let path = self.segment_path(tail.generation, first_seq);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let mut w = RecordWriter::new(BufWriter::new(file), FileKind::Segment).map_err(io_err(&path))?;
+        w.write(&rec(Body::SegmentHeader(pb::SegmentHeader {
+            generation: tail.generation,
+            first_seq,
+            prev_hash: tail.head_hash.to_vec(),
+            wal: tail.wal.as_ref().map(wal_to_pb),
+            prev_commit_time_ms: tail.last_commit_ms,
+        })))
+        .map_err(io_err(&path))?;
+        let len = w.offset();
+        w.into_inner().flush().map_err(io_err(&path))?;
+        self.spool.segment = None;
+        self.spool.unsynced = true;
+        let t = self.tail_mut();
+        t.segment_first_seq = first_seq;
+        t.segment_len = len;
+        Ok(())
+    }
+
+    /// Starts a new generation: ends the current one, writes a snapshot of the database (pages
+    /// come from `read_page(pgno, buf)`), makes it durable, and opens the first segment.
+    pub fn start_generation(
+        &mut self,
+        meta: &SnapshotMeta,
+        read_page: &mut dyn FnMut(u32, &mut [u8]) -> Result<(), SpoolError>,
+    ) -> Result<u64, SpoolError> {
+        let dir = self.spool.dir.clone();
+        let prev = self.spool.tail.clone();
+        let mut generation = list_generations(&dir)?.into_iter().max().unwrap_or(0) + 1;
+        if let Some(max) = generation.checked_sub(1).filter(|g| *g > 0) {
+            let incomplete = !dir.join(layout::snapshot_key(max)).exists();
+            if incomplete && prev.as_ref().is_none_or(|t| t.generation != max) {
+                let stale = dir.join(layout::generation_dir(max));
+                fs::remove_dir_all(&stale).map_err(io_err(&stale))?;
+                generation = max;
+            }
+        }
+        if let Some(t) = prev.as_ref().filter(|t| !t.ended) {
+            let end = pb::SegmentEnd { reason: Reason::NewGeneration as i32, next_seq: t.last_seq + 1 };
+            self.append_record(Body::SegmentEnd(end))?;
+            self.tail_mut().ended = true;
+        }
+        let gen_dir = dir.join(layout::generation_dir(generation));
+        fs::create_dir_all(&gen_dir).map_err(io_err(&gen_dir))?;
+        let prev_hash = prev.as_ref().map(|t| t.head_hash);
+        let hash = write_snapshot(&dir, generation, meta, prev_hash.as_ref(), read_page)?;
+        self.spool.tail = Some(Tail {
+            generation,
+            page_size: meta.page_size,
+            last_seq: 0,
+            head_hash: hash,
+            last_commit_ms: crate::now_ms(),
+            wal: meta.wal,
+            reset: None,
+            last_commit_page: None,
+            ended: false,
+            segment_first_seq: 1,
+            segment_len: 0,
+        });
+        self.create_segment(1)?;
+        self.sync()?;
+        Ok(generation)
+    }
+
+    /// Starts appending the next transaction. Nothing is written until pages arrive; the
+    /// caller must end it with `commit_txn` or `abort_txn`.
+    pub fn begin_txn(&self) -> TxnAppender {
+        let tail = self.spool.tail.as_ref().expect("a generation is open");
+        assert!(!tail.ended, "appending to an ended generation");
+        let seq = tail.last_seq + 1;
+        let hasher = TxnHasher::new(tail.generation, seq, &tail.head_hash);
+        let mut buf = Vec::with_capacity(APPEND_BUFFER_BYTES);
+        encode_record(&rec(Body::TxnBegin(pb::TxnBegin { seq })), &mut buf);
+        TxnAppender { seq, hasher, buf, start_len: tail.segment_len, last_page: None }
+    }
+
+    /// Appends one page image (as found in the WAL frame) to `txn`.
+    pub fn txn_page(&mut self, txn: &mut TxnAppender, pgno: u32, data: &[u8]) -> Result<(), SpoolError> {
+        let hash = page_hash(data);
+        txn.hasher.page(pgno, &hash);
+        txn.last_page = Some((pgno, hash));
+        let page = pb::Page { pgno, data: data.to_vec(), hash: hash.to_vec() };
+        encode_record(&rec(Body::Page(page)), &mut txn.buf);
+        if txn.buf.len() >= APPEND_BUFFER_BYTES {
+            self.append(&txn.buf)?;
+            txn.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Completes `txn`; returns its chain hash.
+    pub fn commit_txn(
+        &mut self,
+        mut txn: TxnAppender,
+        db_size_pages: u32,
+        commit_time_ms: i64,
+        wal: &WalCursor,
+    ) -> Result<Hash, SpoolError> {
+        let page_count = txn.hasher.pages();
+        let hash = txn.hasher.finish(db_size_pages, commit_time_ms);
+        let commit = pb::TxnCommit {
+            seq: txn.seq,
+            page_count,
+            db_size_pages,
+            commit_time_ms,
+            hash: hash.to_vec(),
+            wal: Some(wal_to_pb(wal)),
+        };
+        encode_record(&rec(Body::TxnCommit(commit)), &mut txn.buf);
+        if let Err(e) = self.append(&txn.buf) {
+            let _ = self.cut_back(txn.start_len);
+            return Err(e);
+        }
+        let tail = self.tail_mut();
+        tail.last_seq = txn.seq;
+        tail.head_hash = hash;
+        tail.last_commit_ms = commit_time_ms;
+        tail.wal = Some(*wal);
+        tail.reset = None;
+        tail.last_commit_page = txn.last_page.map(|(pgno, h)| (pgno, db_size_pages, h));
+        self.roll_if_full()?;
+        Ok(hash)
+    }
+
+    /// Cuts off whatever of `txn` was already written.
+    pub fn abort_txn(&mut self, txn: TxnAppender) -> Result<(), SpoolError> {
+        let written = self.spool.tail.as_ref().is_some_and(|t| t.segment_len != txn.start_len);
+        if written {
+            self.cut_back(txn.start_len)?;
+        }
+        Ok(())
+    }
+
+    /// Records that the WAL the stream follows is about to be reset (see `pb::WalReset`).
+    pub fn mark_reset(&mut self, reset: pb::WalReset) -> Result<(), SpoolError> {
+        self.append_record(Body::WalReset(reset.clone()))?;
+        self.tail_mut().reset = Some(reset);
+        Ok(())
+    }
+
+    /// Seals the active segment once it is large enough and starts the next one.
+    fn roll_if_full(&mut self) -> Result<(), SpoolError> {
+        let tail = self.spool.tail.as_ref().expect("a generation is open");
+        if tail.segment_len < self.spool.segment_bytes_max {
+            return Ok(());
+        }
+        let next_seq = tail.last_seq + 1;
+        let end = pb::SegmentEnd { reason: Reason::Rolled as i32, next_seq };
+        self.append_record(Body::SegmentEnd(end))?;
+        self.create_segment(next_seq)
+    }
+}
+
+fn write_snapshot(
+    dir: &std::path::Path,
+    generation: u64,
+    meta: &SnapshotMeta,
+    prev_generation: Option<&Hash>,
+    read_page: &mut dyn FnMut(u32, &mut [u8]) -> Result<(), SpoolError>,
+) -> Result<Hash, SpoolError> {
+    let path = dir.join(layout::snapshot_key(generation));
+    let tmp = path.with_extension("wsnap.tmp");
+    let file = File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut w = RecordWriter::new(BufWriter::with_capacity(1 << 20, file), FileKind::Snapshot)
+        .map_err(io_err(&tmp))?;
+    w.write(&rec(Body::SnapshotHeader(pb::SnapshotHeader {
+        generation,
+        page_size: meta.page_size,
+        page_count: meta.page_count,
+        reason: meta.reason.clone(),
+        created_ms: crate::now_ms(),
+        prev_generation_hash: prev_generation.map(|h| h.to_vec()).unwrap_or_default(),
+        wal: meta.wal.as_ref().map(wal_to_pb),
+    })))
+    .map_err(io_err(&tmp))?;
+    let page_size = meta.page_size as usize;
+    let per_chunk = (SNAPSHOT_CHUNK_BYTES_MAX / page_size).max(1) as u32;
+    let mut hasher = SnapshotHasher::new(generation, meta.page_size, prev_generation);
+    let mut page = vec![0u8; page_size];
+    let mut first = 1u32;
+    while first <= meta.page_count {
+        let last = meta.page_count.min(first + per_chunk - 1);
+        let mut chunk = pb::SnapshotChunk { first_pgno: first, ..Default::default() };
+        for pgno in first..=last {
+            read_page(pgno, &mut page)?;
+            let h = page_hash(&page);
+            hasher.page(pgno, &h);
+            chunk.data.extend_from_slice(&page);
+            chunk.hashes.push(h.to_vec());
+        }
+        w.write(&rec(Body::SnapshotChunk(chunk))).map_err(io_err(&tmp))?;
+        first = last + 1;
+    }
+    let hash = hasher.finish();
+    w.write(&rec(Body::SnapshotEnd(pb::SnapshotEnd { hash: hash.to_vec() }))).map_err(io_err(&tmp))?;
+    let file = w.into_inner().into_inner().map_err(|e| SpoolError::Io { path: tmp.clone(), source: e.into_error() })?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    Ok(hash)
+}
+
+/// One transaction being appended (see `SpoolLock::begin_txn`).
+pub struct TxnAppender {
+    seq: u64,
+    hasher: TxnHasher,
+    buf: Vec<u8>,
+    start_len: u64,
+    last_page: Option<(u32, Hash)>,
+}
+
+impl TxnAppender {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
