@@ -1,1 +1,542 @@
-//! TODO
+//! Reading a stream back from any [`Target`]: the inventory of generations, snapshots and
+//! segments, and a validating replay that restore, verify and ls share.
+//!
+//! Replay checks everything it reads: every page against its BLAKE3 hash, every transaction's
+//! chain hash against a recomputation, sequence numbers, segment boundaries and the snapshot
+//! hash. The first failure is reported with the generation, transaction, page, object and
+//! offset it concerns.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+
+use crate::layout::{self, ObjectName};
+use crate::record::chain::{page_hash, SnapshotHasher, TxnHasher};
+use crate::record::pb::{self, record::Body, segment_end::Reason};
+use crate::record::{hash_field, hex, FileKind, Hash, RecordError, RecordReader};
+use crate::target::{ObjectInfo, Target, TargetError};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("{key}: {source}")]
+    Record { key: String, source: RecordError },
+    #[error("{0}")]
+    Integrity(Box<Integrity>),
+    #[error("target {0} holds no complete generation")]
+    Empty(String),
+    #[error("generation {0} does not exist or has no snapshot")]
+    NoSuchGeneration(u64),
+    #[error("generation {generation} has no transaction {seq} (its last is {last})")]
+    NoSuchTxn { generation: u64, seq: u64, last: u64 },
+    #[error("output: {0}")]
+    Output(std::io::Error),
+}
+
+/// Where and what an integrity failure is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Integrity {
+    pub generation: u64,
+    pub seq: Option<u64>,
+    pub pgno: Option<u32>,
+    pub key: String,
+    pub offset: Option<u64>,
+    pub problem: String,
+}
+
+impl fmt::Display for Integrity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "generation {}", self.generation)?;
+        if let Some(seq) = self.seq {
+            write!(f, ", txn {seq}")?;
+        }
+        if let Some(pgno) = self.pgno {
+            write!(f, ", page {pgno}")?;
+        }
+        write!(f, " ({}", self.key)?;
+        if let Some(offset) = self.offset {
+            write!(f, " at offset {offset}")?;
+        }
+        write!(f, "): {}", self.problem)
+    }
+}
+
+/// The objects of one generation.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationObjects {
+    pub generation: u64,
+    pub snapshot: Option<ObjectInfo>,
+    /// Segments by first sequence number.
+    pub segments: BTreeMap<u64, ObjectInfo>,
+}
+
+impl GenerationObjects {
+    pub fn bytes(&self) -> u64 {
+        self.snapshot.as_ref().map_or(0, |s| s.size) + self.segments.values().map(|s| s.size).sum::<u64>()
+    }
+}
+
+/// Every generation in a target, oldest first.
+pub fn inventory(target: &dyn Target) -> Result<Vec<GenerationObjects>, ReadError> {
+    let mut map: BTreeMap<u64, GenerationObjects> = BTreeMap::new();
+    for object in target.list()? {
+        let Some(name) = layout::parse_key(&object.key) else { continue };
+        match name {
+            ObjectName::Snapshot { generation } => {
+                let g = map.entry(generation).or_default();
+                g.generation = generation;
+                g.snapshot = Some(object);
+            }
+            ObjectName::Segment { generation, first_seq } => {
+                let g = map.entry(generation).or_default();
+                g.generation = generation;
+                g.segments.insert(first_seq, object);
+            }
+        }
+    }
+    Ok(map.into_values().collect())
+}
+
+/// The newest generation that has a snapshot.
+pub fn latest_generation(target: &dyn Target) -> Result<GenerationObjects, ReadError> {
+    inventory(target)?
+        .into_iter()
+        .rev()
+        .find(|g| g.snapshot.is_some())
+        .ok_or_else(|| ReadError::Empty(target.describe()))
+}
+
+/// One generation by number.
+pub fn generation(target: &dyn Target, generation: u64) -> Result<GenerationObjects, ReadError> {
+    inventory(target)?
+        .into_iter()
+        .find(|g| g.generation == generation && g.snapshot.is_some())
+        .ok_or(ReadError::NoSuchGeneration(generation))
+}
+
+/// What replay reports to its consumer. Pages of a transaction arrive before its commit; a
+/// consumer that must not apply an unfinished transaction uses `ReplayLimit` to stop at a
+/// transaction known to be complete.
+pub trait Visitor {
+    fn snapshot_header(&mut self, _h: &pb::SnapshotHeader) -> Result<(), ReadError> {
+        Ok(())
+    }
+    fn snapshot_page(&mut self, _pgno: u32, _data: &[u8]) -> Result<(), ReadError> {
+        Ok(())
+    }
+    fn txn_page(&mut self, _seq: u64, _pgno: u32, _data: &[u8]) -> Result<(), ReadError> {
+        Ok(())
+    }
+    fn txn_commit(&mut self, _c: &pb::TxnCommit) -> Result<(), ReadError> {
+        Ok(())
+    }
+    /// Bytes of stored objects consumed so far, for progress reports.
+    fn progress(&mut self, _bytes: u64) {}
+}
+
+/// Summary of a replayed generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplaySummary {
+    pub generation: u64,
+    pub page_size: u32,
+    pub snapshot_pages: u32,
+    pub snapshot_hash: Hash,
+    pub prev_generation_hash: Option<Hash>,
+    pub reason: String,
+    pub created_ms: i64,
+    /// Last complete transaction replayed (0: none) and its hash, time and database size.
+    pub last_seq: u64,
+    pub head_hash: Hash,
+    pub last_commit_ms: i64,
+    pub db_size_pages: u32,
+    /// The stream ends with an incomplete record or transaction (a writer stopped mid-append).
+    pub torn_tail: Option<String>,
+    /// The generation was ended by a newer one.
+    pub ended: bool,
+}
+
+/// How far to replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayLimit {
+    All,
+    /// Stop after this transaction (0: only the snapshot).
+    Txn(u64),
+}
+
+struct Ctx<'a> {
+    generation: u64,
+    key: &'a str,
+}
+
+impl Ctx<'_> {
+    fn fail(&self, seq: Option<u64>, pgno: Option<u32>, offset: Option<u64>, problem: String) -> ReadError {
+        ReadError::Integrity(Box::new(Integrity {
+            generation: self.generation,
+            seq,
+            pgno,
+            key: self.key.to_string(),
+            offset,
+            problem,
+        }))
+    }
+}
+
+fn open_records(target: &dyn Target, key: &str, kind: FileKind) -> Result<RecordReader<Box<dyn Read + Send>>, ReadError> {
+    RecordReader::new(target.get(key)?)
+        .and_then(|r| r.expect_kind(kind))
+        .map_err(|source| ReadError::Record { key: key.to_string(), source })
+}
+
+fn hash32(ctx: &Ctx, bytes: &[u8], seq: Option<u64>, pgno: Option<u32>, offset: u64, what: &str) -> Result<Hash, ReadError> {
+    hash_field(bytes).ok_or_else(|| ctx.fail(seq, pgno, Some(offset), format!("{what} is {} bytes, not 32", bytes.len())))
+}
+
+/// Replays one generation: the snapshot, then its transactions in order, validating all.
+pub fn replay(
+    target: &dyn Target,
+    objects: &GenerationObjects,
+    limit: ReplayLimit,
+    visitor: &mut dyn Visitor,
+) -> Result<ReplaySummary, ReadError> {
+    let snapshot = objects.snapshot.as_ref().ok_or(ReadError::NoSuchGeneration(objects.generation))?;
+    let mut summary = replay_snapshot(target, objects.generation, &snapshot.key, visitor)?;
+    let mut consumed = snapshot.size;
+    visitor.progress(consumed);
+    let segments: Vec<&ObjectInfo> = objects.segments.values().collect();
+    let mut expected_first = 1u64;
+    for (i, object) in segments.iter().enumerate() {
+        if limit == ReplayLimit::Txn(summary.last_seq) {
+            break;
+        }
+        let ctx = Ctx { generation: objects.generation, key: &object.key };
+        let first_seq = match layout::parse_key(&object.key) {
+            Some(ObjectName::Segment { first_seq, .. }) => first_seq,
+            _ => unreachable!("inventory only lists segments here"),
+        };
+        if first_seq != expected_first {
+            return Err(ctx.fail(Some(expected_first), None, None, format!(
+                "segment starts at txn {first_seq} but txn {expected_first} comes next (a segment is missing or extra)"
+            )));
+        }
+        let is_last = i + 1 == segments.len();
+        let end = replay_segment(target, &ctx, first_seq, &mut summary, limit, visitor, is_last)?;
+        consumed += object.size;
+        visitor.progress(consumed);
+        match end {
+            SegEnd::Rolled { next_seq } => expected_first = next_seq,
+            SegEnd::Stopped => break,
+            SegEnd::Open | SegEnd::NewGeneration if !is_last && limit == ReplayLimit::All => {
+                return Err(ctx.fail(None, None, None, "segment is not sealed but later segments exist".into()));
+            }
+            SegEnd::Open | SegEnd::NewGeneration => break,
+        }
+    }
+    if let ReplayLimit::Txn(n) = limit {
+        if summary.last_seq != n {
+            return Err(ReadError::NoSuchTxn { generation: objects.generation, seq: n, last: summary.last_seq });
+        }
+    }
+    Ok(summary)
+}
+
+fn replay_snapshot(
+    target: &dyn Target,
+    generation: u64,
+    key: &str,
+    visitor: &mut dyn Visitor,
+) -> Result<ReplaySummary, ReadError> {
+    let ctx = Ctx { generation, key };
+    let mut reader = open_records(target, key, FileKind::Snapshot)?;
+    let rec_err = |source| ReadError::Record { key: key.to_string(), source };
+    let header = match reader.next_record().map_err(rec_err)? {
+        Some((_, pb::Record { body: Some(Body::SnapshotHeader(h)) })) => h,
+        _ => return Err(ctx.fail(None, None, Some(16), "snapshot does not start with its header".into())),
+    };
+    if header.generation != generation {
+        return Err(ctx.fail(None, None, Some(16), format!("snapshot says generation {}", header.generation)));
+    }
+    let page_size = header.page_size;
+    if header.page_count > 0 && !crate::wal::is_valid_page_size(page_size) {
+        return Err(ctx.fail(None, None, Some(16), format!("invalid page size {page_size}")));
+    }
+    let prev = match header.prev_generation_hash.len() {
+        0 => None,
+        _ => Some(hash32(&ctx, &header.prev_generation_hash, None, None, 16, "previous generation hash")?),
+    };
+    visitor.snapshot_header(&header)?;
+    let mut hasher = SnapshotHasher::new(generation, page_size, prev.as_ref());
+    let mut next_pgno = 1u32;
+    let hash = loop {
+        let Some((offset, record)) = reader.next_record().map_err(rec_err)? else {
+            return Err(ctx.fail(None, None, Some(reader.offset()), "snapshot ends without its end record".into()));
+        };
+        match record.body {
+            Some(Body::SnapshotChunk(c)) => {
+                if c.first_pgno != next_pgno {
+                    return Err(ctx.fail(None, Some(c.first_pgno), Some(offset), format!("chunk starts at page {} but page {next_pgno} comes next", c.first_pgno)));
+                }
+                if c.data.len() != c.hashes.len() * page_size as usize {
+                    return Err(ctx.fail(None, Some(c.first_pgno), Some(offset), "chunk size does not match its page count".into()));
+                }
+                for (i, recorded) in c.hashes.iter().enumerate() {
+                    let pgno = c.first_pgno + i as u32;
+                    let data = &c.data[i * page_size as usize..(i + 1) * page_size as usize];
+                    let actual = page_hash(data);
+                    if recorded.as_slice() != actual {
+                        return Err(ctx.fail(None, Some(pgno), Some(offset), format!(
+                            "page hash mismatch: recorded {}, computed {}", hex(recorded), hex(&actual)
+                        )));
+                    }
+                    hasher.page(pgno, &actual);
+                    visitor.snapshot_page(pgno, data)?;
+                }
+                next_pgno += c.hashes.len() as u32;
+            }
+            Some(Body::SnapshotEnd(end)) => {
+                let computed = hasher.finish();
+                if end.hash.as_slice() != computed {
+                    return Err(ctx.fail(None, None, Some(offset), format!(
+                        "snapshot hash mismatch: recorded {}, computed {}", hex(&end.hash), hex(&computed)
+                    )));
+                }
+                break computed;
+            }
+            other => return Err(ctx.fail(None, None, Some(offset), format!("unexpected record in snapshot: {}", kind_name(&other)))),
+        }
+    };
+    if next_pgno - 1 != header.page_count {
+        return Err(ctx.fail(None, None, None, format!("snapshot holds {} pages, its header says {}", next_pgno - 1, header.page_count)));
+    }
+    if reader.next_record().map_err(rec_err)?.is_some() {
+        return Err(ctx.fail(None, None, Some(reader.offset()), "records after the snapshot's end".into()));
+    }
+    Ok(ReplaySummary {
+        generation,
+        page_size,
+        snapshot_pages: header.page_count,
+        snapshot_hash: hash,
+        prev_generation_hash: prev,
+        reason: header.reason,
+        created_ms: header.created_ms,
+        last_seq: 0,
+        head_hash: hash,
+        last_commit_ms: header.created_ms,
+        db_size_pages: header.page_count,
+        torn_tail: None,
+        ended: false,
+    })
+}
+
+/// The name of a record's kind, for messages.
+pub fn kind_name(body: &Option<Body>) -> &'static str {
+    match body {
+        Some(Body::SegmentHeader(_)) => "segment header",
+        Some(Body::TxnBegin(_)) => "txn begin",
+        Some(Body::Page(_)) => "page",
+        Some(Body::TxnCommit(_)) => "txn commit",
+        Some(Body::SegmentEnd(_)) => "segment end",
+        Some(Body::WalReset(_)) => "WAL reset",
+        Some(Body::SnapshotHeader(_)) => "snapshot header",
+        Some(Body::SnapshotChunk(_)) => "snapshot chunk",
+        Some(Body::SnapshotEnd(_)) => "snapshot end",
+        None => "empty",
+    }
+}
+
+enum SegEnd {
+    Open,
+    Rolled { next_seq: u64 },
+    NewGeneration,
+    Stopped,
+}
+
+struct OpenTxn {
+    seq: u64,
+    hasher: TxnHasher,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn replay_segment(
+    target: &dyn Target,
+    ctx: &Ctx,
+    first_seq: u64,
+    summary: &mut ReplaySummary,
+    limit: ReplayLimit,
+    visitor: &mut dyn Visitor,
+    is_last: bool,
+) -> Result<SegEnd, ReadError> {
+    let mut reader = open_records(target, ctx.key, FileKind::Segment)?;
+    let mut txn: Option<OpenTxn> = None;
+    let mut first = true;
+    loop {
+        let (offset, record) = match reader.next_record() {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) if e.is_torn_tail() && is_last => {
+                summary.torn_tail = Some(format!("{}: {e}", ctx.key));
+                return Ok(SegEnd::Open);
+            }
+            Err(source) => return Err(ReadError::Record { key: ctx.key.to_string(), source }),
+        };
+        let body = record.body;
+        if first {
+            let Some(Body::SegmentHeader(h)) = &body else {
+                return Err(ctx.fail(None, None, Some(offset), "segment does not start with its header".into()));
+            };
+            check_segment_header(ctx, h, first_seq, summary, offset)?;
+            first = false;
+            continue;
+        }
+        match (body, txn.as_mut()) {
+            (Some(Body::TxnBegin(b)), None) => {
+                if b.seq != summary.last_seq + 1 {
+                    return Err(ctx.fail(Some(b.seq), None, Some(offset), format!(
+                        "txn {} follows txn {} (sequence gap or reordering)", b.seq, summary.last_seq
+                    )));
+                }
+                txn = Some(OpenTxn { seq: b.seq, hasher: TxnHasher::new(ctx.generation, b.seq, &summary.head_hash) });
+            }
+            (Some(Body::Page(p)), Some(t)) => {
+                if p.data.len() != summary.page_size as usize && summary.page_size != 0 {
+                    return Err(ctx.fail(Some(t.seq), Some(p.pgno), Some(offset), format!("page is {} bytes, the generation's pages are {}", p.data.len(), summary.page_size)));
+                }
+                if p.pgno == 0 {
+                    return Err(ctx.fail(Some(t.seq), None, Some(offset), "page number 0".into()));
+                }
+                let actual = page_hash(&p.data);
+                if p.hash.as_slice() != actual {
+                    return Err(ctx.fail(Some(t.seq), Some(p.pgno), Some(offset), format!(
+                        "page hash mismatch: recorded {}, computed {}", hex(&p.hash), hex(&actual)
+                    )));
+                }
+                t.hasher.page(p.pgno, &actual);
+                if summary.page_size == 0 {
+                    summary.page_size = p.data.len() as u32;
+                }
+                visitor.txn_page(t.seq, p.pgno, &p.data)?;
+            }
+            (Some(Body::TxnCommit(c)), Some(_)) => {
+                let t = txn.take().expect("matched Some");
+                if c.seq != t.seq {
+                    return Err(ctx.fail(Some(t.seq), None, Some(offset), format!("commit record says txn {}", c.seq)));
+                }
+                if c.page_count != t.hasher.pages() {
+                    return Err(ctx.fail(Some(t.seq), None, Some(offset), format!("commit counts {} pages, the stream holds {}", c.page_count, t.hasher.pages())));
+                }
+                let computed = t.hasher.finish(c.db_size_pages, c.commit_time_ms);
+                if c.hash.as_slice() != computed {
+                    return Err(ctx.fail(Some(t.seq), None, Some(offset), format!(
+                        "chain hash mismatch: recorded {}, computed {}", hex(&c.hash), hex(&computed)
+                    )));
+                }
+                visitor.txn_commit(&c)?;
+                summary.last_seq = c.seq;
+                summary.head_hash = computed;
+                summary.last_commit_ms = c.commit_time_ms;
+                summary.db_size_pages = c.db_size_pages;
+                if limit == ReplayLimit::Txn(c.seq) {
+                    return Ok(SegEnd::Stopped);
+                }
+            }
+            (Some(Body::WalReset(_)), None) => {}
+            (Some(Body::SegmentEnd(e)), None) => {
+                if e.next_seq != summary.last_seq + 1 {
+                    return Err(ctx.fail(None, None, Some(offset), format!("segment end names txn {} as next, expected {}", e.next_seq, summary.last_seq + 1)));
+                }
+                if reader.next_record().map_err(|source| ReadError::Record { key: ctx.key.to_string(), source })?.is_some() {
+                    return Err(ctx.fail(None, None, Some(reader.offset()), "records after the segment's end".into()));
+                }
+                return Ok(match e.reason() {
+                    Reason::Rolled => SegEnd::Rolled { next_seq: e.next_seq },
+                    _ => {
+                        summary.ended = true;
+                        SegEnd::NewGeneration
+                    }
+                });
+            }
+            (other, open) => {
+                return Err(ctx.fail(open.map(|t| t.seq), None, Some(offset), format!("unexpected {} record here", kind_name(&other))));
+            }
+        }
+    }
+    if first {
+        return Err(ctx.fail(None, None, None, "segment holds no header".into()));
+    }
+    if let Some(t) = txn {
+        if !is_last {
+            return Err(ctx.fail(Some(t.seq), None, None, "transaction has no commit record".into()));
+        }
+        summary.torn_tail = Some(format!("{}: txn {} is incomplete (a writer stopped mid-append)", ctx.key, t.seq));
+    }
+    Ok(SegEnd::Open)
+}
+
+fn check_segment_header(ctx: &Ctx, h: &pb::SegmentHeader, first_seq: u64, summary: &ReplaySummary, offset: u64) -> Result<(), ReadError> {
+    if h.generation != ctx.generation {
+        return Err(ctx.fail(None, None, Some(offset), format!("segment says generation {}", h.generation)));
+    }
+    if h.first_seq != first_seq {
+        return Err(ctx.fail(None, None, Some(offset), format!("segment header says it starts at txn {}, its name says {first_seq}", h.first_seq)));
+    }
+    if h.prev_hash.as_slice() != summary.head_hash {
+        return Err(ctx.fail(Some(first_seq), None, Some(offset), format!(
+            "segment does not chain: it follows hash {}, the stream's head is {}", hex(&h.prev_hash), hex(&summary.head_hash)
+        )));
+    }
+    Ok(())
+}
+
+/// The last complete transaction of a generation (reads only its last segment).
+pub fn last_committed_seq(target: &dyn Target, objects: &GenerationObjects) -> Result<u64, ReadError> {
+    let Some((&first_seq, object)) = objects.segments.iter().next_back() else { return Ok(0) };
+    let mut reader = open_records(target, &object.key, FileKind::Segment)?;
+    let mut last = first_seq.saturating_sub(1);
+    loop {
+        match reader.next_record() {
+            Ok(Some((_, pb::Record { body: Some(Body::TxnCommit(c)) }))) => last = c.seq,
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) if e.is_torn_tail() => break,
+            Err(source) => return Err(ReadError::Record { key: object.key.clone(), source }),
+        }
+    }
+    Ok(last)
+}
+
+/// The last complete transaction committed at or before `time_ms` (0: the snapshot itself is
+/// the newest state at that time). Reads segment headers and one segment.
+pub fn seq_at_time(target: &dyn Target, objects: &GenerationObjects, time_ms: i64) -> Result<u64, ReadError> {
+    let mut candidate: Option<(&u64, &ObjectInfo)> = None;
+    for (first_seq, object) in &objects.segments {
+        let mut reader = open_records(target, &object.key, FileKind::Segment)?;
+        let prev_time = match reader.next_record() {
+            Ok(Some((_, pb::Record { body: Some(Body::SegmentHeader(h)) }))) => h.prev_commit_time_ms,
+            Ok(_) => break,
+            Err(source) => return Err(ReadError::Record { key: object.key.clone(), source }),
+        };
+        if prev_time > time_ms && candidate.is_some() {
+            break;
+        }
+        candidate = Some((first_seq, object));
+    }
+    let Some((first_seq, object)) = candidate else { return Ok(0) };
+    let mut reader = open_records(target, &object.key, FileKind::Segment)?;
+    let mut best = first_seq.saturating_sub(1);
+    loop {
+        match reader.next_record() {
+            Ok(Some((_, pb::Record { body: Some(Body::TxnCommit(c)) }))) => {
+                if c.commit_time_ms > time_ms {
+                    break;
+                }
+                best = c.seq;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) if e.is_torn_tail() => break,
+            Err(source) => return Err(ReadError::Record { key: object.key.clone(), source }),
+        }
+    }
+    Ok(best)
+}

@@ -1,0 +1,61 @@
+# walstream build, demo and test entry points. See README.md.
+#
+#   make          build the extension (target/release/libwalstream.so) and the CLI
+#   make demo     capture a database written through the sqlite3 shell, then ls/restore/verify
+#   make test     every test (installs what it needs on a fresh machine)
+
+CARGO      ?= cargo
+RELEASE    := target/release
+EXT_SO     := $(RELEASE)/libwalstream.so
+CLI        := $(RELEASE)/walstream
+SQLITE3    ?= /usr/bin/sqlite3
+PYTHON3    ?= /usr/bin/python3
+
+.PHONY: all build ext cli demo test test-deps unit lint fuzz-smoke clean
+
+all: build
+
+build: ext cli
+
+# The extension is its own workspace (ext/) so that the CLI's bundled SQLite never leaks into it;
+# its output is copied next to the CLI so that both live in target/release/.
+ext:
+	cd ext && $(CARGO) build --release
+	mkdir -p $(RELEASE)
+	cp ext/target/release/libwalstream.so $(EXT_SO)
+
+cli:
+	$(CARGO) build --release --bin walstream
+
+demo: build test-deps
+	./scripts/demo.sh
+
+# Tools the tests drive: the system sqlite3 shell (SQLite 3.40.1 here) and a python3 that can
+# load extensions. Installed from Debian's archive when missing.
+test-deps:
+	@missing=""; \
+	[ -x $(SQLITE3) ] || missing="$$missing sqlite3"; \
+	[ -x $(PYTHON3) ] || missing="$$missing python3"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+test: build test-deps
+	WALSTREAM_EXT=$(CURDIR)/$(EXT_SO) WALSTREAM_CLI=$(CURDIR)/$(CLI) \
+	  $(CARGO) test --release --all-targets -- --test-threads=2
+	cd ext && $(CARGO) test --release
+
+lint:
+	$(CARGO) fmt --check
+	cd ext && $(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	cd ext && $(CARGO) clippy -- -D warnings
+
+fuzz-smoke:
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run record_decode -- -max_total_time=60
+
+clean:
+	$(CARGO) clean
+	cd ext && $(CARGO) clean
