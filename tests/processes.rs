@@ -61,7 +61,7 @@ fn two_processes_writing_in_turn_are_captured_in_order() {
     let mut expected = Vec::new();
     for round in 0..4 {
         run_ok(python(&db, &format!(
-            "for i in range(5):\n    conn.execute(\"INSERT INTO t VALUES ('py', {round} * 10 + i)\")"
+            "for i in range(5):\n    conn.execute(\"INSERT INTO t VALUES ('py', ?)\", ({round} * 10 + i,))"
         )));
         for i in 0..3 {
             conn.execute("INSERT INTO t VALUES ('rust', ?1)", [round * 10 + i]).unwrap();
@@ -75,7 +75,7 @@ fn two_processes_writing_in_turn_are_captured_in_order() {
         assert_eq!(replayed[&seq], hash, "txn {seq}");
     }
     let (_, last) = stream_head(target.as_ref());
-    assert_eq!(last, 2 + 4 * (5 + 3), "every commit of both processes is one txn");
+    assert_eq!(last, 1 + 4 * (5 + 3), "every commit of both processes is one txn");
 }
 
 #[test]

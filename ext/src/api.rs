@@ -96,9 +96,8 @@ impl Entry {
         let Some(create) = self.api.create_function_v2 else {
             return Err("sqlite3_create_function_v2 is missing from the routines table".into());
         };
-        // SAFETY: db is the open connection SQLite passed to the entry point; the name is a
-        // NUL-terminated static; walstream_status matches xFunc's signature and ignores
-        // pUserData (null); no step/final/destroy callbacks.
+        // SAFETY: db is the open connection passed to the entry point; a static C name; an
+        // xFunc of the right signature that ignores pUserData; no step/final/destroy.
         let rc = unsafe {
             create(
                 self.db,
@@ -151,9 +150,8 @@ unsafe extern "C" fn walstream_status(
         else {
             return;
         };
-        // SAFETY: ctx is the live context SQLite passed to xFunc; db_filename gets that
-        // connection and a NUL-terminated schema name, and returns null or a string that stays
-        // valid while the database is attached (at least for this call).
+        // SAFETY: ctx is xFunc's live context; db_filename gets its connection and a C string,
+        // and returns null or a name valid while "main" is open (through this call).
         let name = unsafe { db_filename(db_handle(ctx), c"main".as_ptr()) };
         // SAFETY: as above, null or a NUL-terminated string owned by SQLite.
         let bytes = unsafe { c_str_bytes(name) };

@@ -10,9 +10,10 @@
 //! |------------------------------------------------------|------------------------------|
 //! | `xShmLock(0, 1, LOCK/EXCLUSIVE)` returned OK          | `WriteLockAcquired` (after)  |
 //! | `xShmLock(0, 1, UNLOCK/EXCLUSIVE)` while held         | `WriteLockReleasing` (before)|
-//! | `xFileControl(COMMIT_PHASETWO)` under EXCLUSIVE lock  | `CommitExclusive` (after)    |
+//! | `xFileControl(COMMIT_PHASETWO)`, EXCLUSIVE, WAL open  | `CommitExclusive` (after)    |
 //! | WAL `xWrite` at offset 0, WAL `xTruncate(0)`          | `WalReset` (before)          |
 //! | `xShmUnmap(delete=1)`                                 | `Closing` (before)           |
+//! | WAL `xClose`, heap-memory wal-index, EXCLUSIVE lock   | `Closing` (before)           |
 //!
 //! While capture is behind, the locks SQLite needs to discard WAL content are refused with
 //! `SQLITE_BUSY` (read marks 1..4 exclusive for a restart, the EXCLUSIVE file lock of the last
@@ -78,7 +79,7 @@ const _: () = assert!(size_of::<sqlite3_file>() == PTR_BYTES);
 const _: () = assert!(size_of::<ShimFile>() == 3 * PTR_BYTES);
 const _: () = assert!(align_of::<ShimFile>() == align_of::<*const c_void>());
 // The lower file starts at size_of::<ShimFile>(): keep it 8-byte aligned for its i64 fields.
-const _: () = assert!(size_of::<ShimFile>() % 8 == 0);
+const _: () = assert!(size_of::<ShimFile>().is_multiple_of(8));
 // The C layouts this file relies on: an int then 18 method pointers; three ints, three
 // pointers and 16 method pointers (on 64-bit targets, where the ints pad to two pointers).
 const _: () = assert!(size_of::<sqlite3_io_methods>() == 19 * PTR_BYTES);
@@ -97,6 +98,9 @@ struct MainState {
     db_path: PathBuf,
     /// Region 0 of the wal-index as the lower `xShmMap` returned it; null when not mapped.
     shm_region0: *mut u8,
+    /// `xShmMap` was ever called: false means a heap-memory wal-index (exclusive locking mode
+    /// set before the WAL was opened), whose last close the shim sees only as the WAL's xClose.
+    shm_used: bool,
     /// This connection holds the WAL write lock (a LOCK|EXCLUSIVE on slot 0 returned OK).
     holds_write_lock: bool,
     /// The file lock level, from successful xLock/xUnlock calls.
@@ -116,7 +120,7 @@ static REGISTER: Mutex<()> = Mutex::new(());
 /// Registers the `walstream` VFS over the current default VFS, once per process; with
 /// `make_default`, makes it the default (again, if it was registered before).
 pub(crate) fn register(make_default: bool) -> Result<(), String> {
-    let _serialised = REGISTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _serialised = REGISTER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let existing = api::vfs_find(Some(VFS_NAME));
     if !existing.is_null() {
         if make_default {
@@ -262,7 +266,7 @@ unsafe extern "C" fn vfs_dl_open(vfs: *mut sqlite3_vfs, name: *const c_char) -> 
 }
 
 unsafe extern "C" fn vfs_dl_error(vfs: *mut sqlite3_vfs, n: c_int, out: *mut c_char) {
-    guard((), || lower_vfs_call!(vfs, xDlError, (), n, out))
+    guard((), || lower_vfs_call!(vfs, xDlError, (), n, out));
 }
 
 type DlSymResult =
@@ -277,7 +281,7 @@ unsafe extern "C" fn vfs_dl_sym(
 }
 
 unsafe extern "C" fn vfs_dl_close(vfs: *mut sqlite3_vfs, handle: *mut c_void) {
-    guard((), || lower_vfs_call!(vfs, xDlClose, (), handle))
+    guard((), || lower_vfs_call!(vfs, xDlClose, (), handle));
 }
 
 unsafe extern "C" fn vfs_randomness(vfs: *mut sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
@@ -339,9 +343,9 @@ fn open(
     out_flags: *mut c_int,
 ) -> c_int {
     let shim = file.cast::<ShimFile>();
-    // SAFETY: SQLite gives xOpen a buffer of our szOsFile bytes (size_of::<ShimFile>() plus the
-    // lower szOsFile), aligned for any file struct; the lower file takes the part after ours.
     // pMethods stays null until the open succeeds, so SQLite will not call xClose otherwise.
+    // SAFETY: xOpen gets szOsFile bytes (ShimFile, then the lower szOsFile), 8-byte aligned;
+    // the lower file takes the part after ours.
     let lower = unsafe {
         let lower = file.cast::<u8>().add(size_of::<ShimFile>()).cast::<sqlite3_file>();
         let blank = sqlite3_file { pMethods: ptr::null() };
@@ -392,6 +396,7 @@ fn new_state(
                 capture,
                 db_path,
                 shm_region0: ptr::null_mut(),
+                shm_used: false,
                 holds_write_lock: false,
                 lock_level: 0,
                 wal: ptr::null_mut(),
@@ -473,9 +478,8 @@ struct Lower(*mut sqlite3_file);
 impl Lower {
     /// The lower io methods when their version is at least `version`.
     fn methods(self, version: c_int) -> Option<&'static sqlite3_io_methods> {
-        // SAFETY: self.0 is the lower part of a shim file; after a successful lower xOpen its
-        // pMethods is null or a table that stays valid until the lower xClose (and in practice
-        // for the process: such tables are statics).
+        // SAFETY: self.0 is the lower part of a shim file: its pMethods is null or a table
+        // valid until the lower xClose (in practice a static).
         let methods = unsafe { (*self.0).pMethods.as_ref() }?;
         (methods.iVersion >= version).then_some(methods)
     }
@@ -498,7 +502,8 @@ impl ReadAt for LowerReader {
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut done = 0;
         while done < buf.len() {
-            let chunk = &mut buf[done..][..(buf.len() - done).min(READ_CHUNK_BYTES)];
+            let end = buf.len().min(done + READ_CHUNK_BYTES);
+            let chunk = &mut buf[done..end];
             let len = c_int::try_from(chunk.len()).expect("chunk is at most 1 GiB");
             let at = i64::try_from(offset + done as u64)
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
@@ -517,7 +522,7 @@ impl ReadAt for LowerReader {
 
     fn size(&mut self) -> io::Result<u64> {
         let mut size: sqlite3_int64 = 0;
-        let out: *mut sqlite3_int64 = &mut size;
+        let out: *mut sqlite3_int64 = ptr::addr_of_mut!(size);
         let rc = lower_call!(self.0, 1, xFileSize, SQLITE_IOERR, out);
         if rc != SQLITE_OK {
             return Err(io::Error::other(format!("xFileSize failed: SQLite error {rc}")));
@@ -548,9 +553,9 @@ impl ReadAt for EmptyFile {
 /// the capture are caught here so that the caller's lock bookkeeping always continues.
 fn fire(main: Lower, state: &MainState, moment: Moment) {
     let shm = (!state.shm_region0.is_null()).then(|| {
-        // SAFETY: shm_region0 is region 0 as the lower xShmMap returned it, mapped until
-        // xShmUnmap (which clears the field); regions are at least 32 KiB. The bytes may be
-        // written by other processes, hence a volatile copy; capture checks its consistency.
+        // Other processes may write these bytes: a volatile copy; capture checks consistency.
+        // SAFETY: shm_region0 is region 0 as the lower xShmMap returned it (>= 32 KiB), mapped
+        // until xShmUnmap, which clears the field.
         unsafe { ptr::read_volatile(state.shm_region0.cast::<[u8; SHM_PREFIX_BYTES]>()) }
     });
     let mut wal: Box<dyn ReadAt> = if state.wal.is_null() {
@@ -651,7 +656,13 @@ unsafe extern "C" fn io_close(file: *mut sqlite3_file) -> c_int {
             }
             Some(FileState::Wal(w)) if !w.main.is_null() => {
                 // SAFETY: the linked main file is open and belongs to this connection.
-                if let Some(FileState::Main(m)) = unsafe { state_of(w.main) } {
+                let (main_lower, main_state) = unsafe { parts(w.main.cast()) };
+                if let Some(FileState::Main(m)) = main_state {
+                    if !m.shm_used && m.lock_level == SQLITE_LOCK_EXCLUSIVE {
+                        // Heap-memory wal-index: no xShmUnmap, so the last close (checkpoint
+                        // done, WAL about to be deleted) shows here, while the WAL is readable.
+                        fire(main_lower, m, Moment::Closing);
+                    }
                     m.wal = ptr::null_mut();
                 }
             }
@@ -730,8 +741,9 @@ unsafe extern "C" fn io_lock(file: *mut sqlite3_file, level: c_int) -> c_int {
         let Some(FileState::Main(m)) = state else {
             return lower_call!(lower, 1, xLock, SQLITE_IOERR, level);
         };
-        // The last connection to close takes EXCLUSIVE to checkpoint and delete the WAL.
-        if level == SQLITE_LOCK_EXCLUSIVE && refuses_reset(m) {
+        // The last connection to close takes EXCLUSIVE to checkpoint and delete the WAL (which
+        // is open then). Without a WAL (rollback-journal mode) there is nothing to protect.
+        if level == SQLITE_LOCK_EXCLUSIVE && !m.wal.is_null() && refuses_reset(m) {
             return SQLITE_BUSY;
         }
         let rc = lower_call!(lower, 1, xLock, SQLITE_IOERR, level);
@@ -778,8 +790,9 @@ unsafe extern "C" fn io_file_control(file: *mut sqlite3_file, op: c_int, arg: *m
             }
             SQLITE_FCNTL_COMMIT_PHASETWO => {
                 let rc = lower_call!(lower, 1, xFileControl, SQLITE_NOTFOUND, op, arg);
-                if m.lock_level == SQLITE_LOCK_EXCLUSIVE {
-                    // Exclusive locking mode: no wal-index locks mark the commit.
+                // Exclusive locking mode in WAL mode: no wal-index locks mark the commit. A
+                // rollback-journal commit (no WAL open) also holds EXCLUSIVE: not a WAL commit.
+                if m.lock_level == SQLITE_LOCK_EXCLUSIVE && !m.wal.is_null() {
                     fire(lower, m, Moment::CommitExclusive);
                 }
                 rc
@@ -843,11 +856,12 @@ unsafe extern "C" fn io_shm_map(
         // SAFETY: see the io methods contract.
         let (lower, state) = unsafe { parts(file) };
         let rc = lower_call!(lower, 2, xShmMap, SQLITE_IOERR, region, region_bytes, extend, pp);
-        if let (0, Some(FileState::Main(m))) = (region, state) {
+        if let Some(FileState::Main(m)) = state {
+            m.shm_used = true;
             let usable = rc == SQLITE_OK || rc & 0xff == SQLITE_READONLY;
             // SAFETY: pp is the out pointer SQLite passed; the lower xShmMap has set it.
             let mapped = if pp.is_null() { ptr::null_mut() } else { unsafe { *pp } };
-            if usable && !mapped.is_null() {
+            if region == 0 && usable && !mapped.is_null() {
                 m.shm_region0 = mapped.cast();
             }
         }
@@ -888,8 +902,8 @@ unsafe extern "C" fn io_shm_barrier(file: *mut sqlite3_file) {
     guard((), || {
         // SAFETY: see the io methods contract.
         let (lower, _) = unsafe { parts(file) };
-        lower_call!(lower, 2, xShmBarrier, ())
-    })
+        lower_call!(lower, 2, xShmBarrier, ());
+    });
 }
 
 unsafe extern "C" fn io_shm_unmap(file: *mut sqlite3_file, delete: c_int) -> c_int {
@@ -913,16 +927,14 @@ unsafe extern "C" fn io_fetch(file: *mut sqlite3_file, at: i64, n: c_int, pp: *m
     guard(SQLITE_IOERR, || {
         // SAFETY: see the io methods contract.
         let (lower, _) = unsafe { parts(file) };
-        match lower.methods(3).and_then(|m| m.xFetch) {
-            Some(_) => lower_call!(lower, 3, xFetch, SQLITE_OK, at, n, pp),
-            None => {
-                if !pp.is_null() {
-                    // SAFETY: pp is SQLite's out pointer; null means "use xRead instead".
-                    unsafe { *pp = ptr::null_mut() };
-                }
-                SQLITE_OK
+        let no_mapping = || {
+            if !pp.is_null() {
+                // SAFETY: pp is SQLite's out pointer; null means "use xRead instead".
+                unsafe { *pp = ptr::null_mut() };
             }
-        }
+            SQLITE_OK
+        };
+        lower_call!(lower, 3, xFetch, no_mapping(), at, n, pp)
     })
 }
 

@@ -28,9 +28,10 @@ pub struct Capture {
     db_path: PathBuf,
     target: TargetSpec,
     spool: Spool,
-    /// The WAL position the spool was caught up to when this process took the write lock; only
-    /// meaningful while the lock is held. A WAL reset under that lock discards nothing uncaptured.
-    synced_at_lock: Option<WalCursor>,
+    /// Salts of the WAL whose every commit the spool held when this process took the write
+    /// lock; only meaningful while the lock is held. A WAL reset under that lock discards
+    /// nothing uncaptured.
+    synced_at_lock: Option<(u32, u32)>,
     status: Status,
     frame_buf: Vec<u8>,
 }
@@ -101,10 +102,14 @@ impl Capture {
         let shm = io.shm.and_then(ShmHeader::parse);
         self.catch_up(io)?;
         let (Some(shm), Some(tail)) = (shm, self.spool.cached_tail()) else { return Ok(()) };
-        if let Some(w) = tail.wal.filter(|w| {
-            w.salt1 == shm.salt1 && w.salt2 == shm.salt2 && w.frame == shm.mx_frame
-        }) {
-            self.synced_at_lock = Some(w);
+        let salts = (shm.salt1, shm.salt2);
+        let caught_up = tail.wal.is_some_and(|w| (w.salt1, w.salt2) == salts && w.frame == shm.mx_frame);
+        let empty_after_restart = shm.mx_frame == 0
+            && tail.reset.as_ref().is_some_and(|r| {
+                r.kind() == Kind::Restart && (r.next_salt1, r.next_salt2) == salts && !r.salt2_unknown
+            });
+        if caught_up || empty_after_restart {
+            self.synced_at_lock = Some(salts);
         }
         Ok(())
     }
@@ -161,32 +166,44 @@ impl Capture {
         }
     }
 
-    /// Before SQLite discards the current WAL: mark the stream as continuing into the next WAL
-    /// if every transaction of this one is captured, and make the spool durable.
+    /// Before SQLite discards the current WAL: if every transaction of it is captured, record
+    /// which WAL continues the history, and make the spool durable.
     fn before_reset(&mut self, io: CaptureIo<'_>) -> Result<(), CaptureError> {
-        let heap_mode = io.shm.is_none();
-        if heap_mode {
-            // Exclusive locking mode without a shared wal-index: the WAL is still intact, and
-            // its valid frames are bounded by the checksum chain.
-            self.catch_up(CaptureIo { shm: None, wal: io.wal, db: io.db })?;
-        }
-        let current = WalHeader::read(io.wal).ok().flatten();
-        let synced = self.synced_at_lock;
+        let next = match io.shm {
+            Some(region) => {
+                // SQLite has already published the next WAL's salts in the wal-index.
+                let now = ShmHeader::parse(region).map(|h| (h.salt1, h.salt2));
+                match (self.synced_at_lock, now) {
+                    (Some(synced), Some(now)) if synced != now => Some((now.0, now.1, false)),
+                    _ => None,
+                }
+            }
+            None => {
+                // Exclusive locking mode without a shared wal-index: the old WAL is still intact
+                // on disk and its valid frames are bounded by the checksum chain.
+                self.catch_up(CaptureIo { shm: None, wal: io.wal, db: io.db })?;
+                let current = WalHeader::read(io.wal).ok().flatten();
+                let tail = self.spool.cached_tail();
+                match (current, tail.and_then(|t| t.wal)) {
+                    (Some(h), Some(w)) if w.same_wal(&h) => Some((h.salt1.wrapping_add(1), 0, true)),
+                    _ => None,
+                }
+            }
+        };
+        // The checkpoint that precedes a reset has already written the database file.
+        let (db_file_bytes, db_file_mtime_ns) = db_file_stat(&self.db_path).map_err(CaptureError::Db)?;
         let mut lock = self.spool.lock()?;
         let Some(tail) = lock.tail().cloned() else { return Ok(()) };
-        if tail.reset.is_none() && !tail.ended {
-            let complete = match (tail.wal, heap_mode) {
-                (Some(w), true) => current.is_some_and(|h| w.same_wal(&h)),
-                (Some(w), false) => synced == Some(w),
-                (None, _) => false,
-            };
-            if complete {
-                lock.mark_reset(pb::WalReset {
-                    kind: Kind::Restart as i32,
-                    after_seq: tail.last_seq,
-                    ..Default::default()
-                })?;
-            }
+        if let Some((next_salt1, next_salt2, salt2_unknown)) = next.filter(|_| !tail.ended) {
+            lock.mark_reset(pb::WalReset {
+                kind: Kind::Restart as i32,
+                after_seq: tail.last_seq,
+                next_salt1,
+                next_salt2,
+                salt2_unknown,
+                db_file_bytes,
+                db_file_mtime_ns,
+            })?;
         }
         lock.sync()?;
         Ok(())
@@ -203,6 +220,7 @@ impl Capture {
                 after_seq: tail.last_seq,
                 db_file_bytes: bytes,
                 db_file_mtime_ns: mtime_ns,
+                ..Default::default()
             })?;
         }
         lock.sync()?;
@@ -246,6 +264,7 @@ impl Capture {
                 after_seq: 0,
                 db_file_bytes: stat.0,
                 db_file_mtime_ns: stat.1,
+                ..Default::default()
             })?;
             lock.sync()?;
         }
@@ -282,26 +301,31 @@ fn continuation(
         }
         return Continuation::From(w);
     }
-    let reset = tail.reset.as_ref().map(|r| r.kind());
-    match reset {
-        Some(Kind::Restart) if tail.wal.is_some_and(|w| h.salt1 == w.salt1.wrapping_add(1)) => {
+    let Some(r) = tail.reset.as_ref() else {
+        return Continuation::Diverged(
+            "the WAL was reset or replaced with frames walstream did not capture".into(),
+        );
+    };
+    // A WAL that starts after a reset walstream saw. The salts SQLite announced identify it
+    // when the connection that reset the WAL writes it next; a connection that never reset a
+    // WAL itself picks random salts, and then the database file must be as the reset left it
+    // (a WAL written and reset without walstream in between would have checkpointed into it).
+    let announced = r.kind() == Kind::Restart
+        && h.salt1 == r.next_salt1
+        && (r.salt2_unknown || h.salt2 == r.next_salt2);
+    if announced {
+        return Continuation::From(WalCursor::at_start(h));
+    }
+    match db_file_stat(db_path) {
+        Ok((bytes, mtime)) if bytes == r.db_file_bytes && mtime == r.db_file_mtime_ns => {
             Continuation::From(WalCursor::at_start(h))
         }
-        Some(Kind::Close) => {
-            let r = tail.reset.as_ref().expect("matched Some");
-            match db_file_stat(db_path) {
-                Ok((bytes, mtime)) if bytes == r.db_file_bytes && mtime == r.db_file_mtime_ns => {
-                    Continuation::From(WalCursor::at_start(h))
-                }
-                Ok(_) => Continuation::Diverged(
-                    "the database file changed while no walstream connection had it open".into(),
-                ),
-                Err(e) => Continuation::Diverged(format!("cannot stat the database file: {e}")),
-            }
-        }
-        _ => Continuation::Diverged(
-            "the WAL was reset or replaced with frames walstream did not capture".into(),
-        ),
+        Ok(_) => Continuation::Diverged(format!(
+            "the database file changed since the WAL was {} without walstream seeing the WAL \
+             that changed it",
+            if r.kind() == Kind::Close { "closed" } else { "reset" }
+        )),
+        Err(e) => Continuation::Diverged(format!("cannot stat the database file: {e}")),
     }
 }
 

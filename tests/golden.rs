@@ -1,0 +1,1091 @@
+//! Golden test vectors: a tiny stream with fixed inputs, checked in under `tests/golden/v1/`,
+//! that pins the on-disk format byte for byte (docs/FORMAT.md) and gives other implementations
+//! files to validate against.
+//!
+//! The generator below writes the stream the way a validator reads it: protobuf records from
+//! `record::pb`, framed by `record::frame::RecordWriter`, hashed with `record::chain`. Its
+//! database images are computed independently, by applying pages to a `Vec<u8>` as FORMAT.md
+//! ("Replaying") says, and `expected.json` records them with every hash.
+//!
+//! * `golden_files_are_reproduced_byte_for_byte`: today's code writes exactly the checked-in
+//!   bytes. With `WALSTREAM_REGEN_GOLDEN=1` the files are rewritten instead (review the diff: a
+//!   change to these bytes is a format change, see tests/golden/README.md).
+//! * `golden_hashes_follow_the_documented_layout`: the checked-in files, decoded and re-hashed
+//!   with the byte layouts of FORMAT.md spelled out by hand (no `record::chain`), give the
+//!   hashes and images of `expected.json`.
+//! * `golden_stream_verifies_and_replays`: `verify` accepts the stream and `restore` rebuilds the
+//!   expected image after every transaction.
+//! * the remaining tests damage a copy of the golden files and assert the exact error text.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use walstream::reader::{Integrity, ReadError};
+use walstream::record::chain::{page_hash, SnapshotHasher, TxnHasher};
+use walstream::record::frame::RecordWriter;
+use walstream::record::pb::{self, record::Body, segment_end::Reason, wal_reset::Kind};
+use walstream::record::{hex, FileKind, Hash, RecordReader};
+use walstream::restore::{self, Point, RestoreOptions};
+use walstream::target::LocalTarget;
+use walstream::verify;
+
+// ---------------------------------------------------------------------------------------------
+// The fixed inputs.
+
+const GENERATION: u64 = 1;
+const PAGE_SIZE: u32 = 512;
+const SNAPSHOT_PAGES: u32 = 3;
+const CREATED_MS: i64 = 1_700_000_000_000;
+/// The WAL salts of the (imaginary) WAL the stream was captured from; not hashed. After the
+/// restart that follows txn 2, the WAL carries salt-1 plus one and `SALT2_AFTER_RESET`.
+const SALT1: u32 = 0x5741_4c31;
+const SALT2: u32 = 0x0000_0001;
+const SALT2_AFTER_RESET: u32 = 0x0000_0002;
+
+const SNAPSHOT_KEY: &str = "generations/0000000000000001/snapshot.wsnap";
+const SEGMENT1_KEY: &str = "generations/0000000000000001/0000000000000001.wseg";
+const SEGMENT4_KEY: &str = "generations/0000000000000001/0000000000000004.wseg";
+
+/// One transaction of the golden stream: its pages as (pgno, content seed), in frame order.
+struct TxnSpec {
+    seq: u64,
+    pages: &'static [(u32, u8)],
+    db_size_pages: u32,
+    commit_time_ms: i64,
+}
+
+/// Snapshot page n has seed 0x10 * n.
+const SNAPSHOT_SEEDS: [u8; SNAPSHOT_PAGES as usize] = [0x10, 0x20, 0x30];
+
+const TXNS: [TxnSpec; 4] = [
+    // Grows the database to 4 pages.
+    TxnSpec {
+        seq: 1,
+        pages: &[(2, 0x21), (4, 0x41)],
+        db_size_pages: 4,
+        commit_time_ms: CREATED_MS + 1_000,
+    },
+    // Page 1 appears twice: the last one wins.
+    TxnSpec {
+        seq: 2,
+        pages: &[(1, 0x11), (3, 0x31), (1, 0x12)],
+        db_size_pages: 4,
+        commit_time_ms: CREATED_MS + 2_500,
+    },
+    // Shrinks the database to 2 pages (page 3 and 4 are cut off by the truncation).
+    TxnSpec {
+        seq: 3,
+        pages: &[(2, 0x22)],
+        db_size_pages: 2,
+        commit_time_ms: CREATED_MS + 4_000,
+    },
+    // In the second segment: grows back to 3 pages.
+    TxnSpec {
+        seq: 4,
+        pages: &[(3, 0x32)],
+        db_size_pages: 3,
+        commit_time_ms: CREATED_MS + 7_000,
+    },
+];
+
+/// Transactions 1..=3 are in the first segment, which then rolls; 4 is in the second.
+const FIRST_SEGMENT_TXNS: usize = 3;
+
+/// A fixed page image: a readable label, then a pattern that depends on the seed.
+fn page(seed: u8) -> Vec<u8> {
+    let mut p: Vec<u8> = (0..PAGE_SIZE as usize)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed.rotate_left((i % 8) as u32))
+        .collect();
+    let label = format!("walstream golden page, seed {seed:#04x}\n");
+    p[..label.len()].copy_from_slice(label.as_bytes());
+    p
+}
+
+/// A WAL position; not hashed (docs/FORMAT.md, "Determinism"), fixed here only for
+/// reproducibility.
+fn wal((salt1, salt2): (u32, u32), frame: u32) -> Option<pb::WalPosition> {
+    Some(pb::WalPosition {
+        salt1,
+        salt2,
+        frame,
+        checksum1: 0x0101_0101u32.wrapping_mul(frame + 1),
+        checksum2: 0x1010_1010u32.wrapping_mul(frame + 3),
+        page_size: PAGE_SIZE,
+        big_endian_checksum: false,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The generator.
+
+fn rec(body: Body) -> pb::Record {
+    pb::Record { body: Some(body) }
+}
+
+fn file(kind: FileKind, records: &[pb::Record]) -> Vec<u8> {
+    let mut w = RecordWriter::new(Vec::new(), kind).unwrap();
+    for r in records {
+        w.write(r).unwrap();
+    }
+    w.into_inner()
+}
+
+/// Applies a page at `(pgno - 1) * page_size`, growing the image as needed.
+fn apply_page(image: &mut Vec<u8>, pgno: u32, data: &[u8]) {
+    let at = (pgno as usize - 1) * PAGE_SIZE as usize;
+    if image.len() < at + data.len() {
+        image.resize(at + data.len(), 0);
+    }
+    image[at..at + data.len()].copy_from_slice(data);
+}
+
+/// The image after a replay: the pages written so far, truncated (or extended with zeros) to
+/// `db_size_pages`.
+fn image_at(image: &[u8], db_size_pages: u32) -> Vec<u8> {
+    let mut out = image.to_vec();
+    out.resize(db_size_pages as usize * PAGE_SIZE as usize, 0);
+    out
+}
+
+struct ExpectedTxn {
+    seq: u64,
+    key: &'static str,
+    db_size_pages: u32,
+    commit_time_ms: i64,
+    chain_hash: Hash,
+    image: Hash,
+}
+
+struct Golden {
+    /// (key relative to the target root, bytes)
+    files: Vec<(&'static str, Vec<u8>)>,
+    snapshot_hash: Hash,
+    snapshot_image: Hash,
+    txns: Vec<ExpectedTxn>,
+}
+
+impl Golden {
+    fn expected_json(&self) -> String {
+        // Written by hand, not by serde_json, so that the bytes do not depend on its features.
+        let mut s = String::new();
+        s.push_str("{\n");
+        s.push_str("  \"format_version\": 1,\n");
+        s.push_str(&format!("  \"generation\": {GENERATION},\n"));
+        s.push_str(&format!("  \"page_size\": {PAGE_SIZE},\n"));
+        s.push_str("  \"snapshot\": {\n");
+        s.push_str(&format!("    \"key\": \"{SNAPSHOT_KEY}\",\n"));
+        s.push_str(&format!("    \"page_count\": {SNAPSHOT_PAGES},\n"));
+        s.push_str(&format!(
+            "    \"hash\": \"{}\",\n",
+            hex(&self.snapshot_hash)
+        ));
+        s.push_str(&format!(
+            "    \"image_blake3\": \"{}\"\n",
+            hex(&self.snapshot_image)
+        ));
+        s.push_str("  },\n");
+        s.push_str("  \"txns\": [\n");
+        for (i, t) in self.txns.iter().enumerate() {
+            s.push_str("    {\n");
+            s.push_str(&format!("      \"seq\": {},\n", t.seq));
+            s.push_str(&format!("      \"segment\": \"{}\",\n", t.key));
+            s.push_str(&format!("      \"db_size_pages\": {},\n", t.db_size_pages));
+            s.push_str(&format!(
+                "      \"commit_time_ms\": {},\n",
+                t.commit_time_ms
+            ));
+            s.push_str(&format!(
+                "      \"chain_hash\": \"{}\",\n",
+                hex(&t.chain_hash)
+            ));
+            s.push_str(&format!("      \"image_blake3\": \"{}\"\n", hex(&t.image)));
+            s.push_str(if i + 1 == self.txns.len() {
+                "    }\n"
+            } else {
+                "    },\n"
+            });
+        }
+        s.push_str("  ]\n");
+        s.push_str("}\n");
+        s
+    }
+
+    /// Every file of `tests/golden/v1/`, expected.json included.
+    fn all_files(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = self
+            .files
+            .iter()
+            .map(|(k, b)| (k.to_string(), b.clone()))
+            .collect();
+        out.push(("expected.json".into(), self.expected_json().into_bytes()));
+        out
+    }
+}
+
+fn generate() -> Golden {
+    // Snapshot: header, a chunk of pages 1-2, a chunk of page 3, end.
+    let snapshot_pages: Vec<Vec<u8>> = SNAPSHOT_SEEDS.iter().map(|&s| page(s)).collect();
+    let mut snapshot_hasher = SnapshotHasher::new(GENERATION, PAGE_SIZE, None);
+    let mut image = Vec::new();
+    for (i, p) in snapshot_pages.iter().enumerate() {
+        snapshot_hasher.page(i as u32 + 1, &page_hash(p));
+        apply_page(&mut image, i as u32 + 1, p);
+    }
+    let snapshot_hash = snapshot_hasher.finish();
+    let snapshot_image = *blake3::hash(&image_at(&image, SNAPSHOT_PAGES)).as_bytes();
+    let chunk = |first: u32, pages: &[Vec<u8>]| {
+        rec(Body::SnapshotChunk(pb::SnapshotChunk {
+            first_pgno: first,
+            data: pages.concat(),
+            hashes: pages.iter().map(|p| page_hash(p).to_vec()).collect(),
+        }))
+    };
+    let snapshot = file(
+        FileKind::Snapshot,
+        &[
+            rec(Body::SnapshotHeader(pb::SnapshotHeader {
+                generation: GENERATION,
+                page_size: PAGE_SIZE,
+                page_count: SNAPSHOT_PAGES,
+                reason: "new stream".into(),
+                created_ms: CREATED_MS,
+                prev_generation_hash: Vec::new(),
+                wal: wal((SALT1, SALT2), 0),
+            })),
+            chunk(1, &snapshot_pages[..2]),
+            chunk(3, &snapshot_pages[2..]),
+            rec(Body::SnapshotEnd(pb::SnapshotEnd {
+                hash: snapshot_hash.to_vec(),
+            })),
+        ],
+    );
+
+    // Segments. WAL positions follow an imaginary WAL: frames counted from 1, and a restart
+    // after txn 2 (salt-1 plus one, a new salt-2, frames from 1 again), announced by a WalReset
+    // marker that names the next salts.
+    let mut head = snapshot_hash;
+    let mut prev_time = CREATED_MS;
+    let mut salts = (SALT1, SALT2);
+    let mut frame = 0u32;
+    let mut segments: Vec<Vec<pb::Record>> = Vec::new();
+    let mut expected = Vec::new();
+    for (i, t) in TXNS.iter().enumerate() {
+        let key = if i < FIRST_SEGMENT_TXNS {
+            SEGMENT1_KEY
+        } else {
+            SEGMENT4_KEY
+        };
+        if i == 0 || i == FIRST_SEGMENT_TXNS {
+            if let Some(last) = segments.last_mut() {
+                last.push(rec(Body::SegmentEnd(pb::SegmentEnd {
+                    reason: Reason::Rolled as i32,
+                    next_seq: t.seq,
+                })));
+            }
+            segments.push(vec![rec(Body::SegmentHeader(pb::SegmentHeader {
+                generation: GENERATION,
+                first_seq: t.seq,
+                prev_hash: head.to_vec(),
+                wal: wal(salts, frame),
+                prev_commit_time_ms: prev_time,
+            }))]);
+        }
+        let records = segments.last_mut().unwrap();
+        records.push(rec(Body::TxnBegin(pb::TxnBegin { seq: t.seq })));
+        let mut hasher = TxnHasher::new(GENERATION, t.seq, &head);
+        for &(pgno, seed) in t.pages {
+            let data = page(seed);
+            let hash = page_hash(&data);
+            hasher.page(pgno, &hash);
+            apply_page(&mut image, pgno, &data);
+            records.push(rec(Body::Page(pb::Page {
+                pgno,
+                data,
+                hash: hash.to_vec(),
+            })));
+        }
+        frame += t.pages.len() as u32;
+        let chain_hash = hasher.finish(t.db_size_pages, t.commit_time_ms);
+        records.push(rec(Body::TxnCommit(pb::TxnCommit {
+            seq: t.seq,
+            page_count: t.pages.len() as u32,
+            db_size_pages: t.db_size_pages,
+            commit_time_ms: t.commit_time_ms,
+            hash: chain_hash.to_vec(),
+            wal: wal(salts, frame),
+        })));
+        if t.seq == 2 {
+            records.push(rec(Body::WalReset(pb::WalReset {
+                kind: Kind::Restart as i32,
+                after_seq: t.seq,
+                db_file_bytes: 0,
+                db_file_mtime_ns: 0,
+                next_salt1: salts.0 + 1,
+                next_salt2: SALT2_AFTER_RESET,
+                salt2_unknown: false,
+            })));
+            salts = (salts.0 + 1, SALT2_AFTER_RESET);
+            frame = 0;
+        }
+        // FORMAT.md "Replaying": every page of txns 1..=N written, then one truncation to txn
+        // N's size. `image` is never truncated, so this is that procedure for each N.
+        expected.push(ExpectedTxn {
+            seq: t.seq,
+            key,
+            db_size_pages: t.db_size_pages,
+            commit_time_ms: t.commit_time_ms,
+            chain_hash,
+            image: *blake3::hash(&image_at(&image, t.db_size_pages)).as_bytes(),
+        });
+        head = chain_hash;
+        prev_time = t.commit_time_ms;
+    }
+    // The second segment stays unsealed, as the live end of a stream is.
+    assert_eq!(segments.len(), 2);
+    Golden {
+        files: vec![
+            (SNAPSHOT_KEY, snapshot),
+            (SEGMENT1_KEY, file(FileKind::Segment, &segments[0])),
+            (SEGMENT4_KEY, file(FileKind::Segment, &segments[1])),
+        ],
+        snapshot_hash,
+        snapshot_image,
+        txns: expected,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+const REGEN_ENV: &str = "WALSTREAM_REGEN_GOLDEN";
+
+fn regen_requested() -> bool {
+    std::env::var_os(REGEN_ENV).is_some_and(|v| v == "1")
+}
+
+/// `tests/golden/v1`. With `WALSTREAM_REGEN_GOLDEN=1`, the files are rewritten first (once per
+/// process, before any test reads them).
+fn golden_dir() -> PathBuf {
+    static REGEN: Once = Once::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1");
+    if regen_requested() {
+        REGEN.call_once(|| {
+            if dir.exists() {
+                fs::remove_dir_all(&dir).unwrap();
+            }
+            for (key, bytes) in generate().all_files() {
+                let path = dir.join(&key);
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                fs::write(&path, bytes).unwrap();
+            }
+        });
+    }
+    dir
+}
+
+/// Every file below `dir`, as keys relative to it.
+fn list_files(dir: &Path) -> Vec<String> {
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let key = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            if entry.file_type().unwrap().is_dir() {
+                walk(&entry.path(), &key, out);
+            } else {
+                out.push(key);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, "", &mut out);
+    out.sort();
+    out
+}
+
+struct ExpectedJson {
+    snapshot_hash: String,
+    snapshot_image: String,
+    /// (seq, db_size_pages, chain hash, image hash)
+    txns: Vec<(u64, u32, String, String)>,
+}
+
+fn expected_json() -> ExpectedJson {
+    let text = fs::read_to_string(golden_dir().join("expected.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let s = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["generation"], GENERATION);
+    assert_eq!(v["page_size"], PAGE_SIZE);
+    ExpectedJson {
+        snapshot_hash: s(&v["snapshot"]["hash"]),
+        snapshot_image: s(&v["snapshot"]["image_blake3"]),
+        txns: v["txns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["seq"].as_u64().unwrap(),
+                    t["db_size_pages"].as_u64().unwrap() as u32,
+                    s(&t["chain_hash"]),
+                    s(&t["image_blake3"]),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// A copy of the golden target in a temporary directory, to damage.
+fn golden_copy() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("target");
+    let src = golden_dir();
+    for key in list_files(&src) {
+        if key.starts_with("generations/") {
+            let dest = root.join(&key);
+            fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            fs::copy(src.join(&key), dest).unwrap();
+        }
+    }
+    (tmp, root)
+}
+
+fn records(path: &Path) -> Vec<(u64, pb::Record)> {
+    let mut r = RecordReader::new(fs::File::open(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        out.push(rec);
+    }
+    out
+}
+
+fn verify_error(root: &Path) -> ReadError {
+    match verify::verify(&LocalTarget::new(root.to_path_buf()), &mut |_| {}) {
+        Ok(report) => panic!("verify must fail, but accepted {:?}", report.generations),
+        Err(e) => e,
+    }
+}
+
+fn restore_to(
+    root: &Path,
+    out: &Path,
+    point: Point,
+) -> Result<restore::Restored, restore::RestoreError> {
+    let opts = RestoreOptions {
+        point,
+        generation: None,
+        force: true,
+    };
+    restore::restore(
+        &LocalTarget::new(root.to_path_buf()),
+        out,
+        &opts,
+        &mut |_| {},
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a) The checked-in bytes are what today's code writes.
+
+#[test]
+fn golden_files_are_reproduced_byte_for_byte() {
+    let dir = golden_dir();
+    let golden = generate();
+    let files = golden.all_files();
+    let mut expected_keys: Vec<String> = files.iter().map(|(k, _)| k.clone()).collect();
+    expected_keys.sort();
+    assert!(
+        dir.exists(),
+        "{} is missing; run `{REGEN_ENV}=1 cargo test --test golden`",
+        dir.display()
+    );
+    assert_eq!(
+        list_files(&dir),
+        expected_keys,
+        "files under {}",
+        dir.display()
+    );
+    for (key, bytes) in files {
+        let on_disk = fs::read(dir.join(&key)).unwrap();
+        if on_disk != bytes {
+            let first = on_disk
+                .iter()
+                .zip(&bytes)
+                .position(|(a, b)| a != b)
+                .unwrap_or(on_disk.len().min(bytes.len()));
+            panic!(
+                "tests/golden/v1/{key} differs from what this build writes: {} bytes checked in, {} \
+                 generated, first difference at offset {first}. If the format change is intended, \
+                 regenerate with `{REGEN_ENV}=1 cargo test --test golden`, review the diff, and \
+                 update docs/FORMAT.md (see tests/golden/README.md).",
+                on_disk.len(),
+                bytes.len()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (d) An independent validator: FORMAT.md's byte layouts spelled out by hand.
+
+fn hash_bytes(bytes: &[u8]) -> Hash {
+    *blake3::hash(bytes).as_bytes()
+}
+
+#[test]
+fn golden_hashes_follow_the_documented_layout() {
+    let dir = golden_dir();
+    let expected = expected_json();
+
+    // File headers: magic, version 1, kind.
+    for (key, kind) in [(SNAPSHOT_KEY, 2u32), (SEGMENT1_KEY, 1), (SEGMENT4_KEY, 1)] {
+        let bytes = fs::read(dir.join(key)).unwrap();
+        assert_eq!(&bytes[..8], b"WALSTRM\0", "{key}");
+        assert_eq!(
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()),
+            1,
+            "{key}"
+        );
+        assert_eq!(
+            u32::from_le_bytes(bytes[12..16].try_into().unwrap()),
+            kind,
+            "{key}"
+        );
+    }
+
+    // Snapshot hash.
+    let mut snp = b"walstream/snp/v1".to_vec();
+    snp.extend_from_slice(&GENERATION.to_le_bytes());
+    snp.extend_from_slice(&PAGE_SIZE.to_le_bytes());
+    snp.extend_from_slice(&[0u8; 32]);
+    let mut image = Vec::new();
+    let mut recorded_snapshot_hash = None;
+    let mut pages = 0u32;
+    for (_, r) in records(&dir.join(SNAPSHOT_KEY)) {
+        match r.body.unwrap() {
+            Body::SnapshotHeader(h) => {
+                assert_eq!(
+                    (h.generation, h.page_size, h.page_count),
+                    (GENERATION, PAGE_SIZE, SNAPSHOT_PAGES)
+                );
+                assert!(h.prev_generation_hash.is_empty());
+            }
+            Body::SnapshotChunk(c) => {
+                for (i, recorded) in c.hashes.iter().enumerate() {
+                    let pgno = c.first_pgno + i as u32;
+                    let data = &c.data[i * PAGE_SIZE as usize..(i + 1) * PAGE_SIZE as usize];
+                    assert_eq!(
+                        recorded.as_slice(),
+                        hash_bytes(data),
+                        "snapshot page {pgno}"
+                    );
+                    snp.extend_from_slice(&pgno.to_le_bytes());
+                    snp.extend_from_slice(recorded);
+                    apply_page(&mut image, pgno, data);
+                    pages += 1;
+                }
+            }
+            Body::SnapshotEnd(e) => recorded_snapshot_hash = Some(hex(&e.hash)),
+            other => panic!("unexpected record in the snapshot: {other:?}"),
+        }
+    }
+    snp.extend_from_slice(&pages.to_le_bytes());
+    let snapshot_hash = hash_bytes(&snp);
+    assert_eq!(hex(&snapshot_hash), expected.snapshot_hash);
+    assert_eq!(
+        recorded_snapshot_hash.as_deref(),
+        Some(expected.snapshot_hash.as_str())
+    );
+    assert_eq!(
+        hex(&hash_bytes(&image_at(&image, pages))),
+        expected.snapshot_image
+    );
+
+    // Transaction hashes and the image after each.
+    let mut prev = snapshot_hash;
+    let mut txn: Option<(u64, Vec<u8>, u32)> = None;
+    let mut seen = Vec::new();
+    for key in [SEGMENT1_KEY, SEGMENT4_KEY] {
+        for (_, r) in records(&dir.join(key)) {
+            match r.body.unwrap() {
+                Body::SegmentHeader(h) => assert_eq!(h.prev_hash, prev.to_vec(), "{key} chains"),
+                Body::TxnBegin(b) => {
+                    let mut bytes = b"walstream/txn/v1".to_vec();
+                    bytes.extend_from_slice(&GENERATION.to_le_bytes());
+                    bytes.extend_from_slice(&b.seq.to_le_bytes());
+                    bytes.extend_from_slice(&prev);
+                    txn = Some((b.seq, bytes, 0));
+                }
+                Body::Page(p) => {
+                    let (_, bytes, n) = txn.as_mut().unwrap();
+                    assert_eq!(p.hash, hash_bytes(&p.data).to_vec());
+                    bytes.extend_from_slice(&p.pgno.to_le_bytes());
+                    bytes.extend_from_slice(&p.hash);
+                    *n += 1;
+                    apply_page(&mut image, p.pgno, &p.data);
+                }
+                Body::TxnCommit(c) => {
+                    let (seq, mut bytes, n) = txn.take().unwrap();
+                    assert_eq!((c.seq, c.page_count), (seq, n));
+                    bytes.extend_from_slice(&n.to_le_bytes());
+                    bytes.extend_from_slice(&c.db_size_pages.to_le_bytes());
+                    bytes.extend_from_slice(&c.commit_time_ms.to_le_bytes());
+                    let hash = hash_bytes(&bytes);
+                    assert_eq!(c.hash, hash.to_vec(), "recorded hash of txn {seq}");
+                    // Truncate a copy only: replaying to txn N truncates once, at the end.
+                    let at_n = image_at(&image, c.db_size_pages);
+                    seen.push((seq, c.db_size_pages, hex(&hash), hex(&hash_bytes(&at_n))));
+                    prev = hash;
+                }
+                Body::WalReset(_) => {}
+                Body::SegmentEnd(e) => {
+                    assert_eq!(key, SEGMENT1_KEY);
+                    assert_eq!((e.reason(), e.next_seq), (Reason::Rolled, 4));
+                }
+                other => panic!("unexpected record in {key}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(seen, expected.txns);
+    assert_eq!(seen.len(), TXNS.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fuzz seeds (fuzz/seeds/<target>/), derived from the golden stream and regenerated with it.
+
+/// The `segment_replay` input layout: snapshot length u16 LE, segment 1 length u16 LE, the
+/// first_seq of segment 2 (u8), then the three files back to back (see fuzz/README.md).
+fn pack_replay_input(
+    snapshot: &[u8],
+    segment1: &[u8],
+    second_first_seq: u8,
+    segment2: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&u16::try_from(snapshot.len()).unwrap().to_le_bytes());
+    out.extend_from_slice(&u16::try_from(segment1.len()).unwrap().to_le_bytes());
+    out.push(second_first_seq);
+    out.extend_from_slice(snapshot);
+    out.extend_from_slice(segment1);
+    out.extend_from_slice(segment2);
+    out
+}
+
+/// A WAL holding the golden transactions as frames (page size 512, the golden salts).
+fn golden_wal(big_endian_checksum: bool) -> Vec<u8> {
+    use walstream::wal::{WalCursor, WalHeader};
+    let header = WalHeader {
+        big_endian_checksum,
+        page_size: PAGE_SIZE,
+        checkpoint_seq: 0,
+        salt1: SALT1,
+        salt2: SALT2,
+        checksum: (0, 0),
+    };
+    let bytes = header.encode();
+    let mut cursor = WalCursor::at_start(&WalHeader::parse(&bytes).unwrap());
+    let mut out = bytes.to_vec();
+    for t in &TXNS {
+        for (i, &(pgno, seed)) in t.pages.iter().enumerate() {
+            let commit = if i + 1 == t.pages.len() {
+                t.db_size_pages
+            } else {
+                0
+            };
+            out.extend_from_slice(&cursor.encode_frame(pgno, commit, &page(seed)));
+        }
+    }
+    out
+}
+
+/// A wal-index region 0 prefix (136 bytes) with two matching, initialised header copies, in
+/// little-endian byte order (the wal-index is native-endian; the fuzz machines are
+/// little-endian).
+fn shm_prefix() -> Vec<u8> {
+    let mut copy = [0u8; 48];
+    copy[0..4].copy_from_slice(&3_007_000u32.to_le_bytes()); // iVersion
+    copy[12] = 1; // isInit
+    copy[14..16].copy_from_slice(&(PAGE_SIZE as u16).to_le_bytes()); // szPage
+    copy[16..20].copy_from_slice(&7u32.to_le_bytes()); // mxFrame
+    copy[20..24].copy_from_slice(&4u32.to_le_bytes()); // nPage
+    copy[32..36].copy_from_slice(&SALT1.to_be_bytes());
+    copy[36..40].copy_from_slice(&SALT2.to_be_bytes());
+    let mut out = Vec::with_capacity(136);
+    out.extend_from_slice(&copy);
+    out.extend_from_slice(&copy);
+    out.resize(136, 0);
+    out[96..100].copy_from_slice(&3u32.to_le_bytes()); // nBackfill
+    out
+}
+
+/// Every generated seed: (path relative to fuzz/seeds, bytes).
+fn fuzz_seeds() -> Vec<(String, Vec<u8>)> {
+    let golden = generate();
+    let get = |key: &str| {
+        golden
+            .files
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap()
+            .1
+            .clone()
+    };
+    let (snapshot, segment1, segment4) = (get(SNAPSHOT_KEY), get(SEGMENT1_KEY), get(SEGMENT4_KEY));
+    let mut seeds = vec![
+        (
+            "record_decode/golden-snapshot.wsnap".to_string(),
+            snapshot.clone(),
+        ),
+        (
+            "record_decode/golden-0000000000000001.wseg".to_string(),
+            segment1.clone(),
+        ),
+        (
+            "record_decode/golden-0000000000000004.wseg".to_string(),
+            segment4.clone(),
+        ),
+        (
+            "segment_replay/golden-full.bin".to_string(),
+            pack_replay_input(&snapshot, &segment1, 4, &segment4),
+        ),
+        (
+            "segment_replay/golden-first-segment.bin".to_string(),
+            pack_replay_input(&snapshot, &segment1, 4, &[]),
+        ),
+        (
+            "segment_replay/golden-snapshot-only.bin".to_string(),
+            pack_replay_input(&snapshot, &[], 0, &[]),
+        ),
+        ("wal_frame/golden-wal-le.bin".to_string(), golden_wal(false)),
+        ("wal_frame/golden-wal-be.bin".to_string(), golden_wal(true)),
+        ("wal_frame/shm-prefix.bin".to_string(), shm_prefix()),
+    ];
+    for (name, uri) in [
+        ("relative", "dir/x"),
+        ("file", "file:///abs/dir"),
+        ("s3", "s3://my-bucket/some/prefix/"),
+        ("s3-bucket-only", "s3://my.bucket-1"),
+        ("file-relative", "file://relative"),
+        ("s3-dotdot", "s3://bucket/a/../b"),
+        ("unknown-scheme", "ftp://host/x"),
+    ] {
+        seeds.push((format!("target_uri/{name}.txt"), uri.as_bytes().to_vec()));
+    }
+    seeds
+}
+
+#[test]
+fn fuzz_seeds_are_derived_from_the_golden_stream() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let seeds = fuzz_seeds();
+    if regen_requested() {
+        for (rel, bytes) in &seeds {
+            let path = dir.join(rel);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, bytes).unwrap();
+        }
+    }
+    for (rel, bytes) in seeds {
+        let on_disk = fs::read(dir.join(&rel)).unwrap_or_else(|e| {
+            panic!("fuzz/seeds/{rel}: {e}; run `{REGEN_ENV}=1 cargo test --test golden`")
+        });
+        assert!(
+            on_disk == bytes,
+            "fuzz/seeds/{rel} is not what the golden generator makes; run `{REGEN_ENV}=1 cargo test --test golden`"
+        );
+    }
+    // The golden WAL is what the WAL code reads back: every frame valid, the last a commit.
+    let wal = golden_wal(false);
+    let header = walstream::wal::WalHeader::parse(wal[..32].try_into().unwrap()).unwrap();
+    let mut cursor = walstream::wal::WalCursor::at_start(&header);
+    let frame_bytes = cursor.frame_bytes();
+    let mut last = None;
+    for frame in wal[32..].chunks(frame_bytes) {
+        let (h, sum) = cursor.validate(frame).expect("a valid frame");
+        cursor.frame += 1;
+        cursor.checksum = sum;
+        last = Some(h);
+    }
+    assert_eq!(cursor.frame, 7);
+    assert_eq!(last.map(|h| h.db_size_after_commit), Some(3));
+    let shm = walstream::wal::ShmHeader::parse(shm_prefix()[..].try_into().unwrap());
+    if cfg!(target_endian = "little") {
+        let shm = shm.expect("a valid wal-index header");
+        assert_eq!(
+            (
+                shm.mx_frame,
+                shm.n_page,
+                shm.page_size,
+                shm.salt1,
+                shm.n_backfill
+            ),
+            (7, 4, PAGE_SIZE, SALT1, 3)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) verify accepts the stream; restore rebuilds every state.
+
+#[test]
+fn golden_stream_verifies_and_replays() {
+    let dir = golden_dir();
+    let expected = expected_json();
+    let target = LocalTarget::new(dir.clone());
+    let report = verify::verify(&target, &mut |_| {}).unwrap();
+    assert_eq!(report.generations.len(), 1);
+    let g = &report.generations[0];
+    assert_eq!(
+        (g.generation, g.page_size, g.snapshot_pages),
+        (GENERATION, PAGE_SIZE, SNAPSHOT_PAGES)
+    );
+    assert_eq!(hex(&g.snapshot_hash), expected.snapshot_hash);
+    let last = expected.txns.last().unwrap();
+    assert_eq!(
+        (g.last_seq, hex(&g.head_hash), g.db_size_pages),
+        (last.0, last.2.clone(), last.1)
+    );
+    assert_eq!(g.last_commit_ms, TXNS[3].commit_time_ms);
+    assert_eq!(
+        (g.torn_tail.as_deref(), g.ended, g.reason.as_str()),
+        (None, false, "new stream")
+    );
+    let total: u64 = list_files(&dir)
+        .iter()
+        .filter(|k| k.starts_with("generations/"))
+        .map(|k| fs::metadata(dir.join(k)).unwrap().len())
+        .sum();
+    assert_eq!(report.bytes, total);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut points = vec![(
+        Point::Txn(0),
+        SNAPSHOT_PAGES,
+        expected.snapshot_image.clone(),
+        expected.snapshot_hash.clone(),
+    )];
+    for (seq, size, chain, img) in &expected.txns {
+        points.push((Point::Txn(*seq), *size, img.clone(), chain.clone()));
+    }
+    points.push((Point::Latest, last.1, last.3.clone(), last.2.clone()));
+    // Times: before txn 1, exactly at txn 2's commit, between txn 3 and 4.
+    points.push((
+        Point::Time(CREATED_MS + 999),
+        SNAPSHOT_PAGES,
+        expected.snapshot_image.clone(),
+        expected.snapshot_hash.clone(),
+    ));
+    let t2 = &expected.txns[1];
+    points.push((
+        Point::Time(TXNS[1].commit_time_ms),
+        t2.1,
+        t2.3.clone(),
+        t2.2.clone(),
+    ));
+    let t3 = &expected.txns[2];
+    points.push((
+        Point::Time(TXNS[3].commit_time_ms - 1),
+        t3.1,
+        t3.3.clone(),
+        t3.2.clone(),
+    ));
+    for (i, (point, size, image, head)) in points.into_iter().enumerate() {
+        let out = tmp.path().join(format!("restored-{i}.db"));
+        let restored =
+            restore_to(&dir, &out, point).unwrap_or_else(|e| panic!("restore {point:?}: {e}"));
+        assert_eq!(
+            restored.bytes,
+            u64::from(size) * u64::from(PAGE_SIZE),
+            "{point:?}"
+        );
+        assert_eq!(hex(&restored.summary.head_hash), head, "{point:?}");
+        let bytes = fs::read(&out).unwrap();
+        assert_eq!(bytes.len() as u64, restored.bytes, "{point:?}");
+        assert_eq!(
+            hex(blake3::hash(&bytes).as_bytes()),
+            image,
+            "image at {point:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c) Bad vectors, derived from the golden files at test time.
+
+fn integrity(e: &ReadError) -> &Integrity {
+    match e {
+        ReadError::Integrity(i) => i,
+        other => panic!("expected an integrity error, got {other:?}"),
+    }
+}
+
+#[test]
+fn flipped_page_byte_is_a_page_hash_mismatch() {
+    let (_tmp, root) = golden_copy();
+    let path = root.join(SEGMENT1_KEY);
+    let mut recs = records(&path);
+    // The first Page record: txn 1, page 2. Flip a byte of its data and frame it again, so the
+    // frame's check is right and only the page hash can tell.
+    let (offset, rec) = recs
+        .iter_mut()
+        .find(|(_, r)| matches!(r.body, Some(Body::Page(_))))
+        .unwrap();
+    let Some(Body::Page(p)) = &mut rec.body else {
+        unreachable!()
+    };
+    p.data[100] ^= 0x01;
+    let (offset, recorded, computed) = (*offset, hex(&p.hash), hex(&page_hash(&p.data)));
+    let rewritten: Vec<pb::Record> = recs.into_iter().map(|(_, r)| r).collect();
+    fs::write(&path, file(FileKind::Segment, &rewritten)).unwrap();
+
+    let err = verify_error(&root);
+    assert_eq!(
+        err.to_string(),
+        format!("generation 1, txn 1, page 2 ({SEGMENT1_KEY} at offset {offset}): page hash mismatch: recorded {recorded}, computed {computed}")
+    );
+    let i = integrity(&err);
+    assert_eq!((i.seq, i.pgno, i.offset), (Some(1), Some(2), Some(offset)));
+    // A restore reads the same bytes and refuses them the same way, leaving no output.
+    let out = root.parent().unwrap().join("out.db");
+    let e = restore_to(&root, &out, Point::Latest).unwrap_err();
+    assert!(e.to_string().contains("page hash mismatch"), "{e}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn flipped_snapshot_page_byte_is_a_page_hash_mismatch() {
+    let (_tmp, root) = golden_copy();
+    let path = root.join(SNAPSHOT_KEY);
+    let mut recs = records(&path);
+    // The second chunk holds page 3 alone.
+    let (offset, rec) = recs
+        .iter_mut()
+        .filter(|(_, r)| matches!(r.body, Some(Body::SnapshotChunk(_))))
+        .nth(1)
+        .unwrap();
+    let Some(Body::SnapshotChunk(c)) = &mut rec.body else {
+        unreachable!()
+    };
+    c.data[7] ^= 0x80;
+    let (offset, recorded, computed) = (*offset, hex(&c.hashes[0]), hex(&page_hash(&c.data)));
+    let rewritten: Vec<pb::Record> = recs.into_iter().map(|(_, r)| r).collect();
+    fs::write(&path, file(FileKind::Snapshot, &rewritten)).unwrap();
+
+    assert_eq!(
+        verify_error(&root).to_string(),
+        format!("generation 1, page 3 ({SNAPSHOT_KEY} at offset {offset}): page hash mismatch: recorded {recorded}, computed {computed}")
+    );
+}
+
+#[test]
+fn flipped_byte_without_reframing_is_a_corrupt_record() {
+    let (_tmp, root) = golden_copy();
+    let path = root.join(SEGMENT1_KEY);
+    let recs = records(&path);
+    let (offset, _) = recs
+        .iter()
+        .find(|(_, r)| matches!(r.body, Some(Body::Page(_))))
+        .unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[*offset as usize + 200] ^= 0x01;
+    fs::write(&path, bytes).unwrap();
+    assert_eq!(
+        verify_error(&root).to_string(),
+        format!("{SEGMENT1_KEY}: record at offset {offset}: checksum mismatch (corrupt record)")
+    );
+}
+
+#[test]
+fn changed_version_byte_is_an_unknown_format_version() {
+    for key in [SNAPSHOT_KEY, SEGMENT1_KEY, SEGMENT4_KEY] {
+        let (_tmp, root) = golden_copy();
+        let path = root.join(key);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[8] = 2;
+        fs::write(&path, bytes).unwrap();
+        assert_eq!(
+            verify_error(&root).to_string(),
+            format!("{key}: unknown format version 2 (this build reads version 1)"),
+            "version changed in {key}"
+        );
+    }
+}
+
+#[test]
+fn missing_segment_is_named() {
+    // Without segment 1, segment 4 follows the snapshot directly.
+    let (_tmp, root) = golden_copy();
+    fs::remove_file(root.join(SEGMENT1_KEY)).unwrap();
+    let err = verify_error(&root);
+    assert_eq!(
+        err.to_string(),
+        format!("generation 1, txn 1 ({SEGMENT4_KEY}): segment starts at txn 4 but txn 1 comes next (a segment is missing or extra)")
+    );
+    assert!(err.to_string().contains("a segment is missing"));
+}
+
+#[test]
+fn truncated_last_segment_is_incomplete() {
+    let (_tmp, root) = golden_copy();
+    let path = root.join(SEGMENT4_KEY);
+    let recs = records(&path);
+    let (commit_offset, _) = *recs.last().unwrap();
+    assert!(matches!(
+        recs.last().unwrap().1.body,
+        Some(Body::TxnCommit(_))
+    ));
+    let bytes = fs::read(&path).unwrap();
+
+    // Cut inside the commit record of txn 4.
+    fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+    let err = verify_error(&root);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "generation 1 ({SEGMENT4_KEY}: record at offset {commit_offset} truncated (file ends inside it)): the stream \
+             ends with an incomplete record or transaction (a writer stopped mid-append, or the file was truncated)"
+        )
+    );
+    assert!(err.to_string().contains("incomplete"));
+
+    // Cut at the record boundary before the commit: txn 4 has pages but no commit.
+    fs::write(&path, &bytes[..commit_offset as usize]).unwrap();
+    assert_eq!(
+        verify_error(&root).to_string(),
+        format!(
+            "generation 1 ({SEGMENT4_KEY}: txn 4 is incomplete (a writer stopped mid-append)): the stream ends with an \
+             incomplete record or transaction (a writer stopped mid-append, or the file was truncated)"
+        )
+    );
+
+    // A restore of the latest state stops at the last complete transaction, txn 3.
+    let expected = expected_json();
+    let out = root.parent().unwrap().join("out.db");
+    let restored = restore_to(&root, &out, Point::Latest).unwrap();
+    assert_eq!(restored.summary.last_seq, 3);
+    assert_eq!(
+        hex(blake3::hash(&fs::read(&out).unwrap()).as_bytes()),
+        expected.txns[2].3
+    );
+}
+
+#[test]
+fn truncated_sealed_segment_is_an_error_not_a_torn_tail() {
+    // Only the last segment may end early; a cut in segment 1 (which segment 4 follows) is
+    // damage.
+    let (_tmp, root) = golden_copy();
+    let path = root.join(SEGMENT1_KEY);
+    let (end_offset, _) = *records(&path).last().unwrap();
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+    assert_eq!(
+        verify_error(&root).to_string(),
+        format!("{SEGMENT1_KEY}: record at offset {end_offset} truncated (file ends inside it)")
+    );
+}
