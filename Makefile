@@ -22,7 +22,7 @@ build: ext cli
 ext:
 	cd ext && $(CARGO) build --release
 	mkdir -p $(RELEASE)
-	cp ext/target/release/libwalstream.so $(EXT_SO)
+	cp target/ext/release/libwalstream.so $(EXT_SO)
 
 cli:
 	$(CARGO) build --release --bin walstream

@@ -54,7 +54,11 @@ impl Entry {
     ) -> Option<Self> {
         // SAFETY: an entry point's pApi is null or SQLite's static routines table (see API).
         let api = unsafe { p_api.as_ref() }?;
-        Some(Self { db, pz_err_msg, api })
+        Some(Self {
+            db,
+            pz_err_msg,
+            api,
+        })
     }
 
     /// `sqlite3_libversion_number()` of the calling library (0 if the routine is missing).
@@ -74,9 +78,11 @@ impl Entry {
         match API.compare_exchange(ptr::null_mut(), mine, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => Ok(()),
             Err(existing) if existing == mine => Ok(()),
-            Err(_) => Err("walstream is already loaded into another SQLite library in this \
+            Err(_) => Err(
+                "walstream is already loaded into another SQLite library in this \
                            process; load it into one only"
-                .to_string()),
+                    .to_string(),
+            ),
         }
     }
 
@@ -114,7 +120,9 @@ impl Entry {
         if rc == SQLITE_OK {
             Ok(())
         } else {
-            Err(format!("registering walstream_status() failed with SQLite error {rc}"))
+            Err(format!(
+                "registering walstream_status() failed with SQLite error {rc}"
+            ))
         }
     }
 }
@@ -133,7 +141,9 @@ pub(crate) fn register_auto_extension(entry: EntryFn) -> Result<(), String> {
     if rc == SQLITE_OK {
         Ok(())
     } else {
-        Err(format!("sqlite3_auto_extension failed with SQLite error {rc}"))
+        Err(format!(
+            "sqlite3_auto_extension failed with SQLite error {rc}"
+        ))
     }
 }
 
@@ -155,7 +165,9 @@ unsafe extern "C" fn walstream_status(
         let name = unsafe { db_filename(db_handle(ctx), c"main".as_ptr()) };
         // SAFETY: as above, null or a NUL-terminated string owned by SQLite.
         let bytes = unsafe { c_str_bytes(name) };
-        let path = bytes.filter(|b| !b.is_empty()).map(|b| Path::new(OsStr::from_bytes(b)));
+        let path = bytes
+            .filter(|b| !b.is_empty())
+            .map(|b| Path::new(OsStr::from_bytes(b)));
         let json = walstream::capture::status_json(path);
         let Ok(len) = c_int::try_from(json.len()) else {
             result_error(api, ctx, "walstream_status(): status too long");
@@ -188,9 +200,13 @@ pub(crate) unsafe fn c_str_bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
 }
 
 fn malloc_c_string_with(api: &sqlite3_api_routines, s: &str) -> *mut c_char {
-    let Some(malloc) = api.malloc else { return ptr::null_mut() };
+    let Some(malloc) = api.malloc else {
+        return ptr::null_mut();
+    };
     let bytes: Vec<u8> = s.bytes().map(|b| if b == 0 { b'?' } else { b }).collect();
-    let Ok(size) = c_int::try_from(bytes.len() + 1) else { return ptr::null_mut() };
+    let Ok(size) = c_int::try_from(bytes.len() + 1) else {
+        return ptr::null_mut();
+    };
     // SAFETY: sqlite3_malloc with a positive size; it returns null or `size` writable bytes.
     let p = unsafe { malloc(size) }.cast::<u8>();
     if !p.is_null() {
@@ -210,15 +226,21 @@ pub(crate) fn malloc_c_string(s: &str) -> *mut c_char {
 
 /// `sqlite3_log(code, "walstream: %s", msg)`.
 pub(crate) fn log(code: c_int, msg: &str) {
-    let Some(log) = routines().and_then(|api| api.log) else { return };
-    let Ok(text) = CString::new(msg.replace('\0', "?")) else { return };
+    let Some(log) = routines().and_then(|api| api.log) else {
+        return;
+    };
+    let Ok(text) = CString::new(msg.replace('\0', "?")) else {
+        return;
+    };
     // SAFETY: sqlite3_log is variadic; the format consumes exactly one NUL-terminated string.
     unsafe { log(code, c"walstream: %s".as_ptr(), text.as_ptr()) };
 }
 
 /// `sqlite3_vfs_find(name)`; `None` finds the default VFS. Null when there is none.
 pub(crate) fn vfs_find(name: Option<&CStr>) -> *mut sqlite3_vfs {
-    let Some(find) = routines().and_then(|api| api.vfs_find) else { return ptr::null_mut() };
+    let Some(find) = routines().and_then(|api| api.vfs_find) else {
+        return ptr::null_mut();
+    };
     let name = name.map_or(ptr::null(), CStr::as_ptr);
     // SAFETY: name is null or a NUL-terminated string that lives through the call.
     unsafe { find(name) }
@@ -226,7 +248,9 @@ pub(crate) fn vfs_find(name: Option<&CStr>) -> *mut sqlite3_vfs {
 
 /// `sqlite3_vfs_register(vfs, make_default)`.
 pub(crate) fn vfs_register(vfs: *mut sqlite3_vfs, make_default: bool) -> c_int {
-    let Some(register) = routines().and_then(|api| api.vfs_register) else { return SQLITE_MISUSE };
+    let Some(register) = routines().and_then(|api| api.vfs_register) else {
+        return SQLITE_MISUSE;
+    };
     // SAFETY: vfs is a fully initialised VFS that lives for the rest of the process (a leaked
     // box, or a VFS SQLite already knows).
     unsafe { register(vfs, c_int::from(make_default)) }

@@ -40,7 +40,9 @@ pub extern "C" fn sqlite3_walstream_init(
     p_api: *const sqlite3_api_routines,
 ) -> c_int {
     api::guard(SQLITE_ERROR, || {
-        let Some(entry) = api::Entry::new(db, pz_err_msg, p_api) else { return SQLITE_ERROR };
+        let Some(entry) = api::Entry::new(db, pz_err_msg, p_api) else {
+            return SQLITE_ERROR;
+        };
         match init(&entry) {
             Ok(()) => OK_LOAD_PERMANENTLY,
             Err(msg) => {
@@ -75,7 +77,9 @@ extern "C" fn on_new_connection(
     p_api: *const sqlite3_api_routines,
 ) -> c_int {
     api::guard(SQLITE_ERROR, || {
-        let Some(entry) = api::Entry::new(db, pz_err_msg, p_api) else { return SQLITE_ERROR };
+        let Some(entry) = api::Entry::new(db, pz_err_msg, p_api) else {
+            return SQLITE_ERROR;
+        };
         match entry.register_status_function() {
             Ok(()) => SQLITE_OK,
             Err(msg) => {

@@ -120,13 +120,17 @@ static REGISTER: Mutex<()> = Mutex::new(());
 /// Registers the `walstream` VFS over the current default VFS, once per process; with
 /// `make_default`, makes it the default (again, if it was registered before).
 pub(crate) fn register(make_default: bool) -> Result<(), String> {
-    let _serialised = REGISTER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serialised = REGISTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let existing = api::vfs_find(Some(VFS_NAME));
     if !existing.is_null() {
         if make_default {
             let rc = api::vfs_register(existing, true);
             if rc != SQLITE_OK {
-                return Err(format!("making walstream the default VFS failed: error {rc}"));
+                return Err(format!(
+                    "making walstream the default VFS failed: error {rc}"
+                ));
             }
         }
         return Ok(());
@@ -151,11 +155,16 @@ fn build_vfs(lower: *mut sqlite3_vfs) -> Result<sqlite3_vfs, String> {
     // SAFETY: lower comes from sqlite3_vfs_find: a registered VFS, which SQLite never frees.
     // Only the fields that exist in its iVersion are read.
     let l = unsafe { read_vfs_fields(lower) };
-    let Some(_) = l.xOpen else { return Err("the default VFS has no xOpen".into()) };
+    let Some(_) = l.xOpen else {
+        return Err("the default VFS has no xOpen".into());
+    };
     let shim_bytes = c_int::try_from(size_of::<ShimFile>()).expect("ShimFile is a few bytes");
     Ok(sqlite3_vfs {
         iVersion: l.iVersion,
-        szOsFile: l.szOsFile.checked_add(shim_bytes).ok_or("lower szOsFile too large")?,
+        szOsFile: l
+            .szOsFile
+            .checked_add(shim_bytes)
+            .ok_or("lower szOsFile too large")?,
         mxPathname: l.mxPathname,
         pNext: ptr::null_mut(),
         zName: VFS_NAME.as_ptr(),
@@ -206,10 +215,26 @@ unsafe fn read_vfs_fields(vfs: *const sqlite3_vfs) -> sqlite3_vfs {
             xSleep: (*vfs).xSleep,
             xCurrentTime: (*vfs).xCurrentTime,
             xGetLastError: (*vfs).xGetLastError,
-            xCurrentTimeInt64: if version >= 2 { (*vfs).xCurrentTimeInt64 } else { None },
-            xSetSystemCall: if version >= 3 { (*vfs).xSetSystemCall } else { None },
-            xGetSystemCall: if version >= 3 { (*vfs).xGetSystemCall } else { None },
-            xNextSystemCall: if version >= 3 { (*vfs).xNextSystemCall } else { None },
+            xCurrentTimeInt64: if version >= 2 {
+                (*vfs).xCurrentTimeInt64
+            } else {
+                None
+            },
+            xSetSystemCall: if version >= 3 {
+                (*vfs).xSetSystemCall
+            } else {
+                None
+            },
+            xGetSystemCall: if version >= 3 {
+                (*vfs).xGetSystemCall
+            } else {
+                None
+            },
+            xNextSystemCall: if version >= 3 {
+                (*vfs).xNextSystemCall
+            } else {
+                None
+            },
         }
     }
 }
@@ -240,7 +265,9 @@ macro_rules! lower_vfs_call {
 // ---- VFS trampolines -------------------------------------------------------------------
 
 unsafe extern "C" fn vfs_delete(vfs: *mut sqlite3_vfs, name: *const c_char, sync: c_int) -> c_int {
-    guard(SQLITE_IOERR, || lower_vfs_call!(vfs, xDelete, SQLITE_IOERR, name, sync))
+    guard(SQLITE_IOERR, || {
+        lower_vfs_call!(vfs, xDelete, SQLITE_IOERR, name, sync)
+    })
 }
 
 unsafe extern "C" fn vfs_access(
@@ -249,7 +276,9 @@ unsafe extern "C" fn vfs_access(
     flags: c_int,
     out: *mut c_int,
 ) -> c_int {
-    guard(SQLITE_IOERR, || lower_vfs_call!(vfs, xAccess, SQLITE_IOERR, name, flags, out))
+    guard(SQLITE_IOERR, || {
+        lower_vfs_call!(vfs, xAccess, SQLITE_IOERR, name, flags, out)
+    })
 }
 
 unsafe extern "C" fn vfs_full_pathname(
@@ -258,19 +287,22 @@ unsafe extern "C" fn vfs_full_pathname(
     n_out: c_int,
     out: *mut c_char,
 ) -> c_int {
-    guard(SQLITE_IOERR, || lower_vfs_call!(vfs, xFullPathname, SQLITE_IOERR, name, n_out, out))
+    guard(SQLITE_IOERR, || {
+        lower_vfs_call!(vfs, xFullPathname, SQLITE_IOERR, name, n_out, out)
+    })
 }
 
 unsafe extern "C" fn vfs_dl_open(vfs: *mut sqlite3_vfs, name: *const c_char) -> *mut c_void {
-    guard(ptr::null_mut(), || lower_vfs_call!(vfs, xDlOpen, ptr::null_mut(), name))
+    guard(ptr::null_mut(), || {
+        lower_vfs_call!(vfs, xDlOpen, ptr::null_mut(), name)
+    })
 }
 
 unsafe extern "C" fn vfs_dl_error(vfs: *mut sqlite3_vfs, n: c_int, out: *mut c_char) {
     guard((), || lower_vfs_call!(vfs, xDlError, (), n, out));
 }
 
-type DlSymResult =
-    Option<unsafe extern "C" fn(*mut sqlite3_vfs, *mut c_void, *const c_char)>;
+type DlSymResult = Option<unsafe extern "C" fn(*mut sqlite3_vfs, *mut c_void, *const c_char)>;
 
 unsafe extern "C" fn vfs_dl_sym(
     vfs: *mut sqlite3_vfs,
@@ -293,15 +325,26 @@ unsafe extern "C" fn vfs_sleep(vfs: *mut sqlite3_vfs, micros: c_int) -> c_int {
 }
 
 unsafe extern "C" fn vfs_current_time(vfs: *mut sqlite3_vfs, out: *mut f64) -> c_int {
-    guard(SQLITE_ERROR, || lower_vfs_call!(vfs, xCurrentTime, SQLITE_ERROR, out))
+    guard(SQLITE_ERROR, || {
+        lower_vfs_call!(vfs, xCurrentTime, SQLITE_ERROR, out)
+    })
 }
 
-unsafe extern "C" fn vfs_get_last_error(vfs: *mut sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
+unsafe extern "C" fn vfs_get_last_error(
+    vfs: *mut sqlite3_vfs,
+    n: c_int,
+    out: *mut c_char,
+) -> c_int {
     guard(0, || lower_vfs_call!(vfs, xGetLastError, 0, n, out))
 }
 
-unsafe extern "C" fn vfs_current_time_int64(vfs: *mut sqlite3_vfs, out: *mut sqlite3_int64) -> c_int {
-    guard(SQLITE_ERROR, || lower_vfs_call!(vfs, xCurrentTimeInt64, SQLITE_ERROR, out))
+unsafe extern "C" fn vfs_current_time_int64(
+    vfs: *mut sqlite3_vfs,
+    out: *mut sqlite3_int64,
+) -> c_int {
+    guard(SQLITE_ERROR, || {
+        lower_vfs_call!(vfs, xCurrentTimeInt64, SQLITE_ERROR, out)
+    })
 }
 
 unsafe extern "C" fn vfs_set_system_call(
@@ -309,7 +352,9 @@ unsafe extern "C" fn vfs_set_system_call(
     name: *const c_char,
     new: sqlite3_syscall_ptr,
 ) -> c_int {
-    guard(SQLITE_ERROR, || lower_vfs_call!(vfs, xSetSystemCall, SQLITE_NOTFOUND, name, new))
+    guard(SQLITE_ERROR, || {
+        lower_vfs_call!(vfs, xSetSystemCall, SQLITE_NOTFOUND, name, new)
+    })
 }
 
 unsafe extern "C" fn vfs_get_system_call(
@@ -319,8 +364,13 @@ unsafe extern "C" fn vfs_get_system_call(
     guard(None, || lower_vfs_call!(vfs, xGetSystemCall, None, name))
 }
 
-unsafe extern "C" fn vfs_next_system_call(vfs: *mut sqlite3_vfs, name: *const c_char) -> *const c_char {
-    guard(ptr::null(), || lower_vfs_call!(vfs, xNextSystemCall, ptr::null(), name))
+unsafe extern "C" fn vfs_next_system_call(
+    vfs: *mut sqlite3_vfs,
+    name: *const c_char,
+) -> *const c_char {
+    guard(ptr::null(), || {
+        lower_vfs_call!(vfs, xNextSystemCall, ptr::null(), name)
+    })
 }
 
 // ---- xOpen -------------------------------------------------------------------------------
@@ -347,9 +397,21 @@ fn open(
     // SAFETY: xOpen gets szOsFile bytes (ShimFile, then the lower szOsFile), 8-byte aligned;
     // the lower file takes the part after ours.
     let lower = unsafe {
-        let lower = file.cast::<u8>().add(size_of::<ShimFile>()).cast::<sqlite3_file>();
-        let blank = sqlite3_file { pMethods: ptr::null() };
-        ptr::write(shim, ShimFile { base: blank, lower, extra: ptr::null_mut() });
+        let lower = file
+            .cast::<u8>()
+            .add(size_of::<ShimFile>())
+            .cast::<sqlite3_file>();
+        let blank = sqlite3_file {
+            pMethods: ptr::null(),
+        };
+        ptr::write(
+            shim,
+            ShimFile {
+                base: blank,
+                lower,
+                extra: ptr::null_mut(),
+            },
+        );
         Lower(lower)
     };
     let rc = lower_vfs_call!(vfs, xOpen, SQLITE_CANTOPEN, name, lower.0, flags, out_flags);
@@ -402,21 +464,30 @@ fn new_state(
                 wal: ptr::null_mut(),
             })))),
             Err(msg) => {
-                api::log(SQLITE_CANTOPEN, &format!("cannot capture {}: {msg}", db_path.display()));
+                api::log(
+                    SQLITE_CANTOPEN,
+                    &format!("cannot capture {}: {msg}", db_path.display()),
+                );
                 Err(SQLITE_CANTOPEN)
             }
         };
     }
     if flags & SQLITE_OPEN_WAL != 0 {
         let main = api::database_file_object(name);
-        let main = if is_shim_file(main) { main.cast::<ShimFile>() } else { ptr::null_mut() };
+        let main = if is_shim_file(main) {
+            main.cast::<ShimFile>()
+        } else {
+            ptr::null_mut()
+        };
         // SAFETY: main is null or the pager's main database file, opened through this shim
         // and open for longer than its WAL; same connection, so no other access is live.
         if let Some(FileState::Main(m)) = unsafe { state_of(main) } {
             m.wal = shim;
             return Ok(Some(Box::new(FileState::Wal(WalState { main }))));
         }
-        return Ok(Some(Box::new(FileState::Wal(WalState { main: ptr::null_mut() }))));
+        return Ok(Some(Box::new(FileState::Wal(WalState {
+            main: ptr::null_mut(),
+        }))));
     }
     Ok(None)
 }
@@ -429,7 +500,9 @@ fn is_shim_file(file: *mut sqlite3_file) -> bool {
     // SAFETY: a non-null sqlite3_file from sqlite3_database_file_object: the pager's open
     // main database file, whose first field is pMethods.
     let methods = unsafe { (*file).pMethods };
-    [&IO_METHODS_V1, &IO_METHODS_V2, &IO_METHODS_V3].iter().any(|m| ptr::eq(*m, methods))
+    [&IO_METHODS_V1, &IO_METHODS_V2, &IO_METHODS_V3]
+        .iter()
+        .any(|m| ptr::eq(*m, methods))
 }
 
 /// The state of an open shim file, or `None` for a passthrough file or a null pointer.
@@ -494,7 +567,6 @@ impl Lower {
     }
 }
 
-
 /// [`ReadAt`] over a lower file, through its `xRead` and `xFileSize` (no SQLite mutex).
 struct LowerReader(Lower);
 
@@ -525,7 +597,9 @@ impl ReadAt for LowerReader {
         let out: *mut sqlite3_int64 = ptr::addr_of_mut!(size);
         let rc = lower_call!(self.0, 1, xFileSize, SQLITE_IOERR, out);
         if rc != SQLITE_OK {
-            return Err(io::Error::other(format!("xFileSize failed: SQLite error {rc}")));
+            return Err(io::Error::other(format!(
+                "xFileSize failed: SQLite error {rc}"
+            )));
         }
         u64::try_from(size).map_err(|_| io::Error::other("negative file size"))
     }
@@ -573,7 +647,11 @@ fn fire(main: Lower, state: &MainState, moment: Moment) {
     let mut db = LowerReader(main);
     let capture = state.capture.clone();
     let caught = catch_unwind(AssertUnwindSafe(|| {
-        let io = CaptureIo { shm: shm.as_ref(), wal: wal.as_mut(), db: &mut db };
+        let io = CaptureIo {
+            shm: shm.as_ref(),
+            wal: wal.as_mut(),
+            db: &mut db,
+        };
         capture.lock().event(moment, io);
     }));
     if caught.is_err() {
@@ -588,7 +666,9 @@ fn refuses_reset(state: &MainState) -> bool {
 
 /// Reports `moment` on the main database linked to a WAL file, if there is one.
 fn fire_on_linked_main(state: Option<&mut FileState>, moment: Moment) {
-    let Some(FileState::Wal(w)) = state else { return };
+    let Some(FileState::Wal(w)) = state else {
+        return;
+    };
     if w.main.is_null() {
         return;
     }
@@ -632,9 +712,21 @@ const fn io_methods(version: c_int) -> sqlite3_io_methods {
         xSectorSize: Some(io_sector_size),
         xDeviceCharacteristics: Some(io_device_characteristics),
         xShmMap: if version >= 2 { Some(io_shm_map) } else { None },
-        xShmLock: if version >= 2 { Some(io_shm_lock) } else { None },
-        xShmBarrier: if version >= 2 { Some(io_shm_barrier) } else { None },
-        xShmUnmap: if version >= 2 { Some(io_shm_unmap) } else { None },
+        xShmLock: if version >= 2 {
+            Some(io_shm_lock)
+        } else {
+            None
+        },
+        xShmBarrier: if version >= 2 {
+            Some(io_shm_barrier)
+        } else {
+            None
+        },
+        xShmUnmap: if version >= 2 {
+            Some(io_shm_unmap)
+        } else {
+            None
+        },
         xFetch: if version >= 3 { Some(io_fetch) } else { None },
         xUnfetch: if version >= 3 { Some(io_unfetch) } else { None },
     }
@@ -682,7 +774,12 @@ unsafe extern "C" fn io_close(file: *mut sqlite3_file) -> c_int {
     })
 }
 
-unsafe extern "C" fn io_read(file: *mut sqlite3_file, buf: *mut c_void, n: c_int, at: i64) -> c_int {
+unsafe extern "C" fn io_read(
+    file: *mut sqlite3_file,
+    buf: *mut c_void,
+    n: c_int,
+    at: i64,
+) -> c_int {
     guard(SQLITE_IOERR, || {
         // SAFETY: see the io methods contract.
         let (lower, _) = unsafe { parts(file) };
@@ -774,7 +871,11 @@ unsafe extern "C" fn io_check_reserved_lock(file: *mut sqlite3_file, out: *mut c
     })
 }
 
-unsafe extern "C" fn io_file_control(file: *mut sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
+unsafe extern "C" fn io_file_control(
+    file: *mut sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
     guard(SQLITE_IOERR, || {
         // SAFETY: see the io methods contract.
         let (lower, state) = unsafe { parts(file) };
@@ -855,12 +956,25 @@ unsafe extern "C" fn io_shm_map(
     guard(SQLITE_IOERR, || {
         // SAFETY: see the io methods contract.
         let (lower, state) = unsafe { parts(file) };
-        let rc = lower_call!(lower, 2, xShmMap, SQLITE_IOERR, region, region_bytes, extend, pp);
+        let rc = lower_call!(
+            lower,
+            2,
+            xShmMap,
+            SQLITE_IOERR,
+            region,
+            region_bytes,
+            extend,
+            pp
+        );
         if let Some(FileState::Main(m)) = state {
             m.shm_used = true;
             let usable = rc == SQLITE_OK || rc & 0xff == SQLITE_READONLY;
-            // SAFETY: pp is the out pointer SQLite passed; the lower xShmMap has set it.
-            let mapped = if pp.is_null() { ptr::null_mut() } else { unsafe { *pp } };
+            let mapped = if pp.is_null() {
+                ptr::null_mut()
+            } else {
+                // SAFETY: pp is the out pointer SQLite passed; the lower xShmMap has set it.
+                unsafe { *pp }
+            };
             if region == 0 && usable && !mapped.is_null() {
                 m.shm_region0 = mapped.cast();
             }
@@ -869,7 +983,12 @@ unsafe extern "C" fn io_shm_map(
     })
 }
 
-unsafe extern "C" fn io_shm_lock(file: *mut sqlite3_file, offset: c_int, n: c_int, flags: c_int) -> c_int {
+unsafe extern "C" fn io_shm_lock(
+    file: *mut sqlite3_file,
+    offset: c_int,
+    n: c_int,
+    flags: c_int,
+) -> c_int {
     guard(SQLITE_IOERR, || {
         // SAFETY: see the io methods contract.
         let (lower, state) = unsafe { parts(file) };
@@ -923,7 +1042,12 @@ unsafe extern "C" fn io_shm_unmap(file: *mut sqlite3_file, delete: c_int) -> c_i
     })
 }
 
-unsafe extern "C" fn io_fetch(file: *mut sqlite3_file, at: i64, n: c_int, pp: *mut *mut c_void) -> c_int {
+unsafe extern "C" fn io_fetch(
+    file: *mut sqlite3_file,
+    at: i64,
+    n: c_int,
+    pp: *mut *mut c_void,
+) -> c_int {
     guard(SQLITE_IOERR, || {
         // SAFETY: see the io methods contract.
         let (lower, _) = unsafe { parts(file) };
