@@ -4,7 +4,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use super::{ObjectInfo, Target, TargetError};
+use super::{check_key, ObjectInfo, PutOutcome, Target, TargetError};
 
 pub struct LocalTarget {
     root: PathBuf,
@@ -63,11 +63,13 @@ impl Target for LocalTarget {
     }
 
     fn get(&self, key: &str) -> Result<Box<dyn Read + Send>, TargetError> {
+        check_key(&self.describe(), key)?;
         let f = fs::File::open(self.root.join(key)).map_err(|e| self.err(key, e))?;
         Ok(Box::new(io::BufReader::with_capacity(1 << 16, f)))
     }
 
     fn put_file(&self, key: &str, path: &Path) -> Result<(), TargetError> {
+        check_key(&self.describe(), key)?;
         let dest = self.root.join(key);
         if dest == path {
             return Ok(());
@@ -80,7 +82,33 @@ impl Target for LocalTarget {
         fs::rename(&tmp, &dest).map_err(|e| self.err(key, e))
     }
 
+    fn put_file_if_absent(&self, key: &str, path: &Path) -> Result<PutOutcome, TargetError> {
+        check_key(&self.describe(), key)?;
+        let dest = self.root.join(key);
+        if dest == path {
+            return Ok(PutOutcome::Exists);
+        }
+        let dir = dest.parent().expect("keys have a directory");
+        fs::create_dir_all(dir).map_err(|e| self.err(key, e))?;
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            std::process::id()
+        ));
+        fs::copy(path, &tmp).map_err(|e| self.err(key, e))?;
+        let synced = fs::File::open(&tmp).and_then(|f| f.sync_all());
+        // link(2) fails if the name exists: of two writers exactly one creates the object.
+        let linked = synced.and_then(|()| fs::hard_link(&tmp, &dest));
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(PutOutcome::Created),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(PutOutcome::Exists),
+            Err(e) => Err(self.err(key, e)),
+        }
+    }
+
     fn delete(&self, key: &str) -> Result<(), TargetError> {
+        check_key(&self.describe(), key)?;
         match fs::remove_file(self.root.join(key)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(self.err(key, e)),
             _ => Ok(()),

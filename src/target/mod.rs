@@ -3,6 +3,8 @@
 //! (restore, verify, ls) only use the trait, so every storage backend serves them alike.
 
 pub mod local;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,73 @@ pub enum TargetError {
     Io { target: String, key: String, source: std::io::Error },
     #[error("target {0}: this build has no S3 support")]
     Unsupported(String),
+    #[error("target {target}: no object {key}")]
+    NotFound { target: String, key: String },
+    #[error("target {target}: {key}: {message}")]
+    Remote { target: String, key: String, message: String },
+    #[error("target {target}: refusing key {key:?}: {reason}")]
+    BadKey { target: String, key: String, reason: String },
+}
+
+impl TargetError {
+    /// The object (or the local file behind it) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            TargetError::NotFound { .. } => true,
+            TargetError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+}
+
+/// Checks that `key` is a relative name below a target's root: non-empty `/`-separated
+/// components, none of them `.` or `..`, no NUL or backslash. Every target refuses other keys,
+/// so no key can reach outside the directory or prefix.
+pub fn check_key(target: &str, key: &str) -> Result<(), TargetError> {
+    let bad = |reason: &str| {
+        Err(TargetError::BadKey { target: target.to_string(), key: key.to_string(), reason: reason.to_string() })
+    };
+    if key.is_empty() {
+        return bad("empty");
+    }
+    if key.contains('\0') || key.contains('\\') {
+        return bad("contains a NUL byte or a backslash");
+    }
+    if key.len() > 512 {
+        return bad("longer than 512 bytes");
+    }
+    if key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return bad("keys are relative paths without empty, '.' or '..' components");
+    }
+    Ok(())
+}
+
+/// The outcome of [`Target::put_file_if_absent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was stored.
+    Created,
+    /// An object with that key already existed; it was left as it was.
+    Exists,
+}
+
+/// BLAKE3 (hex) of an object's content, read as a stream.
+pub fn stream_hash(target: &(impl Target + ?Sized), key: &str) -> Result<String, TargetError> {
+    let mut reader = target.get(key)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf).map_err(|source| TargetError::Io {
+            target: target.describe(),
+            key: key.to_string(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
 /// A parsed target location.
@@ -105,6 +174,15 @@ pub trait Target: Send + Sync {
     fn get(&self, key: &str) -> Result<Box<dyn Read + Send>, TargetError>;
     /// Stores a local file as `key`, atomically: readers see all of it or none of it.
     fn put_file(&self, key: &str, path: &Path) -> Result<(), TargetError>;
+    /// Stores a local file as `key` only if no object `key` exists (atomically: of two writers
+    /// racing for one key, exactly one creates it). S3: a conditional `If-None-Match: *` write.
+    fn put_file_if_absent(&self, key: &str, path: &Path) -> Result<PutOutcome, TargetError>;
+    /// BLAKE3 (hex) of an object's content. S3 reads the hash recorded at upload when there is
+    /// one; otherwise the object is read through.
+    fn content_hash(&self, key: &str) -> Result<String, TargetError> {
+        stream_hash(self, key)
+    }
+    /// Deletes `key`; deleting a missing object succeeds.
     fn delete(&self, key: &str) -> Result<(), TargetError>;
 }
 
@@ -112,6 +190,9 @@ pub trait Target: Send + Sync {
 pub fn open(spec: &TargetSpec) -> Result<Box<dyn Target>, TargetError> {
     match spec {
         TargetSpec::Local(dir) => Ok(Box::new(LocalTarget::new(dir.clone()))),
+        #[cfg(feature = "s3")]
+        TargetSpec::S3 { bucket, prefix } => Ok(Box::new(s3::S3Target::open(bucket, prefix)?)),
+        #[cfg(not(feature = "s3"))]
         TargetSpec::S3 { .. } => Err(TargetError::Unsupported(spec.describe())),
     }
 }
