@@ -11,6 +11,7 @@ pub mod reader;
 pub mod record;
 pub mod restore;
 pub mod spool;
+pub mod state;
 pub mod target;
 pub mod verify;
 pub mod wal;

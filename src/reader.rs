@@ -14,6 +14,7 @@ use crate::layout::{self, ObjectName};
 use crate::record::chain::{page_hash, SnapshotHasher, TxnHasher};
 use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::{hash_field, hex, FileKind, Hash, RecordError, RecordReader};
+use crate::state::StateTree;
 use crate::target::{ObjectInfo, Target, TargetError};
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +156,8 @@ pub struct ReplaySummary {
     pub torn_tail: Option<String>,
     /// The generation was ended by a newer one.
     pub ended: bool,
+    /// State root of the image after `last_seq` (recomputed and checked against the record).
+    pub state_root: Hash,
 }
 
 /// How far to replay.
@@ -201,11 +204,12 @@ pub fn replay(
     visitor: &mut dyn Visitor,
 ) -> Result<ReplaySummary, ReadError> {
     let snapshot = objects.snapshot.as_ref().ok_or(ReadError::NoSuchGeneration(objects.generation))?;
-    let mut summary = replay_snapshot(target, objects.generation, &snapshot.key, visitor)?;
+    let (mut summary, mut tree) = replay_snapshot(target, objects.generation, &snapshot.key, visitor)?;
     let mut consumed = snapshot.size;
     visitor.progress(consumed);
     let segments: Vec<&ObjectInfo> = objects.segments.values().collect();
     let mut expected_first = 1u64;
+    let mut dangling: Option<u64> = None;
     for (i, object) in segments.iter().enumerate() {
         if limit == ReplayLimit::Txn(summary.last_seq) {
             break;
@@ -221,17 +225,31 @@ pub fn replay(
             )));
         }
         let is_last = i + 1 == segments.len();
-        let end = replay_segment(target, &ctx, first_seq, &mut summary, limit, visitor, is_last)?;
+        let end = replay_segment(target, &ctx, first_seq, &mut summary, &mut tree, limit, visitor, is_last)?;
         consumed += object.size;
         visitor.progress(consumed);
+        dangling = None;
         match end {
-            SegEnd::Rolled { next_seq } => expected_first = next_seq,
+            SegEnd::Rolled { next_seq } => {
+                expected_first = next_seq;
+                dangling = Some(next_seq);
+            }
             SegEnd::Stopped => break,
             SegEnd::Open | SegEnd::NewGeneration if !is_last && limit == ReplayLimit::All => {
                 return Err(ctx.fail(None, None, None, "segment is not sealed but later segments exist".into()));
             }
             SegEnd::Open | SegEnd::NewGeneration => break,
         }
+    }
+    if let (Some(next_seq), ReplayLimit::All) = (dangling, limit) {
+        return Err(ReadError::Integrity(Box::new(Integrity {
+            generation: objects.generation,
+            seq: Some(next_seq),
+            pgno: None,
+            key: layout::segment_key(objects.generation, next_seq),
+            offset: None,
+            problem: "a sealed segment names this segment as next, but it is missing".into(),
+        })));
     }
     if let ReplayLimit::Txn(n) = limit {
         if summary.last_seq != n {
@@ -246,7 +264,7 @@ fn replay_snapshot(
     generation: u64,
     key: &str,
     visitor: &mut dyn Visitor,
-) -> Result<ReplaySummary, ReadError> {
+) -> Result<(ReplaySummary, StateTree), ReadError> {
     let ctx = Ctx { generation, key };
     let mut reader = open_records(target, key, FileKind::Snapshot)?;
     let rec_err = |source| ReadError::Record { key: key.to_string(), source };
@@ -267,8 +285,10 @@ fn replay_snapshot(
     };
     visitor.snapshot_header(&header)?;
     let mut hasher = SnapshotHasher::new(generation, page_size, prev.as_ref());
+    let mut tree = StateTree::new(page_size);
+    tree.resize(header.page_count);
     let mut next_pgno = 1u32;
-    let hash = loop {
+    let (hash, state_root) = loop {
         let Some((offset, record)) = reader.next_record().map_err(rec_err)? else {
             return Err(ctx.fail(None, None, Some(reader.offset()), "snapshot ends without its end record".into()));
         };
@@ -290,6 +310,7 @@ fn replay_snapshot(
                         )));
                     }
                     hasher.page(pgno, &actual);
+                    tree.set_page(pgno, actual);
                     visitor.snapshot_page(pgno, data)?;
                 }
                 next_pgno += c.hashes.len() as u32;
@@ -301,7 +322,13 @@ fn replay_snapshot(
                         "snapshot hash mismatch: recorded {}, computed {}", hex(&end.hash), hex(&computed)
                     )));
                 }
-                break computed;
+                let state_root = tree.root();
+                if end.state_root.as_slice() != state_root {
+                    return Err(ctx.fail(None, None, Some(offset), format!(
+                        "state root mismatch: recorded {}, computed {}", hex(&end.state_root), hex(&state_root)
+                    )));
+                }
+                break (computed, state_root);
             }
             other => return Err(ctx.fail(None, None, Some(offset), format!("unexpected record in snapshot: {}", kind_name(&other)))),
         }
@@ -312,7 +339,7 @@ fn replay_snapshot(
     if reader.next_record().map_err(rec_err)?.is_some() {
         return Err(ctx.fail(None, None, Some(reader.offset()), "records after the snapshot's end".into()));
     }
-    Ok(ReplaySummary {
+    let summary = ReplaySummary {
         generation,
         page_size,
         snapshot_pages: header.page_count,
@@ -326,7 +353,9 @@ fn replay_snapshot(
         db_size_pages: header.page_count,
         torn_tail: None,
         ended: false,
-    })
+        state_root,
+    };
+    Ok((summary, tree))
 }
 
 /// The name of a record's kind, for messages.
@@ -355,6 +384,7 @@ enum SegEnd {
 struct OpenTxn {
     seq: u64,
     hasher: TxnHasher,
+    pages: Vec<(u32, Hash)>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -363,6 +393,7 @@ fn replay_segment(
     ctx: &Ctx,
     first_seq: u64,
     summary: &mut ReplaySummary,
+    tree: &mut StateTree,
     limit: ReplayLimit,
     visitor: &mut dyn Visitor,
     is_last: bool,
@@ -396,7 +427,11 @@ fn replay_segment(
                         "txn {} follows txn {} (sequence gap or reordering)", b.seq, summary.last_seq
                     )));
                 }
-                txn = Some(OpenTxn { seq: b.seq, hasher: TxnHasher::new(ctx.generation, b.seq, &summary.head_hash) });
+                txn = Some(OpenTxn {
+                    seq: b.seq,
+                    hasher: TxnHasher::new(ctx.generation, b.seq, &summary.head_hash),
+                    pages: Vec::new(),
+                });
             }
             (Some(Body::Page(p)), Some(t)) => {
                 if p.data.len() != summary.page_size as usize && summary.page_size != 0 {
@@ -412,8 +447,10 @@ fn replay_segment(
                     )));
                 }
                 t.hasher.page(p.pgno, &actual);
+                t.pages.push((p.pgno, actual));
                 if summary.page_size == 0 {
                     summary.page_size = p.data.len() as u32;
+                    tree.set_page_size(summary.page_size);
                 }
                 visitor.txn_page(t.seq, p.pgno, &p.data)?;
             }
@@ -425,7 +462,17 @@ fn replay_segment(
                 if c.page_count != t.hasher.pages() {
                     return Err(ctx.fail(Some(t.seq), None, Some(offset), format!("commit counts {} pages, the stream holds {}", c.page_count, t.hasher.pages())));
                 }
-                let computed = t.hasher.finish(c.db_size_pages, c.commit_time_ms);
+                for &(pgno, hash) in &t.pages {
+                    tree.set_page(pgno, hash);
+                }
+                tree.resize(c.db_size_pages);
+                let state_root = tree.root();
+                if c.state_root.as_slice() != state_root {
+                    return Err(ctx.fail(Some(t.seq), None, Some(offset), format!(
+                        "state root mismatch: recorded {}, computed {}", hex(&c.state_root), hex(&state_root)
+                    )));
+                }
+                let computed = t.hasher.finish(c.db_size_pages, c.commit_time_ms, &state_root);
                 if c.hash.as_slice() != computed {
                     return Err(ctx.fail(Some(t.seq), None, Some(offset), format!(
                         "chain hash mismatch: recorded {}, computed {}", hex(&c.hash), hex(&computed)
@@ -436,6 +483,7 @@ fn replay_segment(
                 summary.head_hash = computed;
                 summary.last_commit_ms = c.commit_time_ms;
                 summary.db_size_pages = c.db_size_pages;
+                summary.state_root = state_root;
                 if limit == ReplayLimit::Txn(c.seq) {
                     return Ok(SegEnd::Stopped);
                 }

@@ -60,11 +60,15 @@ struct PageWriter<'a> {
     file: &'a File,
     path: &'a Path,
     page_size: u64,
+    /// Pages the output holds so far; a shrinking commit truncates, so that pages past the end
+    /// read as zeros if the database grows again, as they would in SQLite's file.
+    pages: u64,
     progress: &'a mut dyn FnMut(u64),
 }
 
 impl PageWriter<'_> {
     fn write(&mut self, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
+        self.pages = self.pages.max(u64::from(pgno));
         let offset = u64::from(pgno - 1) * self.page_size;
         self.file.write_all_at(data, offset).map_err(|e| {
             ReadError::Output(std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))
@@ -85,6 +89,14 @@ impl Visitor for PageWriter<'_> {
             self.page_size = data.len() as u64;
         }
         self.write(pgno, data)
+    }
+    fn txn_commit(&mut self, c: &pb::TxnCommit) -> Result<(), ReadError> {
+        let size = u64::from(c.db_size_pages);
+        if size < self.pages {
+            self.file.set_len(size * self.page_size).map_err(ReadError::Output)?;
+            self.pages = size;
+        }
+        Ok(())
     }
     fn progress(&mut self, bytes: u64) {
         (self.progress)(bytes)
@@ -182,7 +194,7 @@ fn write_restore(
 ) -> Result<Restored, RestoreError> {
     let out_err = |source| RestoreError::Output { path: tmp.to_path_buf(), source };
     let file = OpenOptions::new().create(true).truncate(true).write(true).read(true).open(tmp).map_err(out_err)?;
-    let mut writer = PageWriter { file: &file, path: tmp, page_size: 0, progress };
+    let mut writer = PageWriter { file: &file, path: tmp, page_size: 0, pages: 0, progress };
     let summary = reader::replay(target, objects, ReplayLimit::Txn(seq), &mut writer)?;
     let bytes = u64::from(summary.db_size_pages) * u64::from(summary.page_size);
     file.set_len(bytes).map_err(out_err)?;

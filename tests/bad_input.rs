@@ -125,12 +125,27 @@ fn altered_chain_hash_is_detected() {
     for r in recs.iter_mut() {
         if let Some(Body::TxnCommit(c)) = &mut r.body {
             if c.seq == 2 {
-                c.db_size_pages += 1;
+                c.commit_time_ms += 1;
             }
         }
     }
     rewrite(&segment, &recs);
     verify_fails_with(&target, &["txn 2", "chain hash mismatch"]);
+}
+
+#[test]
+fn altered_state_root_is_detected() {
+    let (_d, _db, target, segment) = stream();
+    let mut recs = records(&segment);
+    for r in recs.iter_mut() {
+        if let Some(Body::TxnCommit(c)) = &mut r.body {
+            if c.seq == 4 {
+                c.state_root[0] ^= 1;
+            }
+        }
+    }
+    rewrite(&segment, &recs);
+    verify_fails_with(&target, &["txn 4", "state root mismatch"]);
 }
 
 #[test]

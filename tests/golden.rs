@@ -17,6 +17,7 @@
 //!   expected image after every transaction.
 //! * the remaining tests damage a copy of the golden files and assert the exact error text.
 
+use walstream::state::root_of_image;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -257,6 +258,7 @@ fn generate() -> Golden {
             chunk(3, &snapshot_pages[2..]),
             rec(Body::SnapshotEnd(pb::SnapshotEnd {
                 hash: snapshot_hash.to_vec(),
+                state_root: root_of_image(PAGE_SIZE, &image_at(&image, SNAPSHOT_PAGES)).to_vec(),
             })),
         ],
     );
@@ -306,7 +308,8 @@ fn generate() -> Golden {
             })));
         }
         frame += t.pages.len() as u32;
-        let chain_hash = hasher.finish(t.db_size_pages, t.commit_time_ms);
+        let state_root = root_of_image(PAGE_SIZE, &image_at(&image, t.db_size_pages));
+        let chain_hash = hasher.finish(t.db_size_pages, t.commit_time_ms, &state_root);
         records.push(rec(Body::TxnCommit(pb::TxnCommit {
             seq: t.seq,
             page_count: t.pages.len() as u32,
@@ -314,6 +317,7 @@ fn generate() -> Golden {
             commit_time_ms: t.commit_time_ms,
             hash: chain_hash.to_vec(),
             wal: wal(salts, frame),
+            state_root: state_root.to_vec(),
         })));
         if t.seq == 2 {
             records.push(rec(Body::WalReset(pb::WalReset {
@@ -636,10 +640,12 @@ fn golden_hashes_follow_the_documented_layout() {
                     bytes.extend_from_slice(&n.to_le_bytes());
                     bytes.extend_from_slice(&c.db_size_pages.to_le_bytes());
                     bytes.extend_from_slice(&c.commit_time_ms.to_le_bytes());
+                    bytes.extend_from_slice(&c.state_root);
                     let hash = hash_bytes(&bytes);
                     assert_eq!(c.hash, hash.to_vec(), "recorded hash of txn {seq}");
                     // Truncate a copy only: replaying to txn N truncates once, at the end.
                     let at_n = image_at(&image, c.db_size_pages);
+                    assert_eq!(c.state_root, root_of_image(PAGE_SIZE, &at_n).to_vec(), "root of txn {seq}");
                     seen.push((seq, c.db_size_pages, hex(&hash), hex(&hash_bytes(&at_n))));
                     prev = hash;
                 }

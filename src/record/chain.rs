@@ -8,7 +8,7 @@
 //!                        { pgno u32 | page hash }* | page_count u32)
 //! txn hash      = BLAKE3("walstream/txn/v1" | generation u64 | seq u64 | prev hash |
 //!                        { pgno u32 | page hash }* | page_count u32 | db_size_pages u32 |
-//!                        commit_time_ms i64)
+//!                        commit_time_ms i64 | state_root (32 bytes))
 //! ```
 //! Transaction 1's prev hash is the snapshot hash; transaction n's is transaction n-1's hash.
 
@@ -47,10 +47,11 @@ impl TxnHasher {
         self.pages
     }
 
-    pub fn finish(mut self, db_size_pages: u32, commit_time_ms: i64) -> Hash {
+    pub fn finish(mut self, db_size_pages: u32, commit_time_ms: i64, state_root: &Hash) -> Hash {
         self.hasher.update(&self.pages.to_le_bytes());
         self.hasher.update(&db_size_pages.to_le_bytes());
         self.hasher.update(&commit_time_ms.to_le_bytes());
+        self.hasher.update(state_root);
         *self.hasher.finalize().as_bytes()
     }
 }
@@ -94,15 +95,16 @@ mod tests {
             h.page(4, &[5; 32]);
             h
         };
-        let reference = base().finish(6, 7);
-        assert_ne!(reference, base().finish(6, 8));
-        assert_ne!(reference, base().finish(5, 7));
+        let reference = base().finish(6, 7, &[9; 32]);
+        assert_ne!(reference, base().finish(6, 8, &[9; 32]));
+        assert_ne!(reference, base().finish(5, 7, &[9; 32]));
+        assert_ne!(reference, base().finish(6, 7, &[8; 32]));
         let mut other = TxnHasher::new(1, 3, &[3; 32]);
         other.page(4, &[5; 32]);
-        assert_ne!(reference, other.finish(6, 7));
+        assert_ne!(reference, other.finish(6, 7, &[9; 32]));
         let mut other = TxnHasher::new(1, 2, &[3; 32]);
         other.page(4, &[6; 32]);
-        assert_ne!(reference, other.finish(6, 7));
+        assert_ne!(reference, other.finish(6, 7, &[9; 32]));
     }
 
     #[test]
@@ -118,8 +120,9 @@ mod tests {
         bytes.extend_from_slice(&1u32.to_le_bytes());
         bytes.extend_from_slice(&6u32.to_le_bytes());
         bytes.extend_from_slice(&7i64.to_le_bytes());
+        bytes.extend_from_slice(&[9; 32]);
         let mut h = TxnHasher::new(1, 2, &[3; 32]);
         h.page(4, &[5; 32]);
-        assert_eq!(h.finish(6, 7), *blake3::hash(&bytes).as_bytes());
+        assert_eq!(h.finish(6, 7, &[9; 32]), *blake3::hash(&bytes).as_bytes());
     }
 }

@@ -20,6 +20,7 @@ pub use scan::Tail;
 pub use writer::TxnAppender;
 
 use crate::record::RecordError;
+use crate::state::StateTree;
 use crate::wal::WalCursor;
 
 /// Name of the lock file in the spool directory.
@@ -40,6 +41,8 @@ pub enum SpoolError {
     Record { path: PathBuf, source: RecordError },
     #[error("spool file {path}: {problem}")]
     Corrupt { path: PathBuf, problem: String },
+    #[error("rebuilding the state tree from the spool: {0}")]
+    Replay(String),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -65,6 +68,9 @@ pub struct Spool {
     segment: Option<File>,
     /// Whether something was written since the last `sync`.
     unsynced: bool,
+    /// The state tree of the tail's database image, with the (generation, seq) it describes;
+    /// rebuilt from the spool when it does not match the tail.
+    tree: Option<(u64, u64, StateTree)>,
     pub segment_bytes_max: u64,
 }
 
@@ -85,6 +91,7 @@ impl Spool {
             tail: None,
             segment: None,
             unsynced: false,
+            tree: None,
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
         })
     }

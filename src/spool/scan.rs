@@ -8,6 +8,7 @@ use super::{io_err, SpoolError, SpoolLock};
 use crate::layout;
 use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::{hash_field, FileKind, Hash, RecordReader};
+use crate::state::StateTree;
 use crate::wal::WalCursor;
 
 /// Where the stream in the spool ends.
@@ -88,9 +89,7 @@ impl SpoolLock<'_> {
             return self.reload();
         }
         self.spool.segment = None;
-        let mut tail = tail;
-        let end = scan_segment(&path, Some(tail.segment_len), &mut tail)?;
-        self.spool.tail = Some(tail);
+        let end = self.scan_continuing(&path, Some(tail.segment_len), tail)?;
         self.follow(end)
     }
 
@@ -100,11 +99,10 @@ impl SpoolLock<'_> {
             SegmentEnd::Open => Ok(()),
             SegmentEnd::NewGeneration => self.reload(),
             SegmentEnd::Rolled { next_seq } => {
-                let mut tail = self.spool.tail.clone().expect("scanned a segment");
+                let tail = self.spool.tail.clone().expect("scanned a segment");
                 let path = self.segment_path(tail.generation, next_seq);
                 if path.exists() {
-                    let end = scan_segment(&path, None, &mut tail)?;
-                    self.spool.tail = Some(tail);
+                    let end = self.scan_continuing(&path, None, tail)?;
                     self.follow(end)
                 } else {
                     // The writer stopped between sealing a segment and starting the next.
@@ -114,11 +112,28 @@ impl SpoolLock<'_> {
         }
     }
 
+    /// Scans a segment that continues `tail`, keeping the state tree in step if it matches.
+    fn scan_continuing(&mut self, path: &Path, from: Option<u64>, mut tail: Tail) -> Result<SegmentEnd, SpoolError> {
+        let mut tree = self
+            .spool
+            .tree
+            .take()
+            .filter(|(g, s, _)| (*g, *s) == (tail.generation, tail.last_seq));
+        let end = scan_segment(path, from, &mut tail, tree.as_mut().map(|t| &mut t.2))?;
+        if let Some(t) = tree.as_mut() {
+            (t.0, t.1) = (tail.generation, tail.last_seq);
+        }
+        self.spool.tree = tree;
+        self.spool.tail = Some(tail);
+        Ok(end)
+    }
+
     /// Reads the tail from scratch: the newest generation that has a snapshot, and its last
     /// segment.
     fn reload(&mut self) -> Result<(), SpoolError> {
         self.spool.segment = None;
         self.spool.tail = None;
+        self.spool.tree = None;
         let Some(generation) = newest_complete_generation(&self.spool.dir)? else {
             return Ok(());
         };
@@ -142,7 +157,7 @@ impl SpoolLock<'_> {
                 segment_first_seq: first_seq,
                 segment_len: 0,
             };
-            match scan_segment(&path, None, &mut tail) {
+            match scan_segment(&path, None, &mut tail, None) {
                 Ok(end) => {
                     self.spool.tail = Some(tail);
                     return self.follow(end);
@@ -274,6 +289,7 @@ pub(crate) fn scan_segment(
     path: &Path,
     from: Option<u64>,
     tail: &mut Tail,
+    mut tree: Option<&mut StateTree>,
 ) -> Result<SegmentEnd, SpoolError> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let mut reader = match from {
@@ -288,6 +304,7 @@ pub(crate) fn scan_segment(
     let mut good_end = reader.offset();
     let mut open_txn: Option<u64> = None;
     let mut last_page: Option<(u32, Hash)> = None;
+    let mut pages: Vec<(u32, Hash)> = Vec::new();
     let mut end = SegmentEnd::Open;
     loop {
         let (offset, record) = match reader.next_record() {
@@ -309,11 +326,20 @@ pub(crate) fn scan_segment(
                 tail.reset = None;
                 tail.last_commit_page = None;
             }
-            (Body::TxnBegin(b), None) if b.seq == tail.last_seq + 1 => open_txn = Some(b.seq),
+            (Body::TxnBegin(b), None) if b.seq == tail.last_seq + 1 => {
+                pages.clear();
+                open_txn = Some(b.seq);
+            }
             (Body::Page(p), Some(_)) => {
                 let hash = hash_field(&p.hash)
                     .ok_or_else(|| corrupt(path, format!("page {}: hash is not 32 bytes", p.pgno)))?;
                 last_page = Some((p.pgno, hash));
+                if let Some(tree) = tree.as_deref_mut() {
+                    if tree.page_size() == 0 {
+                        tree.set_page_size(p.data.len() as u32);
+                    }
+                    pages.push((p.pgno, hash));
+                }
             }
             (Body::TxnCommit(c), Some(seq)) if c.seq == seq => {
                 tail.last_seq = seq;
@@ -323,6 +349,12 @@ pub(crate) fn scan_segment(
                 tail.wal = c.wal.as_ref().map(wal_from_pb);
                 tail.reset = None;
                 tail.last_commit_page = last_page.map(|(pgno, h)| (pgno, c.db_size_pages, h));
+                if let Some(tree) = tree.as_deref_mut() {
+                    for (pgno, hash) in pages.drain(..) {
+                        tree.set_page(pgno, hash);
+                    }
+                    tree.resize(c.db_size_pages);
+                }
                 open_txn = None;
             }
             (Body::WalReset(r), None) => tail.reset = Some(r),

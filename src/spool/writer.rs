@@ -11,6 +11,9 @@ use crate::record::chain::{page_hash, SnapshotHasher, TxnHasher};
 use crate::record::frame::encode_record;
 use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::{FileKind, Hash, RecordWriter};
+use crate::reader::{self, ReadError, ReplayLimit, Visitor};
+use crate::state::StateTree;
+use crate::target::LocalTarget;
 use crate::wal::WalCursor;
 
 /// Pages per snapshot chunk record are limited to this many bytes (at least one page).
@@ -120,7 +123,8 @@ impl SpoolLock<'_> {
         let gen_dir = dir.join(layout::generation_dir(generation));
         fs::create_dir_all(&gen_dir).map_err(io_err(&gen_dir))?;
         let prev_hash = prev.as_ref().map(|t| t.head_hash);
-        let hash = write_snapshot(&dir, generation, meta, prev_hash.as_ref(), read_page)?;
+        let (hash, tree) = write_snapshot(&dir, generation, meta, prev_hash.as_ref(), read_page)?;
+        self.spool.tree = Some((generation, 0, tree));
         self.spool.tail = Some(Tail {
             generation,
             page_size: meta.page_size,
@@ -148,7 +152,7 @@ impl SpoolLock<'_> {
         let hasher = TxnHasher::new(tail.generation, seq, &tail.head_hash);
         let mut buf = Vec::with_capacity(APPEND_BUFFER_BYTES);
         encode_record(&rec(Body::TxnBegin(pb::TxnBegin { seq })), &mut buf);
-        TxnAppender { seq, hasher, buf, start_len: tail.segment_len, last_page: None }
+        TxnAppender { seq, hasher, buf, start_len: tail.segment_len, last_page: None, pages: Vec::new(), page_size: 0 }
     }
 
     /// Appends one page image (as found in the WAL frame) to `txn`.
@@ -156,6 +160,10 @@ impl SpoolLock<'_> {
         let hash = page_hash(data);
         txn.hasher.page(pgno, &hash);
         txn.last_page = Some((pgno, hash));
+        txn.pages.push((pgno, hash));
+        if txn.page_size == 0 {
+            txn.page_size = data.len() as u32;
+        }
         let page = pb::Page { pgno, data: data.to_vec(), hash: hash.to_vec() };
         encode_record(&rec(Body::Page(page)), &mut txn.buf);
         if txn.buf.len() >= APPEND_BUFFER_BYTES {
@@ -174,7 +182,8 @@ impl SpoolLock<'_> {
         wal: &WalCursor,
     ) -> Result<Hash, SpoolError> {
         let page_count = txn.hasher.pages();
-        let hash = txn.hasher.finish(db_size_pages, commit_time_ms);
+        let state_root = self.next_state_root(&txn, db_size_pages)?;
+        let hash = txn.hasher.finish(db_size_pages, commit_time_ms, &state_root);
         let commit = pb::TxnCommit {
             seq: txn.seq,
             page_count,
@@ -182,11 +191,17 @@ impl SpoolLock<'_> {
             commit_time_ms,
             hash: hash.to_vec(),
             wal: Some(wal_to_pb(wal)),
+            state_root: state_root.to_vec(),
         };
         encode_record(&rec(Body::TxnCommit(commit)), &mut txn.buf);
         if let Err(e) = self.append(&txn.buf) {
+            // The tree already holds this transaction: forget it, it is rebuilt when needed.
+            self.spool.tree = None;
             let _ = self.cut_back(txn.start_len);
             return Err(e);
+        }
+        if let Some(t) = self.spool.tree.as_mut() {
+            t.1 = txn.seq;
         }
         let tail = self.tail_mut();
         tail.last_seq = txn.seq;
@@ -197,6 +212,27 @@ impl SpoolLock<'_> {
         tail.last_commit_page = txn.last_page.map(|(pgno, h)| (pgno, db_size_pages, h));
         self.roll_if_full()?;
         Ok(hash)
+    }
+
+    /// Applies `txn` to the state tree (rebuilt from the spool first if it does not describe
+    /// the tail) and returns the state root after it.
+    fn next_state_root(&mut self, txn: &TxnAppender, db_size_pages: u32) -> Result<Hash, SpoolError> {
+        let tail = self.spool.tail.as_ref().expect("a generation is open");
+        let (generation, seq) = (tail.generation, tail.last_seq);
+        let current = self.spool.tree.as_ref().is_some_and(|(g, s, _)| (*g, *s) == (generation, seq));
+        if !current {
+            let tree = rebuild_tree(&self.spool.dir, generation, seq)?;
+            self.spool.tree = Some((generation, seq, tree));
+        }
+        let (_, _, tree) = self.spool.tree.as_mut().expect("set above");
+        if tree.page_size() == 0 {
+            tree.set_page_size(txn.page_size);
+        }
+        for &(pgno, hash) in &txn.pages {
+            tree.set_page(pgno, hash);
+        }
+        tree.resize(db_size_pages);
+        Ok(tree.root())
     }
 
     /// Cuts off whatever of `txn` was already written.
@@ -226,6 +262,58 @@ impl SpoolLock<'_> {
         self.append_record(Body::SegmentEnd(end))?;
         self.create_segment(next_seq)
     }
+
+    /// Seals the active segment if it holds at least one transaction and starts the next one
+    /// (used by the S3 shipper, which uploads only sealed segments). A WAL-reset marker after
+    /// the last transaction is repeated in the new segment, so the next writer still sees it.
+    /// Returns whether a segment was sealed.
+    pub fn seal_active(&mut self) -> Result<bool, SpoolError> {
+        let Some(tail) = self.spool.tail.as_ref() else { return Ok(false) };
+        if tail.ended || tail.last_seq < tail.segment_first_seq {
+            return Ok(false);
+        }
+        let (next_seq, reset) = (tail.last_seq + 1, tail.reset.clone());
+        let end = pb::SegmentEnd { reason: Reason::Rolled as i32, next_seq };
+        self.append_record(Body::SegmentEnd(end))?;
+        self.create_segment(next_seq)?;
+        if let Some(reset) = reset {
+            self.mark_reset(reset)?;
+        }
+        Ok(true)
+    }
+}
+
+/// The state tree of `generation` after transaction `seq`, replayed from the spool directory.
+fn rebuild_tree(dir: &std::path::Path, generation: u64, seq: u64) -> Result<StateTree, SpoolError> {
+    struct Pages(StateTree);
+    impl Visitor for Pages {
+        fn snapshot_header(&mut self, h: &pb::SnapshotHeader) -> Result<(), ReadError> {
+            self.0 = StateTree::new(h.page_size);
+            self.0.resize(h.page_count);
+            Ok(())
+        }
+        fn snapshot_page(&mut self, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
+            self.0.set_page(pgno, page_hash(data));
+            Ok(())
+        }
+        fn txn_page(&mut self, _seq: u64, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
+            if self.0.page_size() == 0 {
+                self.0.set_page_size(data.len() as u32);
+            }
+            self.0.set_page(pgno, page_hash(data));
+            Ok(())
+        }
+        fn txn_commit(&mut self, c: &pb::TxnCommit) -> Result<(), ReadError> {
+            self.0.resize(c.db_size_pages);
+            Ok(())
+        }
+    }
+    let target = LocalTarget::new(dir.to_path_buf());
+    let replay_err = |e: ReadError| SpoolError::Replay(e.to_string());
+    let objects = reader::generation(&target, generation).map_err(replay_err)?;
+    let mut pages = Pages(StateTree::default());
+    reader::replay(&target, &objects, ReplayLimit::Txn(seq), &mut pages).map_err(replay_err)?;
+    Ok(pages.0)
 }
 
 fn write_snapshot(
@@ -234,7 +322,7 @@ fn write_snapshot(
     meta: &SnapshotMeta,
     prev_generation: Option<&Hash>,
     read_page: &mut dyn FnMut(u32, &mut [u8]) -> Result<(), SpoolError>,
-) -> Result<Hash, SpoolError> {
+) -> Result<(Hash, StateTree), SpoolError> {
     let path = dir.join(layout::snapshot_key(generation));
     let tmp = path.with_extension("wsnap.tmp");
     let file = File::create(&tmp).map_err(io_err(&tmp))?;
@@ -253,6 +341,8 @@ fn write_snapshot(
     let page_size = meta.page_size as usize;
     let per_chunk = (SNAPSHOT_CHUNK_BYTES_MAX / page_size).max(1) as u32;
     let mut hasher = SnapshotHasher::new(generation, meta.page_size, prev_generation);
+    let mut tree = StateTree::new(meta.page_size);
+    tree.resize(meta.page_count);
     let mut page = vec![0u8; page_size];
     let mut first = 1u32;
     while first <= meta.page_count {
@@ -262,6 +352,7 @@ fn write_snapshot(
             read_page(pgno, &mut page)?;
             let h = page_hash(&page);
             hasher.page(pgno, &h);
+            tree.set_page(pgno, h);
             chunk.data.extend_from_slice(&page);
             chunk.hashes.push(h.to_vec());
         }
@@ -269,11 +360,13 @@ fn write_snapshot(
         first = last + 1;
     }
     let hash = hasher.finish();
-    w.write(&rec(Body::SnapshotEnd(pb::SnapshotEnd { hash: hash.to_vec() }))).map_err(io_err(&tmp))?;
+    let state_root = tree.root();
+    let end = pb::SnapshotEnd { hash: hash.to_vec(), state_root: state_root.to_vec() };
+    w.write(&rec(Body::SnapshotEnd(end))).map_err(io_err(&tmp))?;
     let file = w.into_inner().into_inner().map_err(|e| SpoolError::Io { path: tmp.clone(), source: e.into_error() })?;
     file.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    Ok(hash)
+    Ok((hash, tree))
 }
 
 /// One transaction being appended (see `SpoolLock::begin_txn`).
@@ -283,6 +376,9 @@ pub struct TxnAppender {
     buf: Vec<u8>,
     start_len: u64,
     last_page: Option<(u32, Hash)>,
+    /// Page numbers and hashes, applied to the state tree at commit.
+    pages: Vec<(u32, Hash)>,
+    page_size: u32,
 }
 
 impl TxnAppender {
