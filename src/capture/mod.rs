@@ -67,4 +67,7 @@ pub enum CaptureError {
     PageSizeChanged { wal: u32, stream: u32 },
     #[error("the database {0} is not in a state walstream can snapshot: {1}")]
     Unsnapshotable(PathBuf, String),
+    /// Shipping to a remote target: bad settings, or the spool at its size limit.
+    #[error("{0}")]
+    Ship(String),
 }

@@ -21,11 +21,15 @@ pub struct Status {
     pub behind: bool,
     pub last_error: Option<String>,
     pub errors: u64,
+    /// Remote targets: the local spool directory, its limit, and the shipper's live state.
+    pub spool: Option<String>,
+    pub spool_limit: Option<u64>,
+    pub ship: Option<std::sync::Arc<crate::ship::ShipShared>>,
 }
 
 impl Status {
     pub fn to_json(&self, last_open_error: Option<String>) -> String {
-        json!({
+        let mut v = json!({
             "database": self.database,
             "target": self.target,
             "captured": true,
@@ -41,8 +45,16 @@ impl Status {
             "last_error": self.last_error,
             "errors": self.errors,
             "last_open_error": last_open_error,
-        })
-        .to_string()
+        });
+        if let Some(ship) = &self.ship {
+            // Shipping fields: shipped_seq, lag_txns, lag_ms, ship_error, ... (see docs/S3.md).
+            let extra = ship.status_json(self.spool_limit);
+            if let (Some(obj), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+                obj.insert("spool".into(), json!(self.spool));
+                obj.extend(extra);
+            }
+        }
+        v.to_string()
     }
 }
 

@@ -362,6 +362,10 @@ struct AckState {
     segment: u64,
     /// Last transaction in those segments.
     seq: u64,
+    /// The header-only copy of the active segment uploaded so that the stream in the target
+    /// never ends with a sealed segment whose successor is missing: its key and content hash.
+    /// The full segment replaces it once sealed.
+    placeholder: Option<(String, String)>,
 }
 
 impl AckState {
@@ -374,6 +378,10 @@ impl AckState {
             snapshot_hash: v["snapshot_hash"].as_str()?.to_string(),
             segment: v["segment"].as_u64()?,
             seq: v["seq"].as_u64()?,
+            placeholder: match (v["placeholder_key"].as_str(), v["placeholder_hash"].as_str()) {
+                (Some(k), Some(h)) => Some((k.to_string(), h.to_string())),
+                _ => None,
+            },
         })
     }
 
@@ -384,6 +392,8 @@ impl AckState {
             "snapshot_hash": self.snapshot_hash,
             "segment": self.segment,
             "seq": self.seq,
+            "placeholder_key": self.placeholder.as_ref().map(|p| &p.0),
+            "placeholder_hash": self.placeholder.as_ref().map(|p| &p.1),
         })
         .to_string();
         let tmp = dir.join(format!("{SHIP_STATE_NAME}.tmp"));
@@ -655,7 +665,9 @@ impl Worker {
             for (i, (&first, seg)) in segs.iter().enumerate() {
                 let last_one = i + 1 == count;
                 if !old && last_one {
-                    break; // the active segment
+                    // The active segment: only its header, as a placeholder.
+                    self.ship_placeholder(g, seg)?;
+                    break;
                 }
                 if !old && g == self.ack.generation && first <= self.ack.segment {
                     continue;
@@ -694,7 +706,14 @@ impl Worker {
         }
         self.check_owner(generation)?;
         self.upload(&snap.key, &path, &hash)?;
-        self.ack = AckState { target: self.target_name(), generation, snapshot_hash: hash, segment: 0, seq: 0 };
+        self.ack = AckState {
+            target: self.target_name(),
+            generation,
+            snapshot_hash: hash,
+            segment: 0,
+            seq: 0,
+            placeholder: None,
+        };
         self.save_ack()?;
         self.shared.state.lock().shipped = Some((generation, 0));
         self.after_new_generation(generation);
@@ -717,6 +736,34 @@ impl Worker {
         Ok(())
     }
 
+    /// Uploads the header of the active segment (once per segment), so that the sealed segment
+    /// before it does not name a successor the target lacks.
+    fn ship_placeholder(&mut self, generation: u64, seg: &SpoolFile) -> Result<(), PassError> {
+        if self.ack.generation != generation || self.ack.placeholder.as_ref().is_some_and(|(k, _)| *k == seg.key) {
+            return Ok(());
+        }
+        let path = self.dir.join(&seg.key);
+        let retry = |e: io::Error| PassError::Retry(format!("{}: {e}", path.display()));
+        let header_len = {
+            let mut r = RecordReader::new(BufReader::new(File::open(&path).map_err(retry)?))
+                .map_err(|e| retry(io::Error::other(e)))?;
+            match r.next_record() {
+                Ok(Some(_)) => r.offset(),
+                _ => return Ok(()), // not even a header yet: next round
+            }
+        };
+        let mut bytes = vec![0u8; header_len as usize];
+        File::open(&path).and_then(|mut f| f.read_exact(&mut bytes)).map_err(retry)?;
+        let tmp = self.dir.join("ship.placeholder.tmp");
+        fs::write(&tmp, &bytes).map_err(retry)?;
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        let result = self.upload(&seg.key, &tmp, &hash);
+        let _ = fs::remove_file(&tmp);
+        result?;
+        self.ack.placeholder = Some((seg.key.clone(), hash));
+        self.save_ack()
+    }
+
     fn save_ack(&self) -> Result<(), PassError> {
         self.ack.save(&self.dir).map_err(|e| PassError::Retry(format!("writing {SHIP_STATE_NAME}: {e}")))
     }
@@ -725,12 +772,16 @@ impl Worker {
     fn upload(&mut self, key: &str, path: &Path, hash: &str) -> Result<(), PassError> {
         let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         let name = self.target_name();
+        let placeholder = self.ack.placeholder.clone();
         let target = self.target()?;
         match target.put_file_if_absent(key, path)? {
             PutOutcome::Created => {}
             PutOutcome::Exists => {
                 let remote = target.content_hash(key)?;
-                if remote != hash {
+                let own_placeholder = placeholder.as_ref().is_some_and(|(k, h)| k == key && *h == remote);
+                if own_placeholder {
+                    target.put_file(key, path)?;
+                } else if remote != hash {
                     return Err(PassError::Conflict(format!(
                         "another writer uses {name}: {key} already exists there with different \
                          content. walstream never interleaves two writers on one prefix, so \

@@ -144,3 +144,67 @@ pub fn cli(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+// ---- S3 (a real S3-compatible server; `make test` starts SeaweedFS, see scripts/s3-server.sh) ----
+
+/// The S3 server the tests use, from the environment that `scripts/s3-server.sh env` prints.
+#[derive(Debug, Clone)]
+pub struct S3Env {
+    pub endpoint: String,
+    pub bucket: String,
+    pub key: String,
+    pub secret: String,
+}
+
+/// The test S3 server, or `None` (with a note) when run by hand without one. Under `make test`
+/// (`WALSTREAM_REQUIRE_S3=1`) a missing server fails the test instead.
+pub fn s3_env() -> Option<S3Env> {
+    let var = |n: &str| std::env::var(n).ok().filter(|s| !s.is_empty());
+    match (var("WALSTREAM_TEST_S3_ENDPOINT"), var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+        (Some(endpoint), Some(key), Some(secret)) => Some(S3Env {
+            endpoint,
+            bucket: var("WALSTREAM_TEST_S3_BUCKET").unwrap_or_else(|| "walstream-test".into()),
+            key,
+            secret,
+        }),
+        _ => {
+            assert!(
+                var("WALSTREAM_REQUIRE_S3").is_none(),
+                "WALSTREAM_TEST_S3_ENDPOINT is not set but WALSTREAM_REQUIRE_S3 is: `make test` \
+                 starts the server with scripts/s3-server.sh"
+            );
+            eprintln!(
+                "note: skipping an S3 test: no S3 server (run `make test`, or \
+                 `scripts/s3-server.sh start && eval \"$(scripts/s3-server.sh env)\"`)"
+            );
+            None
+        }
+    }
+}
+
+/// A prefix no other test uses.
+pub fn unique_prefix(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("tests/{name}-{}-{nanos}", std::process::id())
+}
+
+/// `SELECT walstream_status()` parsed.
+pub fn status(conn: &Connection) -> serde_json::Value {
+    let text: String = conn.query_row("SELECT walstream_status()", [], |r| r.get(0)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Polls `f` until it returns `Some`, failing with `what` (and the last value seen) after
+/// `deadline`.
+pub fn poll<T>(what: &str, deadline: std::time::Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let end = std::time::Instant::now() + deadline;
+    let mut last;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        assert!(std::time::Instant::now() < end, "timed out waiting for {what}: {last}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
