@@ -13,6 +13,8 @@
 #[allow(unsafe_code)]
 mod api;
 #[allow(unsafe_code)]
+mod preload;
+#[allow(unsafe_code)]
 mod vfs;
 
 use std::ffi::{c_char, c_int};
@@ -43,7 +45,7 @@ pub extern "C" fn sqlite3_walstream_init(
         let Some(entry) = api::Entry::new(db, pz_err_msg, p_api) else {
             return SQLITE_ERROR;
         };
-        match init(&entry) {
+        match init(&entry, false) {
             Ok(()) => OK_LOAD_PERMANENTLY,
             Err(msg) => {
                 entry.set_error(&msg);
@@ -53,7 +55,9 @@ pub extern "C" fn sqlite3_walstream_init(
     })
 }
 
-fn init(entry: &api::Entry) -> Result<(), String> {
+/// Installs walstream through `entry`'s routines table; `force_default` makes it the default
+/// VFS whatever the environment says (the LD_PRELOAD drop-in).
+fn init(entry: &api::Entry, force_default: bool) -> Result<(), String> {
     let version = entry.libversion_number();
     if version < MIN_SQLITE_VERSION {
         return Err(format!(
@@ -65,7 +69,7 @@ fn init(entry: &api::Entry) -> Result<(), String> {
     }
     entry.install()?;
     install_panic_hook();
-    vfs::register(default_vfs_requested())?;
+    vfs::register(force_default || default_vfs_requested())?;
     entry.register_status_function()?;
     api::register_auto_extension(on_new_connection)
 }

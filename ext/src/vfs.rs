@@ -39,8 +39,8 @@ use libsqlite3_sys::{
     sqlite3_file, sqlite3_filename, sqlite3_int64, sqlite3_io_methods, sqlite3_syscall_ptr,
     sqlite3_vfs, SQLITE_BUSY, SQLITE_CANTOPEN, SQLITE_ERROR, SQLITE_FCNTL_COMMIT_PHASETWO,
     SQLITE_FCNTL_PRAGMA, SQLITE_IOERR, SQLITE_IOERR_SHORT_READ, SQLITE_LOCK_EXCLUSIVE,
-    SQLITE_NOTFOUND, SQLITE_OK, SQLITE_OPEN_MAIN_DB, SQLITE_OPEN_WAL, SQLITE_READONLY,
-    SQLITE_SHM_EXCLUSIVE, SQLITE_SHM_LOCK, SQLITE_SHM_UNLOCK,
+    SQLITE_NOTFOUND, SQLITE_OK, SQLITE_OPEN_MAIN_DB, SQLITE_OPEN_READONLY, SQLITE_OPEN_WAL,
+    SQLITE_READONLY, SQLITE_SHM_EXCLUSIVE, SQLITE_SHM_LOCK, SQLITE_SHM_UNLOCK,
 };
 use walstream::capture::{self, CaptureIo, Moment, SharedCapture};
 use walstream::wal::{ReadAt, SHM_PREFIX_BYTES};
@@ -419,7 +419,7 @@ fn open(
         lower.close_if_open();
         return rc;
     }
-    let state = match new_state(name, flags, shim) {
+    let state = match new_state(name, flags, out_flags, shim) {
         Ok(state) => state,
         Err(rc) => {
             lower.close_if_open();
@@ -439,6 +439,7 @@ fn open(
 fn new_state(
     name: sqlite3_filename,
     flags: c_int,
+    out_flags: *mut c_int,
     shim: *mut ShimFile,
 ) -> Result<Option<Box<FileState>>, c_int> {
     // SAFETY: name is null or the NUL-terminated file name SQLite passed to xOpen, alive while
@@ -463,6 +464,19 @@ fn new_state(
                 lock_level: 0,
                 wal: ptr::null_mut(),
             })))),
+            Err(msg) if opened_read_only(flags, out_flags) => {
+                // A read-only connection never commits, so there is nothing for it to capture;
+                // failing it would make walstream refuse databases it cannot replicate anyway
+                // (read-only directories, under LD_PRELOAD). It runs uncaptured.
+                api::log(
+                    SQLITE_READONLY,
+                    &format!(
+                        "read-only {} opened without capture: {msg}",
+                        db_path.display()
+                    ),
+                );
+                Ok(None)
+            }
             Err(msg) => {
                 api::log(
                     SQLITE_CANTOPEN,
@@ -490,6 +504,17 @@ fn new_state(
         }))));
     }
     Ok(None)
+}
+
+/// Whether the file was opened read-only: asked for, or the lower VFS fell back to it.
+fn opened_read_only(flags: c_int, out_flags: *mut c_int) -> bool {
+    let out = if out_flags.is_null() {
+        0
+    } else {
+        // SAFETY: out_flags is SQLite's out parameter of xOpen, set by the lower xOpen.
+        unsafe { *out_flags }
+    };
+    (flags | out) & SQLITE_OPEN_READONLY != 0
 }
 
 /// True when `file` is non-null and was opened through this shim.
@@ -884,7 +909,7 @@ unsafe extern "C" fn io_file_control(
         };
         match op {
             SQLITE_FCNTL_PRAGMA => {
-                if let Some(rc) = refuse_journal_mode_change(arg) {
+                if let Some(rc) = refuse_journal_mode_change(arg, lower) {
                     return rc;
                 }
                 lower_call!(lower, 1, xFileControl, SQLITE_NOTFOUND, op, arg)
@@ -903,9 +928,11 @@ unsafe extern "C" fn io_file_control(
     })
 }
 
-/// `PRAGMA journal_mode=<anything but WAL>` on a captured database: SQLITE_ERROR with a
-/// message, since leaving WAL mode would stop capture silently.
-fn refuse_journal_mode_change(arg: *mut c_void) -> Option<c_int> {
+/// `PRAGMA journal_mode=<anything but WAL>` on a captured database in WAL mode: SQLITE_ERROR
+/// with a message, since leaving WAL mode would stop capture silently. A database that is not
+/// in WAL mode (new, or in a rollback-journal mode) may set any mode: it is not being captured,
+/// and refusing would break programs that set their journal mode explicitly (LD_PRELOAD).
+fn refuse_journal_mode_change(arg: *mut c_void, main: Lower) -> Option<c_int> {
     let az = arg.cast::<*mut c_char>();
     if az.is_null() {
         return None;
@@ -917,7 +944,7 @@ fn refuse_journal_mode_change(arg: *mut c_void) -> Option<c_int> {
         return None;
     }
     let value = value?;
-    if value.eq_ignore_ascii_case(b"wal") {
+    if value.eq_ignore_ascii_case(b"wal") || !in_wal_mode(main) || leaving_wal_allowed() {
         return None;
     }
     let msg = format!(
@@ -928,6 +955,23 @@ fn refuse_journal_mode_change(arg: *mut c_void) -> Option<c_int> {
     // SAFETY: az[0] is the out slot SQLite reads and frees with sqlite3_free.
     unsafe { *az = api::malloc_c_string(&msg) };
     Some(SQLITE_ERROR)
+}
+
+/// Whether the database file's header says WAL mode (bytes 18 and 19, the file format read and
+/// write versions, are 2). A file too short to have a header is not in WAL mode.
+fn in_wal_mode(main: Lower) -> bool {
+    let mut versions = [0u8; 2];
+    LowerReader(main).read_exact_at(&mut versions, 18).is_ok() && versions == [2, 2]
+}
+
+/// `WALSTREAM_ALLOW_LEAVING_WAL=1`: let `PRAGMA journal_mode` leave WAL mode. Capture stops
+/// while the database is in another mode; when WAL mode resumes, the changed database file
+/// starts a new generation from a snapshot (never a silent gap).
+fn leaving_wal_allowed() -> bool {
+    std::env::var("WALSTREAM_ALLOW_LEAVING_WAL").is_ok_and(|v| {
+        let v = v.trim();
+        v == "1" || v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("yes")
+    })
 }
 
 unsafe extern "C" fn io_sector_size(file: *mut sqlite3_file) -> c_int {
