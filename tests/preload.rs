@@ -138,7 +138,7 @@ fn statically_linked_sqlite_is_not_captured_and_shows_it() {
         dir.path(),
         "static_opens",
         C_PROGRAM,
-        &["/usr/lib/x86_64-linux-gnu/libsqlite3.a", "-lm", "-lpthread", "-ldl"],
+        &["-Wl,-Bstatic", "-lsqlite3", "-Wl,-Bdynamic", "-lm", "-lpthread", "-ldl"],
     );
     let dbs: Vec<_> = ["a.db", "b.db", "c.db"].iter().map(|n| dir.path().join(n)).collect();
     let out = run_ok(preloaded(exe.to_str().unwrap()).args(&dbs), "");
