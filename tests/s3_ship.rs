@@ -569,3 +569,68 @@ fn spool_limit_pauses_capture_without_losing_anything() {
     let restored = restore_via_cli(&srv.endpoint, &uri, &[], dir.path(), "restored.db");
     assert_eq!(restored, primary_image(&db));
 }
+
+const FORKER: &str = r#"
+import sqlite3, sys, json, os, time
+boot = sqlite3.connect(':memory:')
+boot.enable_load_extension(True)
+boot.load_extension(sys.argv[1])
+uri = 'file:' + sys.argv[2] + '?vfs=walstream'
+def status(c):
+    return json.loads(c.execute('SELECT walstream_status()').fetchone()[0])
+def wait_shipped(c):
+    end = time.monotonic() + 60
+    while True:
+        s = status(c)
+        if s['shipped_seq'] == s['last_seq'] and s['last_seq'] is not None:
+            return s
+        if time.monotonic() > end:
+            print(json.dumps({'timeout': s}), flush=True)
+            os._exit(1)
+        time.sleep(0.02)
+conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+conn.execute('PRAGMA journal_mode=WAL')
+conn.execute('CREATE TABLE t(i INTEGER PRIMARY KEY, v BLOB)')
+for _ in range(4):
+    conn.execute('INSERT INTO t(v) VALUES (randomblob(500))')
+wait_shipped(conn)
+conn.close()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(w)
+    os.read(r, 1)  # the parent has exited (its end of the pipe closed)
+    c = sqlite3.connect(uri, uri=True, isolation_level=None)
+    for _ in range(6):
+        c.execute('INSERT INTO t(v) VALUES (randomblob(500))')
+    s = wait_shipped(c)
+    print(json.dumps(s), flush=True)
+    os._exit(0)
+else:
+    os.close(r)
+    os._exit(0)
+"#;
+
+#[test]
+fn a_forked_child_ships_with_its_own_shipper_after_the_parent_exits() {
+    let Some(env) = s3_env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let uri = format!("s3://{}/{}", env.bucket, unique_prefix("fork"));
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg("-W").arg("ignore").arg("-c").arg(FORKER).arg(ext_path()).arg(&db);
+    for (k, v) in aws_env(&env, &env.endpoint, &uri) {
+        cmd.env(k, v);
+    }
+    // The parent exits at once; the child keeps stdout open until it is done.
+    let out = cmd.stdout(Stdio::piped()).spawn().unwrap().wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let s: Value = serde_json::from_str(text.lines().last().expect("the child reported")).unwrap();
+    assert_eq!(s["last_seq"], 11, "CREATE TABLE, 4 + 6 inserts: {s}");
+    assert_eq!(s["shipped_seq"], 11, "{s}");
+    assert_eq!(s["shipping"], true, "the child ships itself once the parent is gone: {s}");
+    let target = walstream::target::open(&walstream::target::TargetSpec::parse(&uri).unwrap()).unwrap();
+    assert_eq!(stream_head(target.as_ref()), (1, 11));
+    verify_ok(&env.endpoint, &uri);
+    assert_eq!(restore_via_cli(&env.endpoint, &uri, &[], dir.path(), "r.db"), primary_image(&db));
+}
