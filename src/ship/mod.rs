@@ -885,3 +885,35 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_bytes("4096"), Some(4096));
+        assert_eq!(parse_bytes("48K"), Some(48 << 10));
+        assert_eq!(parse_bytes("16M"), Some(16 << 20));
+        assert_eq!(parse_bytes("2GiB"), Some(2 << 30));
+        assert_eq!(parse_bytes("1T"), Some(1 << 40));
+        for bad in ["", "M", "12X", "-1", "1.5G"] {
+            assert_eq!(parse_bytes(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ack_state_roundtrips() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = AckState {
+            target: "s3://b/p".into(),
+            generation: 3,
+            snapshot_hash: "ab".into(),
+            segment: 17,
+            seq: 40,
+            placeholder: Some(("generations/0000000000000003/0000000000000029.wseg".into(), "cd".into())),
+        };
+        a.save(dir.path()).unwrap();
+        assert_eq!(AckState::load(dir.path()), Some(a));
+    }
+}
