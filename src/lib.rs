@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod capture;
+pub mod diff;
 pub mod layout;
 pub mod prune;
 pub mod reader;
@@ -15,6 +16,8 @@ pub mod ship;
 pub mod spool;
 pub mod state;
 pub mod target;
+#[cfg(feature = "cli")]
+pub mod validate;
 pub mod verify;
 pub mod wal;
 

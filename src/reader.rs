@@ -203,29 +203,96 @@ pub fn replay(
     limit: ReplayLimit,
     visitor: &mut dyn Visitor,
 ) -> Result<ReplaySummary, ReadError> {
+    replay_with_tree(target, objects, limit, visitor).map(|(summary, _)| summary)
+}
+
+/// `replay`, also returning the state tree of the last replayed image (to resume from).
+pub fn replay_with_tree(
+    target: &dyn Target,
+    objects: &GenerationObjects,
+    limit: ReplayLimit,
+    visitor: &mut dyn Visitor,
+) -> Result<(ReplaySummary, StateTree), ReadError> {
     let snapshot = objects.snapshot.as_ref().ok_or(ReadError::NoSuchGeneration(objects.generation))?;
     let (mut summary, mut tree) = replay_snapshot(target, objects.generation, &snapshot.key, visitor)?;
-    let mut consumed = snapshot.size;
-    visitor.progress(consumed);
-    let segments: Vec<&ObjectInfo> = objects.segments.values().collect();
-    let mut expected_first = 1u64;
+    visitor.progress(snapshot.size);
+    let resume = Resume { after_seq: 0, head_hash: summary.head_hash };
+    replay_segments(target, objects, &resume, &mut summary, &mut tree, limit, visitor, snapshot.size)?;
+    Ok((summary, tree))
+}
+
+/// Where a consumer already is in a generation: the state after `after_seq`, whose chain hash
+/// is `head_hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub after_seq: u64,
+    pub head_hash: Hash,
+}
+
+/// Replays the transactions after `resume.after_seq` onto `tree` (the state tree after it),
+/// reading only the segments from the one that holds `after_seq + 1`. The transactions before
+/// it in that segment are checked to chain up to `resume.head_hash`, so a stream that changed
+/// under the consumer is detected. Returns the summary of the last transaction replayed.
+pub fn replay_after(
+    target: &dyn Target,
+    objects: &GenerationObjects,
+    resume: &Resume,
+    tree: &mut StateTree,
+    limit: ReplayLimit,
+    visitor: &mut dyn Visitor,
+) -> Result<ReplaySummary, ReadError> {
+    let mut summary = ReplaySummary {
+        generation: objects.generation,
+        page_size: tree.page_size(),
+        snapshot_pages: 0,
+        snapshot_hash: [0; 32],
+        prev_generation_hash: None,
+        reason: String::new(),
+        created_ms: 0,
+        last_seq: resume.after_seq,
+        head_hash: resume.head_hash,
+        last_commit_ms: 0,
+        db_size_pages: tree.page_count(),
+        torn_tail: None,
+        ended: false,
+        state_root: tree.root(),
+    };
+    replay_segments(target, objects, resume, &mut summary, tree, limit, visitor, 0)?;
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn replay_segments(
+    target: &dyn Target,
+    objects: &GenerationObjects,
+    resume: &Resume,
+    summary: &mut ReplaySummary,
+    tree: &mut StateTree,
+    limit: ReplayLimit,
+    visitor: &mut dyn Visitor,
+    mut consumed: u64,
+) -> Result<(), ReadError> {
+    // The segment holding the first transaction to replay, and every later one.
+    let start = objects.segments.range(..=resume.after_seq + 1).next_back().map_or(1, |(k, _)| *k);
+    let segments: Vec<(u64, &ObjectInfo)> = objects.segments.range(start..).map(|(k, v)| (*k, v)).collect();
+    let mut expected_first = start;
     let mut dangling: Option<u64> = None;
-    for (i, object) in segments.iter().enumerate() {
-        if limit == ReplayLimit::Txn(summary.last_seq) {
+    let mut skip = SkipTo::new(resume, start);
+    if skip.is_some() {
+        summary.last_seq = start - 1;
+    }
+    for (i, (first_seq, object)) in segments.iter().enumerate() {
+        if limit == ReplayLimit::Txn(summary.last_seq) && skip.is_none() {
             break;
         }
         let ctx = Ctx { generation: objects.generation, key: &object.key };
-        let first_seq = match layout::parse_key(&object.key) {
-            Some(ObjectName::Segment { first_seq, .. }) => first_seq,
-            _ => unreachable!("inventory only lists segments here"),
-        };
-        if first_seq != expected_first {
+        if *first_seq != expected_first {
             return Err(ctx.fail(Some(expected_first), None, None, format!(
                 "segment starts at txn {first_seq} but txn {expected_first} comes next (a segment is missing or extra)"
             )));
         }
         let is_last = i + 1 == segments.len();
-        let end = replay_segment(target, &ctx, first_seq, &mut summary, &mut tree, limit, visitor, is_last)?;
+        let end = replay_segment(target, &ctx, *first_seq, summary, tree, &mut skip, limit, visitor, is_last)?;
         consumed += object.size;
         visitor.progress(consumed);
         dangling = None;
@@ -240,6 +307,16 @@ pub fn replay(
             }
             SegEnd::Open | SegEnd::NewGeneration => break,
         }
+    }
+    if let Some(skip) = skip {
+        return Err(ReadError::Integrity(Box::new(Integrity {
+            generation: objects.generation,
+            seq: Some(skip.through),
+            pgno: None,
+            key: layout::generation_dir(objects.generation),
+            offset: None,
+            problem: "the stream no longer holds this transaction (it was resumed from)".into(),
+        })));
     }
     if let (Some(next_seq), ReplayLimit::All) = (dangling, limit) {
         return Err(ReadError::Integrity(Box::new(Integrity {
@@ -256,7 +333,20 @@ pub fn replay(
             return Err(ReadError::NoSuchTxn { generation: objects.generation, seq: n, last: summary.last_seq });
         }
     }
-    Ok(summary)
+    Ok(())
+}
+
+/// Transactions already applied by a resuming consumer: their chain is checked up to `head`,
+/// but their pages are neither applied nor reported.
+struct SkipTo {
+    through: u64,
+    head: Hash,
+}
+
+impl SkipTo {
+    fn new(resume: &Resume, first_segment_seq: u64) -> Option<Self> {
+        (resume.after_seq >= first_segment_seq).then_some(SkipTo { through: resume.after_seq, head: resume.head_hash })
+    }
 }
 
 fn replay_snapshot(
@@ -394,6 +484,7 @@ fn replay_segment(
     first_seq: u64,
     summary: &mut ReplaySummary,
     tree: &mut StateTree,
+    skip: &mut Option<SkipTo>,
     limit: ReplayLimit,
     visitor: &mut dyn Visitor,
     is_last: bool,
@@ -416,6 +507,10 @@ fn replay_segment(
             let Some(Body::SegmentHeader(h)) = &body else {
                 return Err(ctx.fail(None, None, Some(offset), "segment does not start with its header".into()));
             };
+            if skip.is_some() && h.first_seq == first_seq {
+                // Resuming inside this segment: its own header says where the chain stood.
+                summary.head_hash = hash32(ctx, &h.prev_hash, None, None, offset, "segment prev_hash")?;
+            }
             check_segment_header(ctx, h, first_seq, summary, offset)?;
             first = false;
             continue;
@@ -447,6 +542,9 @@ fn replay_segment(
                     )));
                 }
                 t.hasher.page(p.pgno, &actual);
+                if skip.is_some() {
+                    continue;
+                }
                 t.pages.push((p.pgno, actual));
                 if summary.page_size == 0 {
                     summary.page_size = p.data.len() as u32;
@@ -461,6 +559,30 @@ fn replay_segment(
                 }
                 if c.page_count != t.hasher.pages() {
                     return Err(ctx.fail(Some(t.seq), None, Some(offset), format!("commit counts {} pages, the stream holds {}", c.page_count, t.hasher.pages())));
+                }
+                if let Some(s) = skip.as_ref() {
+                    let recorded = hash32(ctx, &c.state_root, Some(t.seq), None, offset, "state root")?;
+                    let computed = t.hasher.finish(c.db_size_pages, c.commit_time_ms, &recorded);
+                    if c.hash.as_slice() != computed {
+                        return Err(ctx.fail(Some(t.seq), None, Some(offset), format!(
+                            "chain hash mismatch: recorded {}, computed {}", hex(&c.hash), hex(&computed)
+                        )));
+                    }
+                    summary.last_seq = c.seq;
+                    summary.head_hash = computed;
+                    if c.seq == s.through {
+                        if computed != s.head {
+                            return Err(ctx.fail(Some(t.seq), None, Some(offset), format!(
+                                "the stream changed: this transaction's hash is {}, it was {} when last read",
+                                hex(&computed), hex(&s.head)
+                            )));
+                        }
+                        summary.state_root = recorded;
+                        summary.last_commit_ms = c.commit_time_ms;
+                        summary.db_size_pages = c.db_size_pages;
+                        *skip = None;
+                    }
+                    continue;
                 }
                 for &(pgno, hash) in &t.pages {
                     tree.set_page(pgno, hash);

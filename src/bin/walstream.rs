@@ -59,6 +59,55 @@ enum Command {
     /// snapshots and the links between generations. Exits non-zero naming the first failure.
     Verify {
         target: String,
+        /// SQL invariant to run at every transaction boundary; it passes when it returns one
+        /// row whose first value is true (non-zero). May be given several times.
+        #[arg(long = "check", value_name = "SQL")]
+        checks: Vec<String>,
+        /// With --check: only this generation (default: all).
+        #[arg(long, requires = "checks")]
+        generation: Option<u64>,
+        /// With --check: run the checks from this transaction on (0: the snapshot).
+        #[arg(long, requires = "checks")]
+        from: Option<u64>,
+        /// With --check: run the checks up to this transaction.
+        #[arg(long, requires = "checks")]
+        to: Option<u64>,
+        /// Print the result (or the failure) as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep a read replica up to date as the stream grows. Readers of the replica (plain SQLite)
+    /// see whole transactions only; a new generation re-seeds the replica from its snapshot;
+    /// progress is kept in REPLICA-follow, so a restarted follower resumes where it was.
+    Follow {
+        target: String,
+        /// The replica database file (created if missing).
+        replica: PathBuf,
+        /// SQL invariant to run after every applied transaction (see `verify --check`).
+        #[arg(long = "check", value_name = "SQL")]
+        checks: Vec<String>,
+        /// How often to look for new transactions, in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        /// Catch up once and exit instead of following.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Print a state root: of a database file (--db), or as recorded after transaction N of a
+    /// stream (verified by replaying it). Equal roots mean byte-identical database images.
+    Root {
+        /// The stream (with --txn).
+        #[arg(required_unless_present = "db", conflicts_with = "db")]
+        target: Option<String>,
+        /// A database file to compute the root of.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Transaction whose recorded root to print (default: the newest).
+        #[arg(long)]
+        txn: Option<u64>,
+        /// Generation (default: the newest).
+        #[arg(long)]
+        generation: Option<u64>,
     },
     /// List generations, snapshots and segments with their transaction ranges, sizes and times.
     Ls {
@@ -80,6 +129,34 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Row-level diff of one transaction: the rows it inserted, updated and deleted in every
+    /// rowid table, decoded from the pages it wrote and their previous versions in the stream.
+    ///
+    /// SQL output is a transaction of INSERT/UPDATE/DELETE statements (with --invert, the
+    /// statements that undo it: applied to the state after txn N they give the state after txn
+    /// N-1). JSON output is one object per line: {"table","op","rowid","old","new",...}.
+    /// What is not decoded is said in the output: schema changes ("schema changed: ..."),
+    /// WITHOUT ROWID tables, and index changes (which are not rows) are not decoded.
+    Diff {
+        /// The stream.
+        target: String,
+        /// The transaction to diff against the state before it (1 or more).
+        #[arg(long)]
+        txn: u64,
+        /// Generation (default: the newest).
+        #[arg(long)]
+        generation: Option<u64>,
+        /// Print the undo of the transaction instead.
+        #[arg(long)]
+        invert: bool,
+        /// Output format.
+        #[arg(long, value_parser = ["sql", "json"], default_value = "sql")]
+        format: String,
+        /// Directory for the two temporary images (default: the system temporary directory;
+        /// needs room for the database).
+        #[arg(long, value_name = "DIR")]
+        tmp_dir: Option<PathBuf>,
+    },
     /// Print a segment or snapshot file record by record (a local file, or an object as
     /// s3://bucket/prefix/generations/.../name).
     Inspect {
@@ -96,10 +173,24 @@ fn main() -> ExitCode {
         Command::Restore { target, output, txn, time, generation, force } => {
             cmd_restore(&target, &output, txn, time.as_deref(), generation, force)
         }
-        Command::Verify { target } => cmd_verify(&target),
+        Command::Verify { target, checks, generation, from, to, json } => {
+            if checks.is_empty() {
+                cmd_verify(&target, json)
+            } else {
+                let opts = walstream::validate::CheckOptions { checks, generation, from, to };
+                cmd_verify_checks(&target, &opts, json)
+            }
+        }
+        Command::Follow { target, replica, checks, interval_ms, once } => {
+            cmd_follow(&target, replica, checks, interval_ms, once)
+        }
+        Command::Root { target, db, txn, generation } => cmd_root(target.as_deref(), db.as_deref(), txn, generation),
         Command::Ls { target } => cmd_ls(&target),
         Command::Prune { target, keep_generations, keep_days, dry_run } => {
             cmd_prune(&target, keep_generations, keep_days, dry_run)
+        }
+        Command::Diff { target, txn, generation, invert, format, tmp_dir } => {
+            cmd_diff(&target, txn, generation, invert, &format, tmp_dir)
         }
         Command::Inspect { file, verbose } => cmd_inspect(&file, verbose),
     };
@@ -173,13 +264,128 @@ fn cmd_restore(
     Ok(())
 }
 
-fn cmd_verify(uri: &str) -> Result<()> {
+fn cmd_verify_checks(uri: &str, opts: &walstream::validate::CheckOptions, json: bool) -> Result<()> {
+    use walstream::validate::{verify_with_checks, ValidateError};
+    let target = open_target(uri)?;
+    let total: u64 = reader::inventory(target.as_ref())?.iter().map(|g| g.bytes()).sum();
+    let bar = progress_bar(total, "checking");
+    let result = verify_with_checks(target.as_ref(), opts, &mut |b| bar.set_position(b));
+    bar.finish_and_clear();
+    match result {
+        Ok(report) => {
+            if json {
+                let gens: Vec<_> = report.generations.iter().map(|(g, n, c)| serde_json::json!({"generation": g, "txns": n, "checked": c})).collect();
+                println!("{}", serde_json::json!({"ok": true, "generations": gens}));
+            } else {
+                for (g, n, c) in &report.generations {
+                    println!("generation {g}: txns 1..={n} replayed, {c} boundaries checked, all checks passed");
+                }
+            }
+            Ok(())
+        }
+        Err(ValidateError::CheckFailed(f)) => {
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "failure": f.to_json()}));
+            }
+            bail!("{} (committed {})", f, format_ms(f.commit_time_ms))
+        }
+        Err(e) => Err(e).with_context(|| format!("checking {uri}")),
+    }
+}
+
+fn cmd_follow(uri: &str, replica: PathBuf, checks: Vec<String>, interval_ms: u64, once: bool) -> Result<()> {
+    use walstream::validate::{FollowStep, Follower};
+    let target = open_target(uri)?;
+    let mut follower = Follower::new(replica.clone(), checks);
+    loop {
+        match follower.step(target.as_ref()).with_context(|| format!("following {uri} into {}", replica.display()))? {
+            FollowStep::UpToDate(_) => {}
+            FollowStep::Advanced { from_seq, to } => {
+                println!("generation {}: applied txns {}..={}", to.generation, from_seq + 1, to.seq)
+            }
+            FollowStep::Seeded(to) => println!("generation {}: seeded at txn {}", to.generation, to.seq),
+        }
+        if once {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(interval_ms));
+    }
+}
+
+fn cmd_root(uri: Option<&str>, db: Option<&Path>, txn: Option<u64>, generation: Option<u64>) -> Result<()> {
+    if let Some(path) = db {
+        let (page_size, root) = root_of_file(path)?;
+        println!("{}  {} ({} pages of {page_size} bytes)", hex(&root), path.display(), std::fs::metadata(path)?.len() / u64::from(page_size));
+        return Ok(());
+    }
+    let uri = uri.expect("clap requires TARGET without --db");
+    let target = open_target(uri)?;
+    let objects = match generation {
+        Some(g) => reader::generation(target.as_ref(), g)?,
+        None => reader::latest_generation(target.as_ref())?,
+    };
+    let seq = match txn {
+        Some(n) => n,
+        None => reader::last_committed_seq(target.as_ref(), &objects)?,
+    };
+    struct NoPages;
+    impl reader::Visitor for NoPages {}
+    let summary = reader::replay(target.as_ref(), &objects, reader::ReplayLimit::Txn(seq), &mut NoPages)?;
+    println!("{}  generation {} txn {}", hex(&summary.state_root), summary.generation, summary.last_seq);
+    Ok(())
+}
+
+/// The state root of a database file, read page by page.
+fn root_of_file(path: &Path) -> Result<(u32, walstream::record::Hash)> {
+    use std::io::Read;
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut header = [0u8; 100];
+    file.read_exact(&mut header).with_context(|| format!("{}: not a SQLite database (too short)", path.display()))?;
+    if &header[..16] != b"SQLite format 3\0" {
+        bail!("{}: not a SQLite database", path.display());
+    }
+    let raw = u32::from(u16::from_be_bytes([header[16], header[17]]));
+    let page_size = if raw == 1 { 65536 } else { raw };
+    let file = File::open(path)?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut tree = walstream::state::StateTree::new(page_size);
+    let mut page = vec![0u8; page_size as usize];
+    let mut pgno = 0u32;
+    loop {
+        match reader.read_exact(&mut page) {
+            Ok(()) => {
+                pgno += 1;
+                tree.set_page(pgno, *blake3::hash(&page).as_bytes());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((page_size, tree.root()))
+}
+
+fn cmd_verify(uri: &str, json: bool) -> Result<()> {
     let target = open_target(uri)?;
     let total: u64 = reader::inventory(target.as_ref())?.iter().map(|g| g.bytes()).sum();
     let bar = progress_bar(total, "verifying");
     let result = verify::verify(target.as_ref(), &mut |b| bar.set_position(b));
     bar.finish_and_clear();
-    let report = result.with_context(|| format!("verification of {uri} failed"))?;
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "error": e.to_string()}));
+            }
+            return Err(e).with_context(|| format!("verification of {uri} failed"));
+        }
+    };
+    if json {
+        let gens: Vec<_> = report.generations.iter().map(|g| serde_json::json!({
+            "generation": g.generation, "last_seq": g.last_seq, "head": hex(&g.head_hash), "state_root": hex(&g.state_root)
+        })).collect();
+        println!("{}", serde_json::json!({"ok": true, "generations": gens, "bytes": report.bytes}));
+        return Ok(());
+    }
     for g in &report.generations {
         println!(
             "generation {}: snapshot of {} pages, txns 1..={} verified, head {}",

@@ -1,0 +1,533 @@
+//! Validators: rebuild a database transaction by transaction and run SQL invariants at every
+//! transaction boundary (`walstream verify --check`), and keep a live read replica up to date
+//! (`walstream follow`). Both use the CLI's bundled SQLite; neither replays more than the pages
+//! each transaction changed.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{types::ValueRef, Connection, OpenFlags};
+use serde_json::json;
+
+use crate::reader::{self, GenerationObjects, ReadError, ReplayLimit, Resume, Visitor};
+use crate::record::{hex, pb, Hash};
+use crate::state::StateTree;
+use crate::target::Target;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidateError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("{0}")]
+    CheckFailed(Box<CheckFailure>),
+    #[error("check {check:?} cannot run: {message}")]
+    BadCheck { check: String, message: String },
+    #[error("{path}: {message}")]
+    Replica { path: PathBuf, message: String },
+    #[error("working copy {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// The first failing check: where, when, which, and what it returned.
+#[derive(Debug, Clone)]
+pub struct CheckFailure {
+    pub generation: u64,
+    pub seq: u64,
+    pub commit_time_ms: i64,
+    pub check: String,
+    pub returned: String,
+}
+
+impl std::fmt::Display for CheckFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "check failed at generation {}, txn {} (committed at {} ms): {:?} returned {}",
+            self.generation, self.seq, self.commit_time_ms, self.check, self.returned
+        )
+    }
+}
+
+impl CheckFailure {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "generation": self.generation, "txn": self.seq, "commit_time_ms": self.commit_time_ms,
+            "check": self.check, "returned": self.returned,
+        })
+    }
+}
+
+/// Runs every check on `conn`; `Ok(None)` when all pass, else the first failing check and what
+/// it returned. A check passes when it returns exactly one row whose first value is true
+/// (a non-zero number, or the text 'true').
+pub fn run_checks(conn: &Connection, checks: &[String]) -> Result<Option<(String, String)>, ValidateError> {
+    for check in checks {
+        let bad = |e: rusqlite::Error| ValidateError::BadCheck { check: check.clone(), message: e.to_string() };
+        let mut stmt = conn.prepare(check).map_err(bad)?;
+        let mut rows = stmt.query([]).map_err(bad)?;
+        let mut first: Option<String> = None;
+        let mut pass = false;
+        let mut count = 0;
+        while let Some(row) = rows.next().map_err(bad)? {
+            count += 1;
+            if count == 1 {
+                let v = row.get_ref(0).map_err(bad)?;
+                pass = truthy(v);
+                first = Some(describe(v));
+            }
+        }
+        if count != 1 {
+            return Ok(Some((check.clone(), format!("{count} rows"))));
+        }
+        if !pass {
+            return Ok(Some((check.clone(), first.unwrap_or_default())));
+        }
+    }
+    Ok(None)
+}
+
+fn truthy(v: ValueRef<'_>) -> bool {
+    match v {
+        ValueRef::Integer(i) => i != 0,
+        ValueRef::Real(r) => r != 0.0,
+        ValueRef::Text(t) => {
+            let t = String::from_utf8_lossy(t);
+            t.eq_ignore_ascii_case("true") || t.trim().parse::<f64>().is_ok_and(|n| n != 0.0)
+        }
+        ValueRef::Null | ValueRef::Blob(_) => false,
+    }
+}
+
+fn describe(v: ValueRef<'_>) -> String {
+    match v {
+        ValueRef::Null => "NULL".into(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(r) => r.to_string(),
+        ValueRef::Text(t) => format!("'{}'", String::from_utf8_lossy(t)),
+        ValueRef::Blob(b) => format!("X'{}'", hex(b)),
+    }
+}
+
+/// What to check.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    pub checks: Vec<String>,
+    /// Generation to check (default: every generation).
+    pub generation: Option<u64>,
+    /// Run the checks only at transactions in this range (inclusive; 0 is the snapshot).
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+}
+
+/// The result of a checked replay.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    /// (generation, transactions replayed, boundaries checked)
+    pub generations: Vec<(u64, u64, u64)>,
+}
+
+/// The database image being rebuilt, as a file that SQLite opens read-only after each
+/// transaction.
+struct WorkingCopy<'a> {
+    file: File,
+    path: PathBuf,
+    page_size: u64,
+    pages: u64,
+    generation: u64,
+    opts: &'a CheckOptions,
+    checked: u64,
+    replayed: u64,
+    failure: Option<CheckFailure>,
+    /// A check that could not run (bad SQL), reported as such.
+    error: Option<ValidateError>,
+    progress: &'a mut dyn FnMut(u64),
+    base: u64,
+}
+
+impl WorkingCopy<'_> {
+    fn write(&mut self, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
+        if self.page_size == 0 {
+            self.page_size = data.len() as u64;
+        }
+        self.pages = self.pages.max(u64::from(pgno));
+        self.file.write_all_at(data, u64::from(pgno - 1) * self.page_size).map_err(ReadError::Output)
+    }
+
+    /// Checks run after every transaction in range; the snapshot (0) only when asked for with
+    /// `from = 0`, since a generation may start before the checked tables exist.
+    fn in_range(&self, seq: u64) -> bool {
+        self.opts.from.unwrap_or(1) <= seq && self.opts.to.is_none_or(|t| seq <= t)
+    }
+
+    fn check(&mut self, seq: u64, commit_time_ms: i64) -> Result<(), ReadError> {
+        if self.failure.is_some() || !self.in_range(seq) || self.opts.checks.is_empty() {
+            return Ok(());
+        }
+        let uri = format!("file:{}?immutable=1", self.path.display());
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(&uri, flags).map_err(|e| ReadError::Output(std::io::Error::other(e)))?;
+        self.checked += 1;
+        match run_checks(&conn, &self.opts.checks) {
+            Ok(None) => Ok(()),
+            Ok(Some((check, returned))) => {
+                self.failure = Some(CheckFailure { generation: self.generation, seq, commit_time_ms, check, returned });
+                // Stop the replay here; the caller reports the failure.
+                Err(ReadError::Output(std::io::Error::other("check failed")))
+            }
+            Err(e) => {
+                self.error = Some(e);
+                Err(ReadError::Output(std::io::Error::other("check cannot run")))
+            }
+        }
+    }
+}
+
+impl Visitor for WorkingCopy<'_> {
+    fn snapshot_header(&mut self, h: &pb::SnapshotHeader) -> Result<(), ReadError> {
+        self.page_size = u64::from(h.page_size);
+        Ok(())
+    }
+    fn snapshot_page(&mut self, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
+        self.write(pgno, data)
+    }
+    fn txn_page(&mut self, _seq: u64, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
+        self.write(pgno, data)
+    }
+    fn txn_commit(&mut self, c: &pb::TxnCommit) -> Result<(), ReadError> {
+        let size = u64::from(c.db_size_pages);
+        if size != self.pages {
+            self.file.set_len(size * self.page_size).map_err(ReadError::Output)?;
+            self.pages = size;
+        }
+        self.replayed = c.seq;
+        self.check(c.seq, c.commit_time_ms)
+    }
+    fn progress(&mut self, bytes: u64) {
+        (self.progress)(self.base + bytes)
+    }
+}
+
+/// Replays the chosen generations and runs the checks at every transaction boundary in range.
+/// Stops at the first failing check (`ValidateError::CheckFailed`).
+pub fn verify_with_checks(
+    target: &dyn Target,
+    opts: &CheckOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<CheckReport, ValidateError> {
+    let generations: Vec<GenerationObjects> = match opts.generation {
+        Some(g) => vec![reader::generation(target, g)?],
+        None => reader::inventory(target)?.into_iter().filter(|g| g.snapshot.is_some()).collect(),
+    };
+    if generations.is_empty() {
+        return Err(ReadError::Empty(target.describe()).into());
+    }
+    let dir = tempdir_for_checks()?;
+    let mut report = CheckReport::default();
+    let mut base = 0;
+    for objects in &generations {
+        let path = dir.join(format!("generation-{}.db", objects.generation));
+        let io = |source| ValidateError::Io { path: path.clone(), source };
+        let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).map_err(io)?;
+        let mut copy = WorkingCopy {
+            file,
+            path: path.clone(),
+            page_size: 0,
+            pages: 0,
+            generation: objects.generation,
+            opts,
+            checked: 0,
+            replayed: 0,
+            failure: None,
+            error: None,
+            progress,
+            base,
+        };
+        let result = reader::replay(target, objects, ReplayLimit::All, &mut SnapshotThenTxns(&mut copy));
+        if let Some(failure) = copy.failure.take() {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(ValidateError::CheckFailed(Box::new(failure)));
+        }
+        if let Some(error) = copy.error.take() {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(error);
+        }
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+        report.generations.push((objects.generation, copy.replayed, copy.checked));
+        base += objects.bytes();
+        let _ = fs::remove_file(&path);
+    }
+    let _ = fs::remove_dir_all(&dir);
+    Ok(report)
+}
+
+/// Runs the checks on the snapshot image too (transaction 0), once its last page is written.
+struct SnapshotThenTxns<'a, 'b>(&'a mut WorkingCopy<'b>);
+
+impl Visitor for SnapshotThenTxns<'_, '_> {
+    fn snapshot_header(&mut self, h: &pb::SnapshotHeader) -> Result<(), ReadError> {
+        self.0.snapshot_header(h)?;
+        self.0.pages = u64::from(h.page_count);
+        self.0.file.set_len(u64::from(h.page_count) * u64::from(h.page_size)).map_err(ReadError::Output)?;
+        if h.page_count == 0 {
+            return self.0.check(0, h.created_ms);
+        }
+        Ok(())
+    }
+    fn snapshot_page(&mut self, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
+        self.0.snapshot_page(pgno, data)?;
+        if u64::from(pgno) == self.0.pages {
+            self.0.check(0, 0)?;
+        }
+        Ok(())
+    }
+    fn txn_page(&mut self, seq: u64, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
+        self.0.txn_page(seq, pgno, data)
+    }
+    fn txn_commit(&mut self, c: &pb::TxnCommit) -> Result<(), ReadError> {
+        self.0.txn_commit(c)
+    }
+    fn progress(&mut self, bytes: u64) {
+        self.0.progress(bytes)
+    }
+}
+
+fn tempdir_for_checks() -> Result<PathBuf, ValidateError> {
+    let dir = std::env::temp_dir().join(format!("walstream-check-{}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(|source| ValidateError::Io { path: dir.clone(), source })?;
+    Ok(dir)
+}
+
+/// Where a follower is, saved beside the replica as `<replica>-follow` (JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowState {
+    pub generation: u64,
+    pub seq: u64,
+    pub head: Hash,
+}
+
+fn state_path(replica: &Path) -> PathBuf {
+    let mut s = replica.as_os_str().to_owned();
+    s.push("-follow");
+    PathBuf::from(s)
+}
+
+fn load_state(replica: &Path) -> Option<FollowState> {
+    let text = fs::read_to_string(state_path(replica)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let head_hex = v["head"].as_str()?;
+    let mut head = [0u8; 32];
+    for (i, byte) in head.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(head_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(FollowState { generation: v["generation"].as_u64()?, seq: v["seq"].as_u64()?, head })
+}
+
+fn save_state(replica: &Path, s: &FollowState) -> Result<(), ValidateError> {
+    let path = state_path(replica);
+    let tmp = path.with_extension("tmp");
+    let text = json!({"generation": s.generation, "seq": s.seq, "head": hex(&s.head)}).to_string();
+    let io = |source| ValidateError::Io { path: path.clone(), source };
+    fs::write(&tmp, text).map_err(io)?;
+    fs::rename(&tmp, &path).map_err(io)
+}
+
+/// What one round of following did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowStep {
+    /// Nothing new.
+    UpToDate(FollowState),
+    /// Applied transactions up to this state.
+    Advanced { from_seq: u64, to: FollowState },
+    /// Started over from a generation's snapshot.
+    Seeded(FollowState),
+}
+
+/// A follower of one stream into one replica file.
+pub struct Follower {
+    replica: PathBuf,
+    checks: Vec<String>,
+    conn: Option<Connection>,
+    /// The state tree of the replica as it is (built from its pages when the follower starts).
+    tree: Option<StateTree>,
+}
+
+impl Follower {
+    pub fn new(replica: PathBuf, checks: Vec<String>) -> Self {
+        Self { replica, checks, conn: None, tree: None }
+    }
+
+    fn replica_err(&self, message: impl std::fmt::Display) -> ValidateError {
+        ValidateError::Replica { path: self.replica.clone(), message: message.to_string() }
+    }
+
+    fn conn(&mut self) -> Result<&Connection, ValidateError> {
+        if self.conn.is_none() {
+            let conn = Connection::open(&self.replica).map_err(|e| self.replica_err(e))?;
+            conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| self.replica_err(e))?;
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_ref().expect("opened above"))
+    }
+
+    /// The replica's state tree, computed from its pages once.
+    fn tree(&mut self) -> Result<StateTree, ValidateError> {
+        if let Some(t) = self.tree.take() {
+            return Ok(t);
+        }
+        let conn = self.conn()?;
+        let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(|e| self.replica_err(e))?;
+        let mut tree = StateTree::new(page_size);
+        let conn = self.conn.as_ref().expect("opened");
+        let mut stmt = conn.prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno").map_err(|e| self.replica_err(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.replica_err(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.replica_err(e))? {
+            let pgno: u32 = row.get(0).map_err(|e| self.replica_err(e))?;
+            let data: Vec<u8> = row.get(1).map_err(|e| self.replica_err(e))?;
+            tree.set_page(pgno, *blake3::hash(&data).as_bytes());
+        }
+        Ok(tree)
+    }
+
+    /// One round: brings the replica to the newest transaction of the newest generation.
+    /// Each transaction is applied as one SQLite transaction, so readers of the replica see
+    /// whole transactions only; checks run after each one.
+    pub fn step(&mut self, target: &dyn Target) -> Result<FollowStep, ValidateError> {
+        let objects = reader::latest_generation(target)?;
+        let last = reader::last_committed_seq(target, &objects)?;
+        let state = load_state(&self.replica).filter(|_| self.replica.exists());
+        match state {
+            Some(s) if s.generation == objects.generation => {
+                if s.seq >= last {
+                    return Ok(FollowStep::UpToDate(s));
+                }
+                let to = self.advance(target, &objects, &s, last)?;
+                Ok(FollowStep::Advanced { from_seq: s.seq, to })
+            }
+            _ => self.seed(target, &objects, last).map(FollowStep::Seeded),
+        }
+    }
+
+    fn advance(
+        &mut self,
+        target: &dyn Target,
+        objects: &GenerationObjects,
+        s: &FollowState,
+        last: u64,
+    ) -> Result<FollowState, ValidateError> {
+        let mut tree = self.tree()?;
+        let resume = Resume { after_seq: s.seq, head_hash: s.head };
+        let conn = self.conn.take().expect("opened by tree()");
+        let mut applier = Applier { conn: &conn, replica: &self.replica, checks: &self.checks, generation: objects.generation, open: false, failure: None };
+        let result = reader::replay_after(target, objects, &resume, &mut tree, ReplayLimit::Txn(last), &mut applier);
+        let failure = applier.failure.take();
+        let open = applier.open;
+        if open {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        self.conn = Some(conn);
+        let summary = match (failure, result) {
+            (Some(f), _) => {
+                self.tree = None;
+                return Err(ValidateError::CheckFailed(Box::new(f)));
+            }
+            (None, Err(e)) => {
+                self.tree = None;
+                return Err(e.into());
+            }
+            (None, Ok(summary)) => summary,
+        };
+        self.tree = Some(tree);
+        Ok(FollowState { generation: objects.generation, seq: summary.last_seq, head: summary.head_hash })
+    }
+
+    /// Replaces the replica with the generation's state at `last`: a new file is restored beside
+    /// it and renamed over it, so readers see the old or the new database, never a mixture.
+    fn seed(&mut self, target: &dyn Target, objects: &GenerationObjects, last: u64) -> Result<FollowState, ValidateError> {
+        self.conn = None;
+        self.tree = None;
+        let opts = crate::restore::RestoreOptions {
+            point: crate::restore::Point::Txn(last),
+            generation: Some(objects.generation),
+            force: true,
+        };
+        let tmp = self.replica.with_extension("walstream-seed");
+        let restored = crate::restore::restore(target, &tmp, &opts, &mut |_| {}).map_err(|e| self.replica_err(e))?;
+        fs::rename(&tmp, &self.replica).map_err(|e| self.replica_err(e))?;
+        let state = FollowState { generation: objects.generation, seq: last, head: restored.summary.head_hash };
+        self.conn()?;
+        let conn = self.conn.as_ref().expect("opened above");
+        if let Some((check, returned)) = run_checks(conn, &self.checks)? {
+            return Err(ValidateError::CheckFailed(Box::new(CheckFailure {
+                generation: objects.generation,
+                seq: last,
+                commit_time_ms: restored.summary.last_commit_ms,
+                check,
+                returned,
+            })));
+        }
+        save_state(&self.replica, &state)?;
+        Ok(state)
+    }
+}
+
+/// Applies replayed transactions to the replica through `sqlite_dbpage`, one SQLite transaction
+/// per stream transaction, saving the follower state after each.
+struct Applier<'a> {
+    conn: &'a Connection,
+    replica: &'a Path,
+    checks: &'a [String],
+    generation: u64,
+    open: bool,
+    failure: Option<CheckFailure>,
+}
+
+impl Applier<'_> {
+    fn sql(&self, e: rusqlite::Error) -> ReadError {
+        ReadError::Output(std::io::Error::other(format!("{}: {e}", self.replica.display())))
+    }
+}
+
+impl Visitor for Applier<'_> {
+    fn txn_page(&mut self, _seq: u64, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
+        if !self.open {
+            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.sql(e))?;
+            self.open = true;
+        }
+        self.conn
+            .execute("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)", (pgno, data))
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    fn txn_commit(&mut self, c: &pb::TxnCommit) -> Result<(), ReadError> {
+        if !self.open {
+            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.sql(e))?;
+            self.open = true;
+        }
+        let pages: u32 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0)).map_err(|e| self.sql(e))?;
+        if c.db_size_pages < pages {
+            // Inserting a NULL page truncates the database to the pages before it.
+            self.conn
+                .execute("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, NULL)", [c.db_size_pages + 1])
+                .map_err(|e| self.sql(e))?;
+        }
+        self.conn.execute_batch("COMMIT").map_err(|e| self.sql(e))?;
+        self.open = false;
+        let head: Hash = c.hash.as_slice().try_into().map_err(|_| ReadError::Output(std::io::Error::other("bad hash")))?;
+        let state = FollowState { generation: self.generation, seq: c.seq, head };
+        save_state(self.replica, &state).map_err(|e| ReadError::Output(std::io::Error::other(e.to_string())))?;
+        match run_checks(self.conn, self.checks) {
+            Ok(None) => Ok(()),
+            Ok(Some((check, returned))) => {
+                self.failure = Some(CheckFailure { generation: self.generation, seq: c.seq, commit_time_ms: c.commit_time_ms, check, returned });
+                Err(ReadError::Output(std::io::Error::other("check failed")))
+            }
+            Err(e) => Err(ReadError::Output(std::io::Error::other(e.to_string()))),
+        }
+    }
+}
