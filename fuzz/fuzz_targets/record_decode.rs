@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
         let kind = reader.kind();
         read_all(reader, data.len() as u64, kind);
     }
-    let kind = if data.first().is_some_and(|b| b & 1 == 1) { FileKind::Snapshot } else { FileKind::Segment };
+    let kind = if data.first().is_some_and(|b| b & 1 == 1) {
+        FileKind::Snapshot
+    } else {
+        FileKind::Segment
+    };
     read_all(RecordReader::resume(data, kind, 0), data.len() as u64, kind);
 });
 
@@ -30,7 +34,10 @@ fn read_all(mut reader: RecordReader<&[u8]>, input_len: u64, kind: FileKind) {
         match reader.next_record() {
             Ok(Some((offset, record))) => {
                 assert!(last.is_none_or(|l| offset > l), "offsets must grow");
-                assert!(reader.offset() <= start + input_len, "offset past the input");
+                assert!(
+                    reader.offset() <= start + input_len,
+                    "offset past the input"
+                );
                 assert!(record.body.is_some(), "an empty record was returned");
                 roundtrip(&record, reader.offset() - offset, kind);
                 last = Some(offset);
@@ -57,7 +64,10 @@ fn roundtrip(record: &pb::Record, framed_len: u64, kind: FileKind) {
     encode_record(record, &mut buf);
     let mut again = RecordReader::resume(&buf[..], kind, 0);
     match again.next_record() {
-        Ok(Some((0, decoded))) => assert_eq!(&decoded, record, "record changed in an encode/decode round trip"),
+        Ok(Some((0, decoded))) => assert_eq!(
+            &decoded, record,
+            "record changed in an encode/decode round trip"
+        ),
         other => panic!("re-encoded record does not read back: {other:?}"),
     }
     assert!(matches!(again.next_record(), Ok(None)));

@@ -30,7 +30,10 @@ use walstream::{layout, verify};
 fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("walstream-fuzz-segment-replay-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "walstream-fuzz-segment-replay-{}",
+            std::process::id()
+        ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
@@ -53,7 +56,11 @@ impl Visitor for Checker {
     }
     fn snapshot_page(&mut self, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
         assert_eq!(pgno, self.next_snapshot_pgno, "snapshot pages out of order");
-        assert_eq!(data.len(), self.page_size as usize, "snapshot page of the wrong size");
+        assert_eq!(
+            data.len(),
+            self.page_size as usize,
+            "snapshot page of the wrong size"
+        );
         self.next_snapshot_pgno += 1;
         self.max_pgno = self.max_pgno.max(pgno);
         Ok(())
@@ -61,7 +68,11 @@ impl Visitor for Checker {
     fn txn_page(&mut self, _seq: u64, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
         assert!(pgno >= 1, "replay handed out page 0");
         if self.page_size != 0 {
-            assert_eq!(data.len(), self.page_size as usize, "txn page of the wrong size");
+            assert_eq!(
+                data.len(),
+                self.page_size as usize,
+                "txn page of the wrong size"
+            );
         }
         self.max_pgno = self.max_pgno.max(pgno);
         Ok(())
@@ -92,30 +103,50 @@ fuzz_target!(|data: &[u8]| {
     fs::write(root.join(layout::snapshot_key(1)), snapshot).unwrap();
     fs::write(root.join(layout::segment_key(1, 1)), segment1).unwrap();
     if !segment2.is_empty() {
-        fs::write(root.join(layout::segment_key(1, second_first_seq)), segment2).unwrap();
+        fs::write(
+            root.join(layout::segment_key(1, second_first_seq)),
+            segment2,
+        )
+        .unwrap();
     }
     let target = LocalTarget::new(root);
 
     let _ = verify::verify(&target, &mut |_| {}).map_err(|e| e.to_string());
-    let Ok(objects) = reader::latest_generation(&target) else { return };
+    let Ok(objects) = reader::latest_generation(&target) else {
+        return;
+    };
     let mut checker = Checker::default();
     let replayed = reader::replay(&target, &objects, ReplayLimit::All, &mut checker);
     let _ = replayed.as_ref().map_err(|e| e.to_string());
 
     // The points a restore resolves, replayed to.
     for point in [Point::Latest, Point::Txn(2), Point::Time(1_700_000_002_500)] {
-        let opts = RestoreOptions { point, generation: None, force: true };
+        let opts = RestoreOptions {
+            point,
+            generation: None,
+            force: true,
+        };
         if let Ok((objects, seq)) = restore::resolve(&target, &opts) {
-            let _ = reader::replay(&target, &objects, ReplayLimit::Txn(seq), &mut Checker::default());
+            let _ = reader::replay(
+                &target,
+                &objects,
+                ReplayLimit::Txn(seq),
+                &mut Checker::default(),
+            );
         }
     }
 
     // A real restore, when the stream is sound and the output stays small.
     if let Ok(summary) = replayed {
-        let bytes = u64::from(checker.max_pgno.max(summary.db_size_pages)) * u64::from(summary.page_size.max(512));
+        let bytes = u64::from(checker.max_pgno.max(summary.db_size_pages))
+            * u64::from(summary.page_size.max(512));
         if bytes <= 16 << 20 {
             let out = scratch().join("restored.db");
-            let opts = RestoreOptions { point: Point::Latest, generation: None, force: true };
+            let opts = RestoreOptions {
+                point: Point::Latest,
+                generation: None,
+                force: true,
+            };
             match restore::restore(&target, &out, &opts, &mut |_| {}) {
                 Ok(r) => assert_eq!(fs::metadata(&out).unwrap().len(), r.bytes),
                 Err(e) => {

@@ -10,7 +10,9 @@ use libfuzzer_sys::fuzz_target;
 use walstream::target::{self, TargetSpec};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(uri) = std::str::from_utf8(data) else { return };
+    let Ok(uri) = std::str::from_utf8(data) else {
+        return;
+    };
     match TargetSpec::parse(uri) {
         Ok(spec) => {
             let described = spec.describe();
@@ -19,17 +21,28 @@ fuzz_target!(|data: &[u8]| {
                     let s = path.to_str().expect("parsed from UTF-8");
                     assert!(!s.is_empty(), "empty local path from {uri:?}");
                     assert!(!s.contains('\0'));
-                    assert!(uri.ends_with(s), "local path {s:?} is not the tail of {uri:?}");
+                    assert!(
+                        uri.ends_with(s),
+                        "local path {s:?} is not the tail of {uri:?}"
+                    );
                     assert!(target::open(&spec).is_ok());
                 }
                 TargetSpec::S3 { bucket, prefix } => {
                     assert!((3..=63).contains(&bucket.len()), "bucket {bucket:?}");
-                    assert!(bucket
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'));
-                    assert!(!prefix.starts_with('/') && !prefix.ends_with('/'), "prefix {prefix:?}");
-                    assert!(!prefix.split('/').any(|p| p == "." || p == ".."), "prefix {prefix:?}");
-                    let again = TargetSpec::parse(&described).expect("a described S3 target parses");
+                    assert!(bucket.bytes().all(|b| b.is_ascii_lowercase()
+                        || b.is_ascii_digit()
+                        || b == b'-'
+                        || b == b'.'));
+                    assert!(
+                        !prefix.starts_with('/') && !prefix.ends_with('/'),
+                        "prefix {prefix:?}"
+                    );
+                    assert!(
+                        !prefix.split('/').any(|p| p == "." || p == ".."),
+                        "prefix {prefix:?}"
+                    );
+                    let again =
+                        TargetSpec::parse(&described).expect("a described S3 target parses");
                     assert_eq!(again, spec, "describe/parse round trip");
                 }
             }

@@ -14,8 +14,8 @@ use std::io;
 
 use libfuzzer_sys::fuzz_target;
 use walstream::wal::{
-    is_valid_page_size, ReadAt, ShmHeader, WalCursor, WalHeader, FRAME_HEADER_BYTES, SHM_PREFIX_BYTES,
-    WAL_HEADER_BYTES,
+    is_valid_page_size, ReadAt, ShmHeader, WalCursor, WalHeader, FRAME_HEADER_BYTES,
+    SHM_PREFIX_BYTES, WAL_HEADER_BYTES,
 };
 
 struct VecFile(Vec<u8>);
@@ -23,7 +23,9 @@ struct VecFile(Vec<u8>);
 impl ReadAt for VecFile {
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
-        let end = start.checked_add(buf.len()).ok_or(io::ErrorKind::UnexpectedEof)?;
+        let end = start
+            .checked_add(buf.len())
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
         let src = self.0.get(start..end).ok_or(io::ErrorKind::UnexpectedEof)?;
         buf.copy_from_slice(src);
         Ok(())
@@ -59,7 +61,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut cursor = match parsed {
         Ok(h) => {
-            assert_eq!(&h.encode(), raw, "a parsed header encodes back to its bytes");
+            assert_eq!(
+                &h.encode(),
+                raw,
+                "a parsed header encodes back to its bytes"
+            );
             assert!(is_valid_page_size(h.page_size));
             let c = WalCursor::at_start(&h);
             assert!(c.same_wal(&h));
@@ -71,7 +77,11 @@ fuzz_target!(|data: &[u8]| {
             WalCursor {
                 salt1: be32(raw, 16),
                 salt2: be32(raw, 20),
-                page_size: if is_valid_page_size(page_size) { page_size } else { 512 },
+                page_size: if is_valid_page_size(page_size) {
+                    page_size
+                } else {
+                    512
+                },
                 big_endian_checksum: raw[3] & 1 == 1,
                 frame: 0,
                 checksum: (be32(raw, 24), be32(raw, 28)),
@@ -90,7 +100,11 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(buf.len(), before.frame_bytes());
                 assert_eq!(before.validate(&buf), Some((frame, cursor.checksum)));
                 let mut writer = before;
-                let encoded = writer.encode_frame(frame.pgno, frame.db_size_after_commit, &buf[FRAME_HEADER_BYTES..]);
+                let encoded = writer.encode_frame(
+                    frame.pgno,
+                    frame.db_size_after_commit,
+                    &buf[FRAME_HEADER_BYTES..],
+                );
                 assert_eq!(encoded, buf, "an accepted frame encodes back to its bytes");
                 assert_eq!(writer, cursor);
             }
