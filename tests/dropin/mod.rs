@@ -152,3 +152,25 @@ impl Rng {
 pub fn rounds(var: &str, default: usize) -> usize {
     std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
+
+/// `walstream inspect` of every segment of every generation of a local target, concatenated.
+pub fn inspect_segments(target: &Path) -> String {
+    let mut segments = Vec::new();
+    let gens = target.join("generations");
+    for g in std::fs::read_dir(&gens).unwrap() {
+        for f in std::fs::read_dir(g.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|e| e == "wseg") {
+                segments.push(p);
+            }
+        }
+    }
+    segments.sort();
+    let mut out = String::new();
+    for s in segments {
+        let o = Command::new(cli_path()).arg("inspect").arg(&s).output().unwrap();
+        assert!(o.status.success(), "inspect {}: {}", s.display(), String::from_utf8_lossy(&o.stderr));
+        out.push_str(&String::from_utf8_lossy(&o.stdout));
+    }
+    out
+}
