@@ -64,6 +64,9 @@ pub struct ShipConfig {
     pub keep_days: Option<f64>,
     /// Longest wait between retries after a failure (ms).
     pub backoff_max_ms: u64,
+    /// The capture's signing key: segments the shipper seals are signed too (not from the
+    /// environment; set by the capture).
+    pub signer: Option<std::sync::Arc<crate::sign::Signer>>,
 }
 
 impl Default for ShipConfig {
@@ -78,6 +81,7 @@ impl Default for ShipConfig {
             keep_generations: None,
             keep_days: None,
             backoff_max_ms: 5_000,
+            signer: None,
         }
     }
 }
@@ -411,9 +415,12 @@ struct SpoolFile {
     size: u64,
 }
 
-/// The spool's complete generations and their files.
-fn spool_inventory(dir: &Path) -> io::Result<BTreeMap<u64, (Option<SpoolFile>, BTreeMap<u64, SpoolFile>)>> {
-    let mut out: BTreeMap<u64, (Option<SpoolFile>, BTreeMap<u64, SpoolFile>)> = BTreeMap::new();
+/// Generations of the spool: each one's snapshot (if any) and segments by first transaction.
+type SpoolInventory = BTreeMap<u64, (Option<SpoolFile>, BTreeMap<u64, SpoolFile>)>;
+
+/// The spool's generations and their files.
+fn spool_inventory(dir: &Path) -> io::Result<SpoolInventory> {
+    let mut out = SpoolInventory::new();
     let root = dir.join(layout::GENERATIONS_DIR);
     let entries = match fs::read_dir(&root) {
         Ok(e) => e,
@@ -580,7 +587,7 @@ impl Worker {
     }
 
     /// Recomputes the unshipped bytes of the spool.
-    fn measure(&self) -> io::Result<BTreeMap<u64, (Option<SpoolFile>, BTreeMap<u64, SpoolFile>)>> {
+    fn measure(&self) -> io::Result<SpoolInventory> {
         let inv = spool_inventory(&self.dir)?;
         let mut unshipped = 0u64;
         for (&g, (snap, segs)) in &inv {
@@ -615,6 +622,7 @@ impl Worker {
         }
         let spool = self.spool.as_mut().expect("opened above");
         spool.segment_bytes_max = self.config.seal_bytes;
+        spool.signer = self.config.signer.clone();
         let mut lock = spool.lock().map_err(|e| PassError::Retry(e.to_string()))?;
         let Some(tail) = lock.tail().cloned() else {
             self.unsealed_since = None;
@@ -864,7 +872,7 @@ impl Worker {
     fn maybe_request_generation(
         &mut self,
         newest: u64,
-        inv: &BTreeMap<u64, (Option<SpoolFile>, BTreeMap<u64, SpoolFile>)>,
+        inv: &SpoolInventory,
     ) {
         if self.requested_for == Some(newest) {
             return;
