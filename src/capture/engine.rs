@@ -2,11 +2,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::status::Status;
-use super::{CaptureError, CaptureIo, Moment};
+use super::{CaptureError, CaptureIo, CaptureOptions, Moment};
 use crate::record::pb::{self, wal_reset::Kind};
 use crate::record::hex;
+use crate::sign::Signer;
 use crate::spool::{SnapshotMeta, Spool, SpoolError, SpoolLock, Tail};
 use crate::target::TargetSpec;
 use crate::wal::{
@@ -70,13 +72,19 @@ impl ShipLink {
 
 impl Capture {
     pub fn open(db_path: PathBuf, target: TargetSpec) -> Result<Self, CaptureError> {
+        Self::open_with(db_path, target, &CaptureOptions::default())
+    }
+
+    /// `open` with a connection's settings (signing key, segment size).
+    pub fn open_with(db_path: PathBuf, target: TargetSpec, opts: &CaptureOptions) -> Result<Self, CaptureError> {
         let mut status = Status {
             database: db_path.display().to_string(),
             target: target.describe(),
+            signing_key: opts.signer.as_ref().map(|s| s.public_key().clone()),
             ..Default::default()
         };
         let (dir, mut ship) = match &target {
-            TargetSpec::Local(dir) => (dir.clone(), None),
+            TargetSpec::Local(dir) => (dir.clone(), None::<ShipLink>),
             #[cfg(not(feature = "s3"))]
             TargetSpec::S3 { .. } => {
                 return Err(crate::target::TargetError::Unsupported(target.describe()).into())
@@ -84,7 +92,9 @@ impl Capture {
             #[cfg(feature = "s3")]
             TargetSpec::S3 { .. } => {
                 let TargetSpec::Local(spool_dir) = TargetSpec::default_for(&db_path) else { unreachable!() };
-                let config = crate::ship::ShipConfig::from_env().map_err(CaptureError::Ship)?;
+                let mut config = crate::ship::ShipConfig::from_env().map_err(CaptureError::Ship)?;
+                // The shipper seals segments too: it signs them with the same key.
+                config.signer = opts.signer.clone();
                 status.spool = Some(spool_dir.display().to_string());
                 status.spool_limit = config.spool_limit;
                 let link = ShipLink { spool_dir: spool_dir.clone(), spec: target.clone(), config, shipper: None };
@@ -98,11 +108,25 @@ impl Capture {
             // spool holds even before it writes.
             link.ensure(&mut status);
         }
+        spool.signer = opts.signer.clone();
+        if let Some(bytes) = opts.segment_bytes {
+            spool.segment_bytes_max = bytes;
+        }
         Ok(Self { db_path, target, spool, synced_at_lock: None, status, frame_buf: Vec::new(), ship })
     }
 
     pub fn target(&self) -> &TargetSpec {
         &self.target
+    }
+
+    /// The key that signs this stream's heads, if any.
+    pub fn signer(&self) -> Option<&Arc<Signer>> {
+        self.spool.signer.as_ref()
+    }
+
+    /// Segments are sealed once they hold this many bytes.
+    pub fn set_segment_bytes(&mut self, bytes: u64) {
+        self.spool.segment_bytes_max = bytes;
     }
 
     pub fn status(&self) -> &Status {
@@ -129,6 +153,9 @@ impl Capture {
                 self.synced_at_lock = None;
                 r.and_then(|()| self.scheduled_generation(io))
             }
+            // With the wal-index still mapped (exclusive mode set after the WAL was opened) no
+            // lock moments come: each commit is also where the stream is known caught up.
+            Moment::CommitExclusive if io.shm.is_some() => self.on_lock_acquired(io),
             Moment::CommitExclusive => self.catch_up(io),
             Moment::WalReset => self.before_reset(io),
             Moment::Closing => self.before_close(io),
@@ -167,10 +194,15 @@ impl Capture {
     fn on_lock_acquired(&mut self, io: CaptureIo<'_>) -> Result<(), CaptureError> {
         self.synced_at_lock = None;
         let shm = io.shm.and_then(ShmHeader::parse);
-        self.catch_up(io)?;
-        let (Some(shm), Some(tail)) = (shm, self.spool.cached_tail()) else { return Ok(()) };
+        let wal = io.wal;
+        self.catch_up(CaptureIo { shm: io.shm, wal: &mut *wal, db: io.db })?;
+        let (Some(shm), Some(tail)) = (shm, self.spool.cached_tail().cloned()) else { return Ok(()) };
         let salts = (shm.salt1, shm.salt2);
-        let caught_up = tail.wal.is_some_and(|w| (w.salt1, w.salt2) == salts && w.frame == shm.mx_frame);
+        let caught_up = tail.wal.is_some_and(|w| {
+            (w.salt1, w.salt2) == salts
+                && w.frame <= shm.mx_frame
+                && only_padding_after(wal, w, shm.mx_frame, &tail, &mut self.frame_buf)
+        });
         let empty_after_restart = shm.mx_frame == 0
             && tail.reset.as_ref().is_some_and(|r| {
                 r.kind() == Kind::Restart && (r.next_salt1, r.next_salt2) == salts && !r.salt2_unknown
@@ -195,6 +227,8 @@ impl Capture {
             None => None,
         };
         let limit = shm.map(|h| h.mx_frame);
+        let shm_salts = shm.map(|h| (h.salt1, h.salt2));
+        // With an empty wal-index the WAL file may still hold an old, stale header.
         let wal_header = if limit == Some(0) { None } else { WalHeader::read(io.wal)? };
         let mut lock = self.spool.lock()?;
         let tail = match lock.tail() {
@@ -208,7 +242,7 @@ impl Capture {
                 return self.new_generation(io, limit, "new stream");
             }
         };
-        let from = match continuation(&tail, wal_header.as_ref(), limit, &self.db_path) {
+        let from = match continuation(&tail, wal_header.as_ref(), limit, shm_salts, io.wal, &self.db_path) {
             Continuation::Nothing => return Ok(()),
             Continuation::From(cursor) => cursor,
             Continuation::Diverged(reason) => {
@@ -243,7 +277,20 @@ impl Capture {
             Some(region) => {
                 // SQLite has already published the next WAL's salts in the wal-index.
                 let now = ShmHeader::parse(region).map(|h| (h.salt1, h.salt2));
-                match (self.synced_at_lock, now) {
+                let mut synced = self.synced_at_lock;
+                if synced.is_none() {
+                    // No lock moment came (exclusive locking mode): the old WAL is still on
+                    // disk, and its valid frames are bounded by the checksum chain.
+                    let current = WalHeader::read(io.wal).ok().flatten();
+                    self.catch_up(CaptureIo { shm: None, wal: &mut *io.wal, db: &mut *io.db })?;
+                    let fresh = self.spool.cached_tail().and_then(|t| t.wal);
+                    if let (Some(h), Some(w)) = (current, fresh) {
+                        if w.same_wal(&h) && holds_position(io.wal, &w) {
+                            synced = Some((w.salt1, w.salt2));
+                        }
+                    }
+                }
+                match (synced, now) {
                     (Some(synced), Some(now)) if synced != now => Some((now.0, now.1, false)),
                     _ => None,
                 }
@@ -292,6 +339,7 @@ impl Capture {
                 db_file_mtime_ns: mtime_ns,
                 ..Default::default()
             })?;
+            lock.sign_head()?;
         }
         lock.sync()?;
         Ok(())
@@ -353,21 +401,99 @@ fn db_file_stat(path: &std::path::Path) -> std::io::Result<(u64, i64)> {
     Ok((m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
 }
 
+/// Whether the WAL still holds the frame the stream's position names, with the recorded salts
+/// and checksum: false when the frames were lost (power loss) or rewritten since.
+fn holds_position(wal: &mut dyn ReadAt, w: &WalCursor) -> bool {
+    if w.frame == 0 {
+        return true;
+    }
+    let offset = frame_offset(w.frame, w.page_size);
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    let size = wal.size().unwrap_or(0);
+    if size < offset + w.frame_bytes() as u64 || wal.read_exact_at(&mut header, offset).is_err() {
+        return false;
+    }
+    let field = |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    (field(8), field(12)) == (w.salt1, w.salt2) && (field(16), field(20)) == w.checksum
+}
+
+/// True when every frame after `w` up to `mx` repeats the tail's last commit frame (sector
+/// padding), so the stream holds everything committed in the WAL.
+fn only_padding_after(wal: &mut dyn ReadAt, w: WalCursor, mx: u32, tail: &Tail, buf: &mut Vec<u8>) -> bool {
+    let size = wal.size().unwrap_or(0);
+    let mut cursor = w;
+    while cursor.frame < mx {
+        match cursor.next_frame(wal, size, buf) {
+            Ok(Some(f)) => {
+                let page = crate::record::chain::page_hash(&buf[FRAME_HEADER_BYTES..]);
+                if tail.last_commit_page != Some((f.pgno, f.db_size_after_commit, page)) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Diverged unless the database file is as a WAL-reset marker recorded it.
+fn file_as_marked(r: &pb::WalReset, db_path: &std::path::Path) -> Option<Continuation> {
+    match db_file_stat(db_path) {
+        Ok((bytes, mtime)) if bytes == r.db_file_bytes && mtime == r.db_file_mtime_ns => None,
+        Ok(_) => Some(Continuation::Diverged(format!(
+            "the database file changed since the WAL was {} without walstream seeing the WAL \
+             that changed it",
+            if r.kind() == Kind::Close { "closed" } else { "reset" }
+        ))),
+        Err(e) => Some(Continuation::Diverged(format!("cannot stat the database file: {e}"))),
+    }
+}
+
+/// How the WAL as it is now (`wal`: its header; `limit`, `shm_salts`: the wal-index's mxFrame and
+/// salts, when there is a shared wal-index) relates to the stream's tail.
 fn continuation(
     tail: &Tail,
     wal: Option<&WalHeader>,
     limit: Option<u32>,
+    shm_salts: Option<(u32, u32)>,
+    wal_file: &mut dyn ReadAt,
     db_path: &std::path::Path,
 ) -> Continuation {
-    let Some(h) = wal else { return Continuation::Nothing };
+    let lost = |held: u32, captured: u32| {
+        Continuation::Diverged(format!(
+            "the WAL holds {held} frames but {captured} were captured: the database lost \
+             committed transactions"
+        ))
+    };
+    // The wal-index still names the captured WAL: it must hold at least the captured frames
+    // (recovery after a power loss publishes fewer, possibly none).
+    if let Some(w) = tail.wal.filter(|w| w.frame > 0 && shm_salts == Some((w.salt1, w.salt2))) {
+        if let Some(mx) = limit.filter(|mx| *mx < w.frame) {
+            return lost(mx, w.frame);
+        }
+    }
+    let Some(h) = wal else {
+        // Nothing in the WAL. After a reset or close, the database file must still be as the
+        // marker recorded it: a change without walstream would otherwise go unseen.
+        return match tail.reset.as_ref().and_then(|r| file_as_marked(r, db_path)) {
+            Some(diverged) => diverged,
+            None => Continuation::Nothing,
+        };
+    };
     if let Some(w) = tail.wal.filter(|w| w.same_wal(h)) {
-        if limit.is_some_and(|mx| mx < w.frame) {
-            return Continuation::Diverged(format!(
-                "the WAL holds {} frames but {} were captured: the database lost committed \
-                 transactions",
-                limit.unwrap_or(0),
-                w.frame
-            ));
+        if shm_salts.is_some_and(|s| s != (w.salt1, w.salt2)) {
+            // A reset is published in the wal-index but the old header is still on disk.
+            return Continuation::Nothing;
+        }
+        if let Some(mx) = limit.filter(|mx| *mx < w.frame) {
+            return lost(mx, w.frame);
+        }
+        if !holds_position(wal_file, &w) {
+            return Continuation::Diverged(
+                "the WAL no longer holds the captured frames with their checksums: the database \
+                 lost or rewrote committed transactions"
+                    .into(),
+            );
         }
         return Continuation::From(w);
     }
@@ -386,16 +512,9 @@ fn continuation(
     if announced {
         return Continuation::From(WalCursor::at_start(h));
     }
-    match db_file_stat(db_path) {
-        Ok((bytes, mtime)) if bytes == r.db_file_bytes && mtime == r.db_file_mtime_ns => {
-            Continuation::From(WalCursor::at_start(h))
-        }
-        Ok(_) => Continuation::Diverged(format!(
-            "the database file changed since the WAL was {} without walstream seeing the WAL \
-             that changed it",
-            if r.kind() == Kind::Close { "closed" } else { "reset" }
-        )),
-        Err(e) => Continuation::Diverged(format!("cannot stat the database file: {e}")),
+    match file_as_marked(r, db_path) {
+        Some(diverged) => diverged,
+        None => Continuation::From(WalCursor::at_start(h)),
     }
 }
 

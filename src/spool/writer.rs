@@ -94,6 +94,7 @@ impl SpoolLock<'_> {
         let t = self.tail_mut();
         t.segment_first_seq = first_seq;
         t.segment_len = len;
+        t.head_signed = false;
         Ok(())
     }
 
@@ -116,6 +117,7 @@ impl SpoolLock<'_> {
             }
         }
         if let Some(t) = prev.as_ref().filter(|t| !t.ended) {
+            self.sign_head()?;
             let end = pb::SegmentEnd { reason: Reason::NewGeneration as i32, next_seq: t.last_seq + 1 };
             self.append_record(Body::SegmentEnd(end))?;
             self.tail_mut().ended = true;
@@ -137,6 +139,7 @@ impl SpoolLock<'_> {
             ended: false,
             segment_first_seq: 1,
             segment_len: 0,
+            head_signed: false,
         });
         self.create_segment(1)?;
         self.sync()?;
@@ -210,6 +213,7 @@ impl SpoolLock<'_> {
         tail.wal = Some(*wal);
         tail.reset = None;
         tail.last_commit_page = txn.last_page.map(|(pgno, h)| (pgno, db_size_pages, h));
+        tail.head_signed = false;
         self.roll_if_full()?;
         Ok(hash)
     }
@@ -258,9 +262,25 @@ impl SpoolLock<'_> {
             return Ok(());
         }
         let next_seq = tail.last_seq + 1;
+        self.sign_head()?;
         let end = pb::SegmentEnd { reason: Reason::Rolled as i32, next_seq };
         self.append_record(Body::SegmentEnd(end))?;
         self.create_segment(next_seq)
+    }
+
+    /// Appends a signature over the chain head (the last transaction, or what the active
+    /// segment follows) when a signing key is configured, unless the active segment already
+    /// holds one over this head. Every `SegmentEnd` is preceded by one.
+    pub fn sign_head(&mut self) -> Result<(), SpoolError> {
+        let Some(signer) = self.spool.signer.clone() else { return Ok(()) };
+        let tail = self.spool.tail.as_ref().expect("a generation is open");
+        if tail.head_signed || tail.ended {
+            return Ok(());
+        }
+        let signature = signer.sign_head(tail.generation, tail.last_seq, &tail.head_hash);
+        self.append_record(Body::HeadSignature(signature))?;
+        self.tail_mut().head_signed = true;
+        Ok(())
     }
 
     /// Seals the active segment if it holds at least one transaction and starts the next one
@@ -273,6 +293,7 @@ impl SpoolLock<'_> {
             return Ok(false);
         }
         let (next_seq, reset) = (tail.last_seq + 1, tail.reset.clone());
+        self.sign_head()?;
         let end = pb::SegmentEnd { reason: Reason::Rolled as i32, next_seq };
         self.append_record(Body::SegmentEnd(end))?;
         self.create_segment(next_seq)?;
@@ -339,7 +360,7 @@ fn write_snapshot(
     })))
     .map_err(io_err(&tmp))?;
     let page_size = meta.page_size as usize;
-    let per_chunk = (SNAPSHOT_CHUNK_BYTES_MAX / page_size).max(1) as u32;
+    let per_chunk = (SNAPSHOT_CHUNK_BYTES_MAX / page_size.max(1)).max(1) as u32;
     let mut hasher = SnapshotHasher::new(generation, meta.page_size, prev_generation);
     let mut tree = StateTree::new(meta.page_size);
     tree.resize(meta.page_count);
