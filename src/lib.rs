@@ -13,6 +13,7 @@ pub mod reader;
 pub mod record;
 pub mod restore;
 pub mod ship;
+pub mod sign;
 pub mod spool;
 pub mod state;
 pub mod target;

@@ -133,8 +133,43 @@ pub trait Visitor {
     fn txn_commit(&mut self, _c: &pb::TxnCommit) -> Result<(), ReadError> {
         Ok(())
     }
+    /// A `HeadSignature` record, with the chain head it follows (replay does not check
+    /// signatures: a visitor that requires them does, see `verify::verify_with`).
+    fn head_signature(&mut self, _sig: &pb::HeadSignature, _at: &ChainPoint<'_>) -> Result<(), ReadError> {
+        Ok(())
+    }
+    /// A segment's `SegmentEnd` record, with the chain head the segment ends at.
+    fn segment_sealed(&mut self, _at: &ChainPoint<'_>) -> Result<(), ReadError> {
+        Ok(())
+    }
     /// Bytes of stored objects consumed so far, for progress reports.
     fn progress(&mut self, _bytes: u64) {}
+}
+
+/// A place in a segment and the chain head there: the last complete transaction before it
+/// (`seq`, 0 for the snapshot) and its chain hash.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainPoint<'a> {
+    pub generation: u64,
+    pub seq: u64,
+    pub head_hash: &'a Hash,
+    /// The segment's object key and the record's offset in it.
+    pub key: &'a str,
+    pub offset: u64,
+}
+
+impl ChainPoint<'_> {
+    /// An integrity failure at this place.
+    pub fn fail(&self, problem: String) -> ReadError {
+        ReadError::Integrity(Box::new(Integrity {
+            generation: self.generation,
+            seq: Some(self.seq),
+            pgno: None,
+            key: self.key.to_string(),
+            offset: Some(self.offset),
+            problem,
+        }))
+    }
 }
 
 /// Summary of a replayed generation.
@@ -460,6 +495,7 @@ pub fn kind_name(body: &Option<Body>) -> &'static str {
         Some(Body::SnapshotHeader(_)) => "snapshot header",
         Some(Body::SnapshotChunk(_)) => "snapshot chunk",
         Some(Body::SnapshotEnd(_)) => "snapshot end",
+        Some(Body::HeadSignature(_)) => "head signature",
         None => "empty",
     }
 }
@@ -611,12 +647,22 @@ fn replay_segment(
                 }
             }
             (Some(Body::WalReset(_)), None) => {}
+            (Some(Body::HeadSignature(sig)), None) => {
+                if skip.is_none() {
+                    let at = ChainPoint { generation: ctx.generation, seq: summary.last_seq, head_hash: &summary.head_hash, key: ctx.key, offset };
+                    visitor.head_signature(&sig, &at)?;
+                }
+            }
             (Some(Body::SegmentEnd(e)), None) => {
                 if e.next_seq != summary.last_seq + 1 {
                     return Err(ctx.fail(None, None, Some(offset), format!("segment end names txn {} as next, expected {}", e.next_seq, summary.last_seq + 1)));
                 }
                 if reader.next_record().map_err(|source| ReadError::Record { key: ctx.key.to_string(), source })?.is_some() {
                     return Err(ctx.fail(None, None, Some(reader.offset()), "records after the segment's end".into()));
+                }
+                if skip.is_none() {
+                    let at = ChainPoint { generation: ctx.generation, seq: summary.last_seq, head_hash: &summary.head_hash, key: ctx.key, offset };
+                    visitor.segment_sealed(&at)?;
                 }
                 return Ok(match e.reason() {
                     Reason::Rolled => SegEnd::Rolled { next_seq: e.next_seq },

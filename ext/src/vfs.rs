@@ -449,9 +449,11 @@ fn new_state(
     };
     if flags & SQLITE_OPEN_MAIN_DB != 0 {
         let db_path = PathBuf::from(OsStr::from_bytes(name_bytes));
-        let target = api::uri_parameter(name, c"walstream_target");
+        // walstream_target, walstream_signing_key, walstream_segment_bytes, ...: the core asks
+        // for the URI parameters it knows by name.
+        let param = |key: &str| std::ffi::CString::new(key).ok().and_then(|k| api::uri_parameter(name, &k));
         let attached = catch_unwind(AssertUnwindSafe(|| {
-            capture::attach(&db_path, target.as_deref()).map_err(|e| e.to_string())
+            capture::attach_uri(&db_path, &param).map_err(|e| e.to_string())
         }))
         .unwrap_or_else(|_| Err("capture setup panicked".to_string()));
         return match attached {

@@ -75,6 +75,28 @@ enum Command {
         /// Print the result (or the failure) as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Require signed heads made with this public key (a KEYFILE.pub from `walstream
+        /// keygen`): every sealed segment must end with a valid signature over its last head,
+        /// and the newest head must be signed. May be given several times (any of the keys).
+        #[arg(long, value_name = "FILE")]
+        pubkey: Vec<PathBuf>,
+        /// With --pubkey: accept a newest head that is not signed yet (a live stream's active
+        /// segment is signed when it is sealed or the database is closed).
+        #[arg(long, requires = "pubkey")]
+        allow_unsigned_tail: bool,
+    },
+    /// Create a signing key: KEYFILE (the secret, mode 0600) and KEYFILE.pub (the public key).
+    ///
+    /// Give KEYFILE to the capturing process (URI parameter walstream_signing_key=KEYFILE or
+    /// environment WALSTREAM_SIGNING_KEY=KEYFILE) and KEYFILE.pub to `verify --pubkey`. Never
+    /// overwrites an existing file.
+    Keygen {
+        /// Signature algorithm.
+        #[arg(long, value_parser = ["ed25519", "secp256k1"], default_value = "ed25519")]
+        curve: String,
+        /// The secret key file to create.
+        #[arg(long, value_name = "KEYFILE")]
+        out: PathBuf,
     },
     /// Keep a read replica up to date as the stream grows. Readers of the replica (plain SQLite)
     /// see whole transactions only; a new generation re-seeds the replica from its snapshot;
@@ -173,9 +195,15 @@ fn main() -> ExitCode {
         Command::Restore { target, output, txn, time, generation, force } => {
             cmd_restore(&target, &output, txn, time.as_deref(), generation, force)
         }
-        Command::Verify { target, checks, generation, from, to, json } => {
-            if checks.is_empty() {
-                cmd_verify(&target, json)
+        Command::Verify { target, checks, generation, from, to, json, pubkey, allow_unsigned_tail } => {
+            if checks.is_empty() || !pubkey.is_empty() {
+                cmd_verify(&target, json, &pubkey, allow_unsigned_tail).and_then(|()| {
+                    if checks.is_empty() {
+                        return Ok(());
+                    }
+                    let opts = walstream::validate::CheckOptions { checks, generation, from, to };
+                    cmd_verify_checks(&target, &opts, json)
+                })
             } else {
                 let opts = walstream::validate::CheckOptions { checks, generation, from, to };
                 cmd_verify_checks(&target, &opts, json)
@@ -193,6 +221,7 @@ fn main() -> ExitCode {
             cmd_diff(&target, txn, generation, invert, &format, tmp_dir)
         }
         Command::Inspect { file, verbose } => cmd_inspect(&file, verbose),
+        Command::Keygen { curve, out } => cmd_keygen(&curve, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -364,11 +393,26 @@ fn root_of_file(path: &Path) -> Result<(u32, walstream::record::Hash)> {
     Ok((page_size, tree.root()))
 }
 
-fn cmd_verify(uri: &str, json: bool) -> Result<()> {
+fn cmd_keygen(curve: &str, out: &Path) -> Result<()> {
+    use walstream::sign::{Algorithm, Signer};
+    let algorithm = Algorithm::parse(curve).with_context(|| format!("unknown curve {curve:?}"))?;
+    let signer = Signer::generate(algorithm)?;
+    let pub_path = signer.write_new(out)?;
+    println!("wrote {} (secret, mode 0600) and {}", out.display(), pub_path.display());
+    println!("public key: {}", signer.public_key());
+    Ok(())
+}
+
+fn cmd_verify(uri: &str, json: bool, pubkeys: &[PathBuf], allow_unsigned_tail: bool) -> Result<()> {
+    let public_keys = pubkeys
+        .iter()
+        .map(|p| walstream::sign::PublicKey::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = verify::VerifyOptions { public_keys, allow_unsigned_tail };
     let target = open_target(uri)?;
     let total: u64 = reader::inventory(target.as_ref())?.iter().map(|g| g.bytes()).sum();
     let bar = progress_bar(total, "verifying");
-    let result = verify::verify(target.as_ref(), &mut |b| bar.set_position(b));
+    let result = verify::verify_with(target.as_ref(), &opts, &mut |b| bar.set_position(b));
     bar.finish_and_clear();
     let report = match result {
         Ok(r) => r,
@@ -383,7 +427,11 @@ fn cmd_verify(uri: &str, json: bool) -> Result<()> {
         let gens: Vec<_> = report.generations.iter().map(|g| serde_json::json!({
             "generation": g.generation, "last_seq": g.last_seq, "head": hex(&g.head_hash), "state_root": hex(&g.state_root)
         })).collect();
-        println!("{}", serde_json::json!({"ok": true, "generations": gens, "bytes": report.bytes}));
+        let mut out = serde_json::json!({"ok": true, "generations": gens, "bytes": report.bytes});
+        if !opts.public_keys.is_empty() {
+            out["signatures"] = report.signatures.into();
+        }
+        println!("{out}");
         return Ok(());
     }
     for g in &report.generations {
@@ -394,6 +442,9 @@ fn cmd_verify(uri: &str, json: bool) -> Result<()> {
             g.last_seq,
             &hex(&g.head_hash)[..16]
         );
+    }
+    if !opts.public_keys.is_empty() {
+        println!("signatures: {} valid, every sealed segment signed", report.signatures);
     }
     println!("ok: {} generation(s), {} bytes verified", report.generations.len(), report.bytes);
     Ok(())
@@ -558,6 +609,15 @@ fn cmd_inspect(path: &Path, verbose: bool) -> Result<()> {
             ),
             Body::SnapshotChunk(c) => format!("snapshot chunk: pages {}..={}", c.first_pgno, c.first_pgno as usize + c.hashes.len() - 1),
             Body::SnapshotEnd(e) => format!("snapshot end: hash {}", hex(&e.hash)),
+            Body::HeadSignature(s) => format!(
+                "head signature: generation {} txn {} head {} by {} {} signature {}",
+                s.generation,
+                s.seq,
+                hex(&s.head_hash),
+                walstream::sign::Algorithm::from_pb(s.algorithm).map_or("(unknown algorithm)", |a| a.name()),
+                hex(&s.public_key),
+                hex(&s.signature)
+            ),
         };
         println!("{offset:>10}  {line}");
     }

@@ -14,11 +14,20 @@ mod status;
 use std::path::PathBuf;
 
 pub use engine::Capture;
-pub use registry::{attach, status_json, SharedCapture};
+pub use registry::{attach, attach_uri, status_json, SharedCapture, SEGMENT_BYTES_ENV, SEGMENT_BYTES_URI_PARAM};
 
 use crate::spool::SpoolError;
 use crate::target::TargetError;
 use crate::wal::{ReadAt, WalError, SHM_PREFIX_BYTES};
+
+/// Settings of a capture beyond its target.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureOptions {
+    /// Signs the chain head at every sealed segment and when the last connection closes.
+    pub signer: Option<std::sync::Arc<crate::sign::Signer>>,
+    /// Seal segments once they hold this many bytes (default `spool::SEGMENT_BYTES_MAX_DEFAULT`).
+    pub segment_bytes: Option<u64>,
+}
 
 /// The points at which SQLite's WAL may have changed, as seen by the extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,4 +79,7 @@ pub enum CaptureError {
     /// Shipping to a remote target: bad settings, or the spool at its size limit.
     #[error("{0}")]
     Ship(String),
+    /// The signing key or another setting of the connection is unusable.
+    #[error("{0}")]
+    Settings(String),
 }

@@ -6,8 +6,14 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
-use super::{Capture, CaptureError};
-use crate::target::{TargetSpec, TARGET_ENV};
+use super::{Capture, CaptureError, CaptureOptions};
+use crate::sign::{Signer, SIGNING_KEY_ENV, SIGNING_KEY_URI_PARAM};
+use crate::target::{TargetSpec, TARGET_ENV, TARGET_URI_PARAM};
+
+/// URI parameter: seal segments once they hold this many bytes (digits with an optional K, M
+/// or G suffix); also `WALSTREAM_SEGMENT_BYTES` in the environment (the URI parameter wins).
+pub const SEGMENT_BYTES_URI_PARAM: &str = "walstream_segment_bytes";
+pub const SEGMENT_BYTES_ENV: &str = "WALSTREAM_SEGMENT_BYTES";
 
 pub type SharedCapture = Arc<Mutex<Capture>>;
 
@@ -26,14 +32,50 @@ fn last_attach_error() -> &'static Mutex<Option<String>> {
 /// directory) and returns the process-wide capture for it, creating it on first use.
 /// Fails with a message naming the problem when the target is invalid or cannot be written.
 pub fn attach(db: &Path, uri_target: Option<&str>) -> Result<SharedCapture, CaptureError> {
-    let result = attach_inner(db, uri_target);
+    attach_uri(db, &|key| if key == TARGET_URI_PARAM { uri_target.map(str::to_string) } else { None })
+}
+
+/// `attach` with every setting a connection may give in its URI, looked up by parameter name
+/// (`uri_param`): `walstream_target`, `walstream_signing_key`, `walstream_segment_bytes`. Each
+/// falls back to its environment variable.
+pub fn attach_uri(db: &Path, uri_param: &dyn Fn(&str) -> Option<String>) -> Result<SharedCapture, CaptureError> {
+    let result = attach_inner(db, uri_param);
     if let Err(e) = &result {
         *last_attach_error().lock() = Some(format!("opening {}: {e}", db.display()));
     }
     result
 }
 
-fn attach_inner(db: &Path, uri_target: Option<&str>) -> Result<SharedCapture, CaptureError> {
+/// A setting from the URI, else from the environment; empty means unset.
+fn setting(uri_param: &dyn Fn(&str) -> Option<String>, param: &str, env: &str) -> Option<String> {
+    uri_param(param)
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var(env).ok().filter(|s| !s.is_empty()))
+}
+
+/// The signing key named by the connection, loaded once per process and key file.
+fn signing_key(uri_param: &dyn Fn(&str) -> Option<String>) -> Result<Option<Arc<Signer>>, CaptureError> {
+    let Some(path) = setting(uri_param, SIGNING_KEY_URI_PARAM, SIGNING_KEY_ENV) else { return Ok(None) };
+    // Error messages name the file and the problem, never its content.
+    let signer = Signer::load(Path::new(&path)).map_err(|e| CaptureError::Settings(format!("signing key: {e}")))?;
+    Ok(Some(Arc::new(signer)))
+}
+
+fn segment_bytes(uri_param: &dyn Fn(&str) -> Option<String>) -> Result<Option<u64>, CaptureError> {
+    let Some(v) = setting(uri_param, SEGMENT_BYTES_URI_PARAM, SEGMENT_BYTES_ENV) else { return Ok(None) };
+    match crate::ship::parse_bytes(&v) {
+        Some(n) if n > 0 => Ok(Some(n)),
+        _ => Err(CaptureError::Settings(format!(
+            "{SEGMENT_BYTES_URI_PARAM} / {SEGMENT_BYTES_ENV} = {v:?} is not a size such as 64M"
+        ))),
+    }
+}
+
+fn attach_inner(db: &Path, uri_param: &dyn Fn(&str) -> Option<String>) -> Result<SharedCapture, CaptureError> {
+    let uri_target = uri_param(TARGET_URI_PARAM);
+    let uri_target = uri_target.as_deref();
+    let signer = signing_key(uri_param)?;
+    let segment_bytes = segment_bytes(uri_param)?;
     let env_target = std::env::var(TARGET_ENV).ok().filter(|s| !s.is_empty());
     let spec = match uri_target.or(env_target.as_deref()) {
         Some(uri) => TargetSpec::parse(uri)?,
@@ -52,9 +94,27 @@ fn attach_inner(db: &Path, uri_target: Option<&str>) -> Result<SharedCapture, Ca
                 ),
             }));
         }
+        let mut capture = existing.lock();
+        if let Some(signer) = &signer {
+            // A connection that names no key shares the capture as it is; one that names
+            // another key than the capture signs with is refused.
+            if capture.signer().map(|s| s.public_key()) != Some(signer.public_key()) {
+                let current = capture.signer().map_or("no key".to_string(), |s| s.public_key().to_string());
+                return Err(CaptureError::Settings(format!(
+                    "{} is already open in this process signing with {current}, not with the key {}",
+                    db.display(),
+                    signer.public_key()
+                )));
+            }
+        }
+        if let Some(bytes) = segment_bytes {
+            capture.set_segment_bytes(bytes);
+        }
+        drop(capture);
         return Ok(existing.clone());
     }
-    let capture = Arc::new(Mutex::new(Capture::open(db.to_path_buf(), spec)?));
+    let opts = CaptureOptions { signer, segment_bytes };
+    let capture = Arc::new(Mutex::new(Capture::open_with(db.to_path_buf(), spec, &opts)?));
     map.insert(db.to_path_buf(), capture.clone());
     Ok(capture)
 }

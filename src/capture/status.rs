@@ -25,6 +25,8 @@ pub struct Status {
     pub spool: Option<String>,
     pub spool_limit: Option<u64>,
     pub ship: Option<std::sync::Arc<crate::ship::ShipShared>>,
+    /// The public key heads are signed with (never the secret).
+    pub signing_key: Option<crate::sign::PublicKey>,
 }
 
 impl Status {
@@ -45,6 +47,10 @@ impl Status {
             "last_error": self.last_error,
             "errors": self.errors,
             "last_open_error": last_open_error,
+            "signing": self.signing_key.as_ref().map(|k| json!({
+                "algorithm": k.algorithm().name(),
+                "public_key": crate::record::hex(k.bytes()),
+            })),
         });
         if let Some(ship) = &self.ship {
             // Shipping fields: shipped_seq, lag_txns, lag_ms, ship_error, ... (see docs/S3.md).

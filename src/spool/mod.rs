@@ -15,11 +15,13 @@ mod writer;
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use scan::Tail;
 pub use writer::TxnAppender;
 
 use crate::record::RecordError;
+use crate::sign::Signer;
 use crate::state::StateTree;
 use crate::wal::WalCursor;
 
@@ -72,6 +74,9 @@ pub struct Spool {
     /// rebuilt from the spool when it does not match the tail.
     tree: Option<(u64, u64, StateTree)>,
     pub segment_bytes_max: u64,
+    /// Signs the chain head before every `SegmentEnd` and at `SpoolLock::sign_head`
+    /// (docs/FORMAT.md, "Signed heads").
+    pub signer: Option<Arc<Signer>>,
 }
 
 impl Spool {
@@ -93,6 +98,7 @@ impl Spool {
             unsynced: false,
             tree: None,
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
+            signer: None,
         })
     }
 

@@ -33,6 +33,8 @@ pub struct Tail {
     pub segment_first_seq: u64,
     /// Length of the active segment up to the end of its last complete record.
     pub segment_len: u64,
+    /// The active segment holds a `HeadSignature` over the current head.
+    pub head_signed: bool,
 }
 
 pub(crate) fn wal_from_pb(p: &pb::WalPosition) -> WalCursor {
@@ -156,6 +158,7 @@ impl SpoolLock<'_> {
                 ended: false,
                 segment_first_seq: first_seq,
                 segment_len: 0,
+                head_signed: false,
             };
             match scan_segment(&path, None, &mut tail, None) {
                 Ok(end) => {
@@ -187,6 +190,7 @@ impl SpoolLock<'_> {
             ended: false,
             segment_first_seq: 1,
             segment_len: 0,
+            head_signed: false,
         });
         self.create_segment(1)
     }
@@ -325,6 +329,7 @@ pub(crate) fn scan_segment(
                 tail.last_commit_ms = h.prev_commit_time_ms;
                 tail.reset = None;
                 tail.last_commit_page = None;
+                tail.head_signed = false;
             }
             (Body::TxnBegin(b), None) if b.seq == tail.last_seq + 1 => {
                 pages.clear();
@@ -349,6 +354,7 @@ pub(crate) fn scan_segment(
                 tail.wal = c.wal.as_ref().map(wal_from_pb);
                 tail.reset = None;
                 tail.last_commit_page = last_page.map(|(pgno, h)| (pgno, c.db_size_pages, h));
+                tail.head_signed = false;
                 if let Some(tree) = tree.as_deref_mut() {
                     for (pgno, hash) in pages.drain(..) {
                         tree.set_page(pgno, hash);
@@ -358,6 +364,10 @@ pub(crate) fn scan_segment(
                 open_txn = None;
             }
             (Body::WalReset(r), None) => tail.reset = Some(r),
+            (Body::HeadSignature(sig), None) => {
+                let head = (tail.generation, tail.last_seq, tail.head_hash.as_slice());
+                tail.head_signed |= (sig.generation, sig.seq, sig.head_hash.as_slice()) == head;
+            }
             (Body::SegmentEnd(e), None) => {
                 end = match e.reason() {
                     Reason::Rolled => SegmentEnd::Rolled { next_seq: e.next_seq },
