@@ -575,3 +575,101 @@ fn unusable_key_file_fails_the_open_without_quoting_it() {
     );
     assert!(!dir.path().join("a.db-walstream").exists());
 }
+
+/// S3 targets: the background shipper seals segments too, and signs them with the capture's
+/// key; the shipped stream verifies with the public key, and the bucket never holds the secret.
+#[test]
+fn s3_shipper_signs_the_segments_it_seals() {
+    let Some(env) = s3_env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "s3.key", "ed25519");
+    let db = dir.path().join("app.db");
+    let uri = format!("s3://{}/{}", env.bucket, unique_prefix("signed-heads"));
+    let conn = open_captured(
+        &db,
+        &format!(
+            "&walstream_target={uri}&walstream_signing_key={}",
+            key.display()
+        ),
+    );
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(v);")
+        .unwrap();
+    let shipped = |conn: &rusqlite::Connection| {
+        let seq = status(conn)["last_seq"].as_u64().unwrap();
+        poll("shipping", std::time::Duration::from_secs(60), || {
+            let s = status(conn);
+            if s["shipped_seq"].as_u64() == Some(seq) {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        });
+    };
+    for i in 0..20 {
+        conn.execute("INSERT INTO t VALUES (randomblob(1000))", [])
+            .unwrap();
+        if i % 4 == 3 {
+            shipped(&conn); // the shipper sealed the active segment to ship it
+        }
+    }
+    shipped(&conn);
+    let cli_s3 = |args: &[&str]| {
+        let out = Command::new(cli_path())
+            .args(args)
+            .env("AWS_ENDPOINT_URL", &env.endpoint)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli_s3(&["verify", &uri, "--pubkey", public.to_str().unwrap()]);
+    assert!(ok, "shipped stream verifies with the key: {out} {err}");
+    let (_, other_pub) = keygen(dir.path(), "other.key", "ed25519");
+    let (ok, _, err) = cli_s3(&["verify", &uri, "--pubkey", other_pub.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("signed by another key") && err.contains(".wseg"),
+        "{err}"
+    );
+
+    let target =
+        walstream::target::open(&walstream::target::TargetSpec::parse(&uri).unwrap()).unwrap();
+    let secret = secret_hex(&key);
+    let raw: Vec<u8> = (0..secret.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&secret[i..i + 2], 16).unwrap())
+        .collect();
+    let mut sealed = 0;
+    for object in target.list().unwrap() {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut target.get(&object.key).unwrap(), &mut bytes).unwrap();
+        assert!(
+            !contains(&bytes, &raw) && !contains(&bytes, secret.as_bytes()),
+            "secret in {}",
+            object.key
+        );
+        if object.key.ends_with(".wseg") {
+            let mut r = RecordReader::new(&bytes[..]).unwrap();
+            let mut recs = Vec::new();
+            while let Some((_, rec)) = r.next_record().unwrap() {
+                recs.push(rec.body.unwrap());
+            }
+            if let [.., Body::HeadSignature(_), Body::SegmentEnd(_)] = recs.as_slice() {
+                sealed += 1;
+            } else {
+                assert!(
+                    !matches!(recs.last(), Some(Body::SegmentEnd(_))),
+                    "{}: sealed without a signature",
+                    object.key
+                );
+            }
+        }
+    }
+    assert!(
+        sealed >= 3,
+        "the shipper sealed and signed segments: {sealed}"
+    );
+    drop(conn);
+}
