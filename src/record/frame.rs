@@ -109,6 +109,40 @@ pub fn encode_record(record: &pb::Record, out: &mut Vec<u8>) {
     out.extend_from_slice(&check);
 }
 
+/// Appends one framed `Record { page: Page { pgno, data, hash } }` to `out`, byte for byte what
+/// `encode_record` writes for it, without copying the page into a `pb::Page` first (the commit
+/// path appends every WAL page this way).
+pub fn encode_page_record(pgno: u32, data: &[u8], hash: &[u8; 32], out: &mut Vec<u8>) {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    // Page: pgno = 1 (omitted when 0, as proto3 does), data = 2, hash = 3 (never empty here).
+    let pgno_len = if pgno == 0 { 0 } else { 1 + encoded_len_varint(u64::from(pgno)) };
+    let data_len = if data.is_empty() { 0 } else { 1 + encoded_len_varint(data.len() as u64) + data.len() };
+    let page_len = pgno_len + data_len + 1 + encoded_len_varint(32) + 32;
+    // Record: page = 3.
+    let len = 1 + encoded_len_varint(page_len as u64) + page_len;
+    assert!(len <= RECORD_BYTES_MAX, "record of {len} bytes exceeds RECORD_BYTES_MAX");
+    out.reserve(LEN_BYTES + len + CHECK_BYTES);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    let start = out.len();
+    encode_key(3, WireType::LengthDelimited, out);
+    encode_varint(page_len as u64, out);
+    if pgno != 0 {
+        encode_key(1, WireType::Varint, out);
+        encode_varint(u64::from(pgno), out);
+    }
+    if !data.is_empty() {
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(data.len() as u64, out);
+        out.extend_from_slice(data);
+    }
+    encode_key(3, WireType::LengthDelimited, out);
+    encode_varint(32, out);
+    out.extend_from_slice(hash);
+    debug_assert_eq!(out.len() - start, len);
+    let check = record_check(&out[start..]);
+    out.extend_from_slice(&check);
+}
+
 /// Writes framed records to any `Write`, tracking the byte offset.
 pub struct RecordWriter<W: Write> {
     inner: W,
@@ -273,6 +307,20 @@ mod tests {
         bytes[FILE_HEADER_BYTES + 5] ^= 0x40;
         let err = RecordReader::new(&bytes[..]).unwrap().next_record().unwrap_err();
         assert!(matches!(err, RecordError::Checksum { offset: 16 }), "{err}");
+    }
+
+    #[test]
+    fn hand_encoded_page_record_matches_prost() {
+        for (pgno, size) in [(1u32, 512usize), (127, 4096), (128, 4096), (300_000, 65536), (u32::MAX, 1024), (0, 0)] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 + pgno as usize) as u8).collect();
+            let hash = *blake3::hash(&data).as_bytes();
+            let record = pb::Record { body: Some(Body::Page(pb::Page { pgno, data: data.clone(), hash: hash.to_vec() })) };
+            let mut by_prost = vec![0xaa];
+            encode_record(&record, &mut by_prost);
+            let mut by_hand = vec![0xaa];
+            encode_page_record(pgno, &data, &hash, &mut by_hand);
+            assert_eq!(by_hand, by_prost, "pgno {pgno}, {size} bytes");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::scan::{list_generations, wal_to_pb, Tail};
 use super::{io_err, SnapshotMeta, SpoolError, SpoolLock, APPEND_BUFFER_BYTES};
 use crate::layout;
 use crate::record::chain::{page_hash, SnapshotHasher, TxnHasher};
-use crate::record::frame::encode_record;
+use crate::record::frame::{encode_page_record, encode_record};
 use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::{FileKind, Hash, RecordWriter};
 use crate::reader::{self, ReadError, ReplayLimit, Visitor};
@@ -31,14 +31,19 @@ impl SpoolLock<'_> {
     /// Appends framed bytes to the active segment.
     fn append(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         let tail = self.spool.tail.as_ref().expect("a generation is open");
-        let path = self.segment_path(tail.generation, tail.segment_first_seq);
+        let (generation, first_seq) = (tail.generation, tail.segment_first_seq);
+        // The path is built only to open the segment or to name it in an error: building it on
+        // every append showed in the commit path's profile.
         if self.spool.segment.is_none() {
+            let path = self.segment_path(generation, first_seq);
             let f = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
             self.spool.segment = Some(f);
         }
         let file = self.spool.segment.as_mut().expect("opened above");
         self.spool.unsynced = true;
-        file.write_all(bytes).map_err(io_err(&path))?;
+        if let Err(source) = file.write_all(bytes) {
+            return Err(SpoolError::Io { path: self.segment_path(generation, first_seq), source });
+        }
         self.tail_mut().segment_len += bytes.len() as u64;
         Ok(())
     }
@@ -160,15 +165,24 @@ impl SpoolLock<'_> {
 
     /// Appends one page image (as found in the WAL frame) to `txn`.
     pub fn txn_page(&mut self, txn: &mut TxnAppender, pgno: u32, data: &[u8]) -> Result<(), SpoolError> {
-        let hash = page_hash(data);
+        self.txn_page_hashed(txn, pgno, data, page_hash(data))
+    }
+
+    /// As `txn_page`, for a caller that already computed `hash = page_hash(data)`.
+    pub fn txn_page_hashed(
+        &mut self,
+        txn: &mut TxnAppender,
+        pgno: u32,
+        data: &[u8],
+        hash: Hash,
+    ) -> Result<(), SpoolError> {
         txn.hasher.page(pgno, &hash);
         txn.last_page = Some((pgno, hash));
         txn.pages.push((pgno, hash));
         if txn.page_size == 0 {
             txn.page_size = data.len() as u32;
         }
-        let page = pb::Page { pgno, data: data.to_vec(), hash: hash.to_vec() };
-        encode_record(&rec(Body::Page(page)), &mut txn.buf);
+        encode_page_record(pgno, data, &hash, &mut txn.buf);
         if txn.buf.len() >= APPEND_BUFFER_BYTES {
             self.append(&txn.buf)?;
             txn.buf.clear();
