@@ -301,7 +301,7 @@ fn key_line(text: &str) -> Result<&str, String> {
 }
 
 fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len())
@@ -427,11 +427,19 @@ impl Signer {
             SecretKey::Ed25519(k) => k.to_bytes().to_vec(),
             SecretKey::Secp256k1(k) => k.to_bytes().to_vec(),
         });
-        Zeroizing::new(format!(
-            "# walstream signing key: secret, keep it private. Public key in the .pub file.\n{SECRET_TAG} {} {}\n",
-            self.public.algorithm,
-            hex(&secret)
-        ))
+        // Written into a buffer that is zeroized too, never through an intermediate string.
+        let mut text = Zeroizing::new(String::with_capacity(256));
+        text.push_str("# walstream signing key: secret, keep it private. Public key in the .pub file.\n");
+        text.push_str(SECRET_TAG);
+        text.push(' ');
+        text.push_str(self.public.algorithm.name());
+        text.push(' ');
+        for b in secret.iter() {
+            use std::fmt::Write as _;
+            let _ = write!(text, "{b:02x}");
+        }
+        text.push('\n');
+        text
     }
 
     /// Writes the secret key to `path` (created with mode 0600; an existing file is never

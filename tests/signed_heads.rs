@@ -264,7 +264,7 @@ fn signed_stream(curve: &str) {
     let (ok, out, err) = cli(&["inspect", sealed[0].to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(
-        out.contains(&format!("head signature: generation 1 txn")) && out.contains(curve),
+        out.contains("head signature: generation 1 txn") && out.contains(curve),
         "{out}"
     );
 
