@@ -142,8 +142,15 @@ impl SpoolLock<'_> {
         if !self.spool.unsynced {
             return Ok(());
         }
-        if let Some(f) = &self.spool.segment {
-            f.sync_data().map_err(io_err(&self.spool.dir))?;
+        match (&self.spool.segment, &self.spool.tail) {
+            (Some(f), _) => f.sync_data().map_err(io_err(&self.spool.dir))?,
+            // No append handle (a segment just created, or appends by another process): sync
+            // the active segment through a handle of its own.
+            (None, Some(t)) => {
+                let path = self.segment_path(t.generation, t.segment_first_seq);
+                File::open(&path).and_then(|f| f.sync_data()).map_err(io_err(&path))?;
+            }
+            (None, None) => {}
         }
         if let Some(t) = &self.spool.tail {
             let gen_dir = self.spool.dir.join(crate::layout::generation_dir(t.generation));

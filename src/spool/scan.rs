@@ -91,6 +91,8 @@ impl SpoolLock<'_> {
             return self.reload();
         }
         self.spool.segment = None;
+        // Another process appended: its writes are durable only once someone syncs them.
+        self.spool.unsynced = true;
         let end = self.scan_continuing(&path, Some(tail.segment_len), tail)?;
         self.follow(end)
     }
@@ -134,6 +136,8 @@ impl SpoolLock<'_> {
     /// segment.
     fn reload(&mut self) -> Result<(), SpoolError> {
         self.spool.segment = None;
+        // What this process finds was written by others, maybe never synced (a writer that died).
+        self.spool.unsynced = true;
         self.spool.tail = None;
         self.spool.tree = None;
         let Some(generation) = newest_complete_generation(&self.spool.dir)? else {

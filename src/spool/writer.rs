@@ -279,6 +279,14 @@ impl SpoolLock<'_> {
         self.sign_head()?;
         let end = pb::SegmentEnd { reason: Reason::Rolled as i32, next_seq };
         self.append_record(Body::SegmentEnd(end))?;
+        // The sealed segment must be durable before the next one exists: after a power cut the
+        // next segment could survive while this one's last transactions and its SegmentEnd do
+        // not, a hole in the middle of the stream.
+        if let Some(f) = &self.spool.segment {
+            let t = self.spool.tail.as_ref().expect("a generation is open");
+            let path = self.segment_path(t.generation, t.segment_first_seq);
+            f.sync_data().map_err(io_err(&path))?;
+        }
         self.create_segment(next_seq)
     }
 
