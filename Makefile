@@ -22,7 +22,9 @@ build: ext cli
 ext:
 	cd ext && $(CARGO) build --release
 	mkdir -p $(RELEASE)
-	cp target/ext/release/libwalstream.so $(EXT_SO)
+	# Replace, never overwrite in place: processes that have the library loaded keep their copy
+	# (rewriting a mapped .so makes them crash).
+	cp target/ext/release/libwalstream.so $(EXT_SO).tmp && mv -f $(EXT_SO).tmp $(EXT_SO)
 
 cli:
 	$(CARGO) build --release --bin walstream

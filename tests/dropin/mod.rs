@@ -52,7 +52,9 @@ pub fn default_target_dir(db: &Path) -> PathBuf {
 
 /// `walstream restore TARGET -o OUT` (plus `extra` arguments); panics on failure.
 pub fn restore(target: &Path, out: &Path, extra: &[&str]) {
-    let _ = std::fs::remove_file(out);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", out.display()));
+    }
     let mut args = vec!["restore", target.to_str().unwrap(), "-o", out.to_str().unwrap()];
     args.extend_from_slice(extra);
     let o = Command::new(cli_path()).args(&args).output().unwrap();
@@ -119,6 +121,17 @@ pub fn gcc(dir: &Path, name: &str, source: &str, link: &[&str]) -> PathBuf {
     cmd.arg("-O1").arg("-Wall").arg("-o").arg(&exe).arg(&src).args(link);
     run_ok(&mut cmd, "");
     exe
+}
+
+/// Compiles a C shared library (an LD_PRELOAD shim) with gcc (into `dir`).
+pub fn gcc_shared(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let so = dir.join(format!("{name}.so"));
+    let mut cmd = Command::new("gcc");
+    cmd.args(["-O1", "-Wall", "-shared", "-fPIC", "-o"]).arg(&so).arg(&src).arg("-ldl");
+    run_ok(&mut cmd, "");
+    so
 }
 
 /// A small deterministic PRNG (xorshift64*), so failures can be replayed from the seed printed.
