@@ -572,6 +572,11 @@ fn cmd_diff(uri: &str, txn: u64, generation: Option<u64>, invert: bool, format: 
     let bar = progress_bar(objects.bytes(), "replaying");
     let result = diff::diff(target.as_ref(), &opts, &mut |b| bar.set_position(b), sink.as_mut());
     bar.finish_and_clear();
+    if let Err(diff::DiffError::Output(e)) = &result {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(()); // the reader stopped early (`| head`)
+        }
+    }
     let summary = result.with_context(|| format!("diff of txn {txn} of generation {} in {uri}", objects.generation))?;
     if summary.notes > 0 {
         eprintln!(
