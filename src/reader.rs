@@ -227,6 +227,12 @@ fn open_records(target: &dyn Target, key: &str, kind: FileKind) -> Result<Record
         .map_err(|source| ReadError::Record { key: key.to_string(), source })
 }
 
+/// True for a segment cut inside its file header: the newest segment after a power cut right
+/// after it was created. Like a torn record, it reads as the end of the stream.
+fn torn_header(e: &ReadError) -> bool {
+    matches!(e, ReadError::Record { source: RecordError::TruncatedHeader, .. })
+}
+
 fn hash32(ctx: &Ctx, bytes: &[u8], seq: Option<u64>, pgno: Option<u32>, offset: u64, what: &str) -> Result<Hash, ReadError> {
     hash_field(bytes).ok_or_else(|| ctx.fail(seq, pgno, Some(offset), format!("{what} is {} bytes, not 32", bytes.len())))
 }
@@ -525,7 +531,14 @@ fn replay_segment(
     visitor: &mut dyn Visitor,
     is_last: bool,
 ) -> Result<SegEnd, ReadError> {
-    let mut reader = open_records(target, ctx.key, FileKind::Segment)?;
+    let mut reader = match open_records(target, ctx.key, FileKind::Segment) {
+        Ok(r) => r,
+        Err(e) if is_last && torn_header(&e) => {
+            summary.torn_tail = Some(e.to_string());
+            return Ok(SegEnd::Open);
+        }
+        Err(e) => return Err(e),
+    };
     let mut txn: Option<OpenTxn> = None;
     let mut first = true;
     loop {
@@ -707,8 +720,12 @@ fn check_segment_header(ctx: &Ctx, h: &pb::SegmentHeader, first_seq: u64, summar
 /// The last complete transaction of a generation (reads only its last segment).
 pub fn last_committed_seq(target: &dyn Target, objects: &GenerationObjects) -> Result<u64, ReadError> {
     let Some((&first_seq, object)) = objects.segments.iter().next_back() else { return Ok(0) };
-    let mut reader = open_records(target, &object.key, FileKind::Segment)?;
     let mut last = first_seq.saturating_sub(1);
+    let mut reader = match open_records(target, &object.key, FileKind::Segment) {
+        Ok(r) => r,
+        Err(e) if torn_header(&e) => return Ok(last),
+        Err(e) => return Err(e),
+    };
     loop {
         match reader.next_record() {
             Ok(Some((_, pb::Record { body: Some(Body::TxnCommit(c)) }))) => last = c.seq,
@@ -725,8 +742,12 @@ pub fn last_committed_seq(target: &dyn Target, objects: &GenerationObjects) -> R
 /// the newest state at that time). Reads segment headers and one segment.
 pub fn seq_at_time(target: &dyn Target, objects: &GenerationObjects, time_ms: i64) -> Result<u64, ReadError> {
     let mut candidate: Option<(&u64, &ObjectInfo)> = None;
-    for (first_seq, object) in &objects.segments {
-        let mut reader = open_records(target, &object.key, FileKind::Segment)?;
+    for (i, (first_seq, object)) in objects.segments.iter().enumerate() {
+        let mut reader = match open_records(target, &object.key, FileKind::Segment) {
+            Ok(r) => r,
+            Err(e) if i + 1 == objects.segments.len() && torn_header(&e) => break,
+            Err(e) => return Err(e),
+        };
         let prev_time = match reader.next_record() {
             Ok(Some((_, pb::Record { body: Some(Body::SegmentHeader(h)) }))) => h.prev_commit_time_ms,
             Ok(_) => break,

@@ -106,8 +106,13 @@ impl SpoolLock<'_> {
                 let tail = self.spool.tail.clone().expect("scanned a segment");
                 let path = self.segment_path(tail.generation, next_seq);
                 if path.exists() {
-                    let end = self.scan_continuing(&path, None, tail)?;
-                    self.follow(end)
+                    match self.scan_continuing(&path, None, tail) {
+                        Ok(end) => self.follow(end),
+                        // The next segment was never completely started (a power cut right
+                        // after it was created): start it again.
+                        Err(SpoolError::Record { source, .. }) if source.is_torn_tail() => self.create_segment(next_seq),
+                        Err(e) => Err(e),
+                    }
                 } else {
                     // The writer stopped between sealing a segment and starting the next.
                     self.create_segment(next_seq)
@@ -314,6 +319,7 @@ pub(crate) fn scan_segment(
     let mut last_page: Option<(u32, Hash)> = None;
     let mut pages: Vec<(u32, Hash)> = Vec::new();
     let mut end = SegmentEnd::Open;
+    let mut saw_header = from.is_some();
     loop {
         let (offset, record) = match reader.next_record() {
             Ok(Some(r)) => r,
@@ -324,6 +330,7 @@ pub(crate) fn scan_segment(
         let body = record.body.expect("reader rejects empty records");
         match (body, open_txn) {
             (Body::SegmentHeader(h), None) if offset == crate::record::frame::FILE_HEADER_BYTES as u64 => {
+                saw_header = true;
                 tail.generation = h.generation;
                 tail.segment_first_seq = h.first_seq;
                 tail.last_seq = h.first_seq.saturating_sub(1);
@@ -390,6 +397,11 @@ pub(crate) fn scan_segment(
         if open_txn.is_none() {
             good_end = reader.offset();
         }
+    }
+    if !saw_header {
+        // The file header is complete but the SegmentHeader record is not: as torn as a file
+        // cut inside its header, and repaired the same way (by the callers).
+        return Err(record_err(path)(crate::record::RecordError::TruncatedHeader));
     }
     let file_len = fs::metadata(path).map_err(io_err(path))?.len();
     if file_len > good_end {
