@@ -102,6 +102,38 @@ fn full_disk_under_the_spool_falls_behind_then_catches_up() {
 }
 
 #[test]
+fn full_disk_under_the_database_fails_only_the_commit_sqlite_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&dir.path().join("small"), "2m") else { return };
+    let db = fs.0.join("app.db");
+    let script = py(&format!(
+        "c = connect({db:?})\n\
+         c.execute('PRAGMA journal_mode=WAL'); c.execute('CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB)')\n\
+         for i in range(5): c.execute('INSERT INTO t(pad) VALUES (randomblob(20000))')\n\
+         ok = 5\n\
+         with open({filler:?}, 'wb') as f:\n    \
+             try:\n        \
+                 while True: f.write(b'x' * 65536); f.flush()\n    \
+             except OSError: pass\n\
+         try:\n    \
+             while True:\n        \
+                 c.execute('INSERT INTO t(pad) VALUES (randomblob(20000))'); ok += 1\n\
+         except sqlite3.Error as e:\n    \
+             print('full:', e)\n\
+         os.remove({filler:?})\n\
+         c.execute('INSERT INTO t(pad) VALUES (randomblob(10))')\n\
+         s = status(c); print('after:', s['behind'], s['generation'], s['last_seq'] == ok + 2)\n\
+         c.close()\n",
+        db = db.display().to_string(),
+        filler = fs.0.join("filler").display().to_string(),
+    ));
+    let out = run_ok(&mut python(&script), "");
+    assert!(out.contains("full: database or disk is full"), "{out}");
+    assert!(out.contains("after: False 1 True"), "every successful commit is in the stream: {out}");
+    assert_restores_to_file(&default_target_dir(&db), &db);
+}
+
+#[test]
 fn file_size_limit_on_the_spool_falls_behind_then_catches_up() {
     // Without a tmpfs: RLIMIT_FSIZE set just above the active segment's size makes the next
     // append fail with EFBIG (SIGXFSZ ignored), while the small WAL stays below the limit.
