@@ -11,7 +11,7 @@ CLI        := $(RELEASE)/walstream
 SQLITE3    ?= /usr/bin/sqlite3
 PYTHON3    ?= /usr/bin/python3
 
-.PHONY: all build ext cli demo test test-s3 test-deps test-deps-clients unit lint fuzz-smoke clean
+.PHONY: all build ext cli demo test test-s3 test-deps test-deps-clients test-sqlite torture unit lint fuzz-smoke clean
 
 all: build
 
@@ -80,9 +80,25 @@ test: build test-deps test-deps-clients
 	trap '$(S3_SERVER) stop' EXIT; \
 	eval "$$($(S3_SERVER) env)"; export WALSTREAM_REQUIRE_S3=1; \
 	export WALSTREAM_REQUIRE_NODE=1; \
+	if [ "$$(id -u)" = 0 ]; then export WALSTREAM_REQUIRE_MOUNT=1; fi; \
 	WALSTREAM_EXT=$(CURDIR)/$(EXT_SO) WALSTREAM_CLI=$(CURDIR)/$(CLI) \
 	  $(CARGO) test --release --all-targets -- --test-threads=2
 	cd ext && $(CARGO) test --release
+
+# SQLite's own TCL test suite with walstream as the default VFS (scripts/sqlite-testsuite.sh):
+# builds testfixture from Debian's sqlite3 source package (adding a deb-src entry if needed),
+# runs the wal*.test files and other journal, crash, locking and backup tests without and with
+# walstream as an unprivileged user, and fails if a test fails only with walstream.
+test-sqlite: ext
+	WALSTREAM_EXT=$(CURDIR)/$(EXT_SO) ./scripts/sqlite-testsuite.sh
+
+# The crash and power-loss tests for longer: thousands of rounds (`make test` runs hundreds).
+TORTURE_ROUNDS ?= 3000
+POWER_ROUNDS   ?= 2000
+torture: build test-deps-clients
+	WALSTREAM_EXT=$(CURDIR)/$(EXT_SO) WALSTREAM_CLI=$(CURDIR)/$(CLI) \
+	WALSTREAM_TORTURE_ROUNDS=$(TORTURE_ROUNDS) WALSTREAM_POWER_ROUNDS=$(POWER_ROUNDS) \
+	  $(CARGO) test --release --test crash_torture --test power_loss -- --nocapture --test-threads=2
 
 # Only the S3 tests (the server is started and stopped as for `test`).
 test-s3: build test-deps
