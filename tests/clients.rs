@@ -42,7 +42,11 @@ fn expect_captured_all(status_json: &str) {
     let v: serde_json::Value = serde_json::from_str(status_json.trim())
         .unwrap_or_else(|e| panic!("status is not JSON ({e}): {status_json}"));
     assert_eq!(v["captured"], true, "{status_json}");
-    assert_eq!(v["last_seq"], WORKLOAD.len() as u64, "one txn per statement: {status_json}");
+    assert_eq!(
+        v["last_seq"],
+        WORKLOAD.len() as u64,
+        "one txn per statement: {status_json}"
+    );
     assert_eq!(v["behind"], false, "{status_json}");
 }
 
@@ -110,7 +114,10 @@ fn default_vfs_setting_with_code_opening_a_plain_file_name() {
         ext = ext(),
         dir = dir.path().display().to_string()
     );
-    let out = run_ok(python(&script).env("WALSTREAM_DEFAULT_VFS", "1"), &workload_sql());
+    let out = run_ok(
+        python(&script).env("WALSTREAM_DEFAULT_VFS", "1"),
+        &workload_sql(),
+    );
     expect_captured_all(&out);
     check(&db);
 }
@@ -124,7 +131,9 @@ fn rusqlite_with_load_extension() {
     for s in WORKLOAD {
         conn.execute_batch(s).unwrap();
     }
-    let status: String = conn.query_row("SELECT walstream_status()", [], |r| r.get(0)).unwrap();
+    let status: String = conn
+        .query_row("SELECT walstream_status()", [], |r| r.get(0))
+        .unwrap();
     expect_captured_all(&status);
     drop(conn);
     check(&db);
@@ -134,7 +143,9 @@ fn rusqlite_with_load_extension() {
 fn better_sqlite3() -> Option<PathBuf> {
     let dir = std::env::var_os("WALSTREAM_NODE_MODULES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/node-clients/node_modules"))
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/node-clients/node_modules")
+        })
         .join("better-sqlite3");
     let built = dir.join("build/Release/better_sqlite3.node");
     if built.exists() {
@@ -145,13 +156,18 @@ fn better_sqlite3() -> Option<PathBuf> {
         "{} is missing but WALSTREAM_REQUIRE_NODE is set: `make test-deps-clients` installs it",
         built.display()
     );
-    eprintln!("note: better-sqlite3 is not installed ({}); Node test skipped", built.display());
+    eprintln!(
+        "note: better-sqlite3 is not installed ({}); Node test skipped",
+        built.display()
+    );
     None
 }
 
 #[test]
 fn node_better_sqlite3_with_load_extension() {
-    let Some(module) = better_sqlite3() else { return };
+    let Some(module) = better_sqlite3() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("node.db");
     let script = format!(
@@ -170,7 +186,10 @@ fn node_better_sqlite3_with_load_extension() {
         db = db.display().to_string()
     );
     let out = run_ok(
-        Command::new("node").arg("-e").arg(script).env("WALSTREAM_DEFAULT_VFS", "1"),
+        Command::new("node")
+            .arg("-e")
+            .arg(script)
+            .env("WALSTREAM_DEFAULT_VFS", "1"),
         &workload_sql(),
     );
     expect_captured_all(&out);
@@ -181,7 +200,9 @@ fn node_better_sqlite3_with_load_extension() {
 fn node_better_sqlite3_is_not_reached_by_ld_preload() {
     // better-sqlite3 compiles its own SQLite into the addon with hidden symbols: LD_PRELOAD
     // cannot interpose it (the documented limit); the status function shows it.
-    let Some(module) = better_sqlite3() else { return };
+    let Some(module) = better_sqlite3() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("node-preload.db");
     let script = format!(
@@ -193,7 +214,13 @@ fn node_better_sqlite3_is_not_reached_by_ld_preload() {
         module = module.display().to_string(),
         db = db.display().to_string()
     );
-    let out = run_ok(Command::new("node").arg("-e").arg(script).env("LD_PRELOAD", ext()), "");
+    let out = run_ok(
+        Command::new("node")
+            .arg("-e")
+            .arg(script)
+            .env("LD_PRELOAD", ext()),
+        "",
+    );
     assert!(out.contains("no such function: walstream_status"), "{out}");
     assert!(!default_target_dir(&db).exists());
 }

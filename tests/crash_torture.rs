@@ -77,7 +77,9 @@ impl Visitor for Nop {}
 /// Whether the newest generation ends with a partial transaction (a writer died mid-append).
 fn torn_tail(db: &Path) -> bool {
     let target = default_target(db);
-    let Ok(objects) = reader::latest_generation(target.as_ref()) else { return false };
+    let Ok(objects) = reader::latest_generation(target.as_ref()) else {
+        return false;
+    };
     match reader::replay(target.as_ref(), &objects, ReplayLimit::All, &mut Nop) {
         Ok(summary) => summary.torn_tail.is_some(),
         Err(_) => false,
@@ -87,7 +89,10 @@ fn torn_tail(db: &Path) -> bool {
 fn head(db: &Path) -> Option<(u64, u64)> {
     let target = default_target(db);
     let g = reader::latest_generation(target.as_ref()).ok()?;
-    Some((g.generation, reader::last_committed_seq(target.as_ref(), &g).ok()?))
+    Some((
+        g.generation,
+        reader::last_committed_seq(target.as_ref(), &g).ok()?,
+    ))
 }
 
 /// How a round's writer dies.
@@ -97,7 +102,11 @@ enum Kill {
     Instant,
     /// The writer kills itself at the n-th I/O call of a kind (tests/c/crash_at.c), after
     /// writing a fraction of the buffer.
-    At { kind: &'static str, n: u64, fraction: f64 },
+    At {
+        kind: &'static str,
+        n: u64,
+        fraction: f64,
+    },
 }
 
 /// In self-kill rounds, lines read before giving up on the I/O call being reached.
@@ -113,7 +122,11 @@ impl Kill {
             15..=16 => ("db", 200),
             _ => ("sync", 60),
         };
-        Kill::At { kind, n: 1 + rng.below(max_n), fraction }
+        Kill::At {
+            kind,
+            n: 1 + rng.below(max_n),
+            fraction,
+        }
     }
     fn spec(&self) -> Option<String> {
         match self {
@@ -137,15 +150,25 @@ impl Kill {
 /// its snapshot but before its first marker, leaves a generation with no transactions that the
 /// next writer cannot continue; it starts another from a fresh snapshot, losing nothing.
 fn generations_of(db: &Path, seed: u64, stats: &mut Stats) -> u64 {
-    let Some((newest, _)) = head(db) else { return 0 };
+    let Some((newest, _)) = head(db) else {
+        return 0;
+    };
     if newest > 1 {
         let target = default_target_dir(db);
         let (_, ls, _) = cli(&["ls", target.to_str().unwrap()]);
         let mut current = 0;
         for line in ls.lines() {
             if let Some(rest) = line.strip_prefix("generation ") {
-                current = rest.split_whitespace().next().unwrap().parse::<u64>().unwrap();
-            } else if line.trim_start().starts_with("segment") && current < newest && !line.contains("no txns") {
+                current = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap();
+            } else if line.trim_start().starts_with("segment")
+                && current < newest
+                && !line.contains("no txns")
+            {
                 panic!("{}: generation {current} holds transactions but a newer one started after process kills (seed {seed}):\n{ls}", db.display());
             }
         }
@@ -187,7 +210,7 @@ fn writer_killed_at_random_instants_loses_nothing_acknowledged() {
             }
             if round > 0 {
                 let g = generations_of(&db, seed, &mut stats);
-    stats.generations += g;
+                stats.generations += g;
             }
             db = dir.path().join(format!("torture-{}.db", round / EPOCH));
             keep_open = (round / EPOCH) % 2 == 1;
@@ -256,14 +279,23 @@ fn writer_killed_at_random_instants_loses_nothing_acknowledged() {
         if torn {
             stats.torn_tail += 1;
         }
-        if before.is_some() && after.is_some() && after.unwrap().1 > before.unwrap().1 && after.unwrap().0 == before.unwrap().0 {
+        if before.is_some()
+            && after.is_some()
+            && after.unwrap().1 > before.unwrap().1
+            && after.unwrap().0 == before.unwrap().0
+        {
             stats.uncaptured_at_kill += 1;
         }
         let has_t: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 't'", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 't'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         let max: i64 = if has_t == 1 {
-            conn.query_row("SELECT coalesce(max(id), 0) FROM t", [], |r| r.get(0)).unwrap()
+            conn.query_row("SELECT coalesce(max(id), 0) FROM t", [], |r| r.get(0))
+                .unwrap()
         } else {
             0
         };
@@ -288,10 +320,20 @@ fn writer_killed_at_random_instants_loses_nothing_acknowledged() {
             bytes.len()
         );
         let check = rusqlite::Connection::open(&restored).unwrap();
-        let ok: String = check.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
-        assert_eq!(ok, "ok", "round {round} (seed {seed}): restored database is corrupt");
-        let restored_max: i64 = check.query_row("SELECT coalesce(max(id), 0) FROM t", [], |r| r.get(0)).unwrap();
-        assert!(restored_max >= acked, "round {round}: acknowledged id {acked} missing from the stream");
+        let ok: String = check
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            ok, "ok",
+            "round {round} (seed {seed}): restored database is corrupt"
+        );
+        let restored_max: i64 = check
+            .query_row("SELECT coalesce(max(id), 0) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            restored_max >= acked,
+            "round {round}: acknowledged id {acked} missing from the stream"
+        );
         drop(check);
 
         if keep_open {
@@ -309,9 +351,19 @@ fn writer_killed_at_random_instants_loses_nothing_acknowledged() {
         "crash_torture: {stats:?} in {:.1}s ({databases} databases of {EPOCH} rounds)",
         started.elapsed().as_secs_f64(),
     );
-    assert_eq!(stats.generations - stats.empty_generations_abandoned, databases, "seed {seed}");
+    assert_eq!(
+        stats.generations - stats.empty_generations_abandoned,
+        databases,
+        "seed {seed}"
+    );
     if total >= 100 {
-        assert!(stats.torn_tail > 0, "some kills must land in the middle of a spool append");
-        assert!(stats.uncaptured_at_kill > 0, "some kills must land between commit and capture");
+        assert!(
+            stats.torn_tail > 0,
+            "some kills must land in the middle of a spool append"
+        );
+        assert!(
+            stats.uncaptured_at_kill > 0,
+            "some kills must land between commit and capture"
+        );
     }
 }

@@ -70,7 +70,9 @@ impl Drop for Tmpfs {
 #[test]
 fn full_disk_under_the_spool_falls_behind_then_catches_up() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(&dir.path().join("small"), "1m") else { return };
+    let Some(fs) = Tmpfs::mount(&dir.path().join("small"), "1m") else {
+        return;
+    };
     let db = dir.path().join("app.db");
     let target = fs.0.join("stream");
     let script = py(&format!(
@@ -93,18 +95,27 @@ fn full_disk_under_the_spool_falls_behind_then_catches_up() {
     ));
     let out = run_ok(&mut python(&script), "");
     assert!(
-        out.contains("full: True 1 spool ") && out.contains(".wseg: No space left on device (os error 28)"),
+        out.contains("full: True 1 spool ")
+            && out.contains(".wseg: No space left on device (os error 28)"),
         "{out}"
     );
-    assert!(out.contains("truncate checkpoint: 1 True"), "the WAL is kept while behind: {out}");
-    assert!(out.contains("freed: False 22"), "every commit captured once space is back: {out}");
+    assert!(
+        out.contains("truncate checkpoint: 1 True"),
+        "the WAL is kept while behind: {out}"
+    );
+    assert!(
+        out.contains("freed: False 22"),
+        "every commit captured once space is back: {out}"
+    );
     assert_restores_to_file(&target, &db);
 }
 
 #[test]
 fn full_disk_under_the_database_fails_only_the_commit_sqlite_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(&dir.path().join("small"), "2m") else { return };
+    let Some(fs) = Tmpfs::mount(&dir.path().join("small"), "2m") else {
+        return;
+    };
     let db = fs.0.join("app.db");
     let script = py(&format!(
         "c = connect({db:?})\n\
@@ -129,7 +140,10 @@ fn full_disk_under_the_database_fails_only_the_commit_sqlite_fails() {
     ));
     let out = run_ok(&mut python(&script), "");
     assert!(out.contains("full: database or disk is full"), "{out}");
-    assert!(out.contains("after: False 1 True"), "every successful commit is in the stream: {out}");
+    assert!(
+        out.contains("after: False 1 True"),
+        "every successful commit is in the stream: {out}"
+    );
     assert_restores_to_file(&default_target_dir(&db), &db);
 }
 
@@ -139,7 +153,8 @@ fn file_size_limit_on_the_spool_falls_behind_then_catches_up() {
     // append fail with EFBIG (SIGXFSZ ignored), while the small WAL stays below the limit.
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
-    let segment = default_target_dir(&db).join("generations/0000000000000001/0000000000000001.wseg");
+    let segment =
+        default_target_dir(&db).join("generations/0000000000000001/0000000000000001.wseg");
     let script = py(&format!(
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n\
          c = connect({db:?})\n\
@@ -159,7 +174,10 @@ fn file_size_limit_on_the_spool_falls_behind_then_catches_up() {
         segment = segment.display().to_string(),
     ));
     let out = run_ok(&mut python(&script), "");
-    assert!(out.contains("limited: True 41 spool ") && out.contains("File too large (os error 27)"), "{out}");
+    assert!(
+        out.contains("limited: True 41 spool ") && out.contains("File too large (os error 27)"),
+        "{out}"
+    );
     assert!(out.contains("lifted: False 45"), "{out}");
     assert_restores_to_file(&default_target_dir(&db), &db);
 }
@@ -180,7 +198,8 @@ fn spool_that_cannot_be_written_falls_behind_then_catches_up() {
     // open (as root, the only way to make a file unwritable to this process).
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
-    let segment = default_target_dir(&db).join("generations/0000000000000001/0000000000000001.wseg");
+    let segment =
+        default_target_dir(&db).join("generations/0000000000000001/0000000000000001.wseg");
     let script = py(&format!(
         "c = connect({db:?})\n\
          c.execute('PRAGMA journal_mode=WAL'); c.execute('CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB)')\n\
@@ -194,7 +213,11 @@ fn spool_that_cannot_be_written_falls_behind_then_catches_up() {
          c.close()\n",
         db = db.display().to_string(),
     ));
-    let mut child = python(&script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = python(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
@@ -217,10 +240,14 @@ fn spool_that_cannot_be_written_falls_behind_then_catches_up() {
     let writable = lines.next().unwrap().unwrap();
     assert!(child.wait().unwrap().success());
     assert!(
-        unwritable.starts_with("unwritable: True 1 spool ") && unwritable.ends_with(".wseg: Operation not permitted (os error 1)"),
+        unwritable.starts_with("unwritable: True 1 spool ")
+            && unwritable.ends_with(".wseg: Operation not permitted (os error 1)"),
         "{unwritable}"
     );
-    assert_eq!(checkpoint, "truncate checkpoint: 1", "the WAL is kept while behind");
+    assert_eq!(
+        checkpoint, "truncate checkpoint: 1",
+        "the WAL is kept while behind"
+    );
     assert_eq!(writable, "writable: False 12");
     assert_restores_to_file(&default_target_dir(&db), &db);
 }
@@ -249,9 +276,19 @@ fn spool_file_corrupted_on_disk_stops_capture_and_keeps_the_wal() {
     bytes[at] ^= 1;
     std::fs::write(&segment, bytes).unwrap();
     let out = run_ok(&mut python(&write(3)), "");
-    assert!(out.contains("status: True None spool file ") && out.contains("0000000000000001.wseg: record at offset"), "{out}");
-    assert!(out.contains(": checksum mismatch (corrupt record)"), "{out}");
-    assert!(out.contains("truncate checkpoint: 1") && out.contains("wal kept after close: True"), "{out}");
+    assert!(
+        out.contains("status: True None spool file ")
+            && out.contains("0000000000000001.wseg: record at offset"),
+        "{out}"
+    );
+    assert!(
+        out.contains(": checksum mismatch (corrupt record)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("truncate checkpoint: 1") && out.contains("wal kept after close: True"),
+        "{out}"
+    );
     let (ok, _, err) = common::cli(&["verify", target.to_str().unwrap()]);
     assert!(!ok && err.contains("checksum mismatch"), "{err}");
     // The way out: move the damaged stream aside; the next writer starts a new stream from a
@@ -292,7 +329,10 @@ fn sqlite_older_than_3_32_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let exe = gcc(dir.path(), "fake_host", FAKE_HOST, &["-ldl"]);
     let out = run_ok(Command::new(exe).arg(ext()), "");
-    assert_eq!(out.trim(), "rc=1 err=walstream needs SQLite 3.32.0 or later; this is 3.31.1");
+    assert_eq!(
+        out.trim(),
+        "rc=1 err=walstream needs SQLite 3.32.0 or later; this is 3.31.1"
+    );
 }
 
 const TWO_SQLITES: &str = r#"
@@ -360,13 +400,24 @@ fn bad_settings_fail_the_open_and_are_reported() {
         other = dir.path().join("other").display().to_string(),
     ));
     let out = run_ok(&mut python(&script), "");
-    let line = |label: &str| out.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("{label} in {out}")).to_string();
+    let line = |label: &str| {
+        out.lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("{label} in {out}"))
+            .to_string()
+    };
     let seg = line("segment bytes:");
     assert!(seg.contains("error: unable to open database file") && seg.contains("walstream_segment_bytes / WALSTREAM_SEGMENT_BYTES = \"lots\" is not a size such as 64M"), "{seg}");
     assert!(line("scheme:").contains("unknown scheme \"ftp\""), "{out}");
-    assert!(line("env target:").contains("unknown scheme \"gopher\""), "{out}");
+    assert!(
+        line("env target:").contains("unknown scheme \"gopher\""),
+        "{out}"
+    );
     let second = line("second target:");
-    assert!(second.contains("is already open in this process with target"), "{second}");
+    assert!(
+        second.contains("is already open in this process with target"),
+        "{second}"
+    );
     assert!(!dir.path().join("other").exists());
 }
 
@@ -388,7 +439,10 @@ fn leaving_wal_mode_when_allowed_starts_a_new_generation_on_return() {
     let out = run_ok(python(&script).env("WALSTREAM_ALLOW_LEAVING_WAL", "1"), "");
     let lines: Vec<_> = out.lines().collect();
     assert_eq!(&lines[..2], ["delete", "wal"], "{out}");
-    assert!(lines[2].starts_with("2 "), "the write made in DELETE mode is in a new generation's snapshot: {out}");
+    assert!(
+        lines[2].starts_with("2 "),
+        "the write made in DELETE mode is in a new generation's snapshot: {out}"
+    );
     assert_restores_to_file(&default_target_dir(&db), &db);
     assert_eq!(query(&db, "SELECT group_concat(x) FROM t"), "1,2,3");
 }
@@ -422,7 +476,12 @@ fn missing_pieces_of_a_stream_are_named() {
     let (ok, _, err) = common::cli(&["verify", t]);
     assert!(!ok, "verify must fail");
     eprintln!("missing segment: {err}");
-    assert!(err.contains("segment starts at txn 6 but txn 4 comes next (a segment is missing or extra)"), "{err}");
+    assert!(
+        err.contains(
+            "segment starts at txn 6 but txn 4 comes next (a segment is missing or extra)"
+        ),
+        "{err}"
+    );
     std::fs::write(&middle, saved).unwrap();
     // The snapshot missing: the generation is not restorable.
     std::fs::rename(gen.join("snapshot.wsnap"), gen.join("snapshot.moved")).unwrap();

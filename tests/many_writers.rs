@@ -134,15 +134,32 @@ fn processes_and_connections_writing_concurrently_with_checkpoints() {
 
     let commits = procs * conns * txns;
     let target = default_target_dir(&db);
-    assert_eq!(query(&db, "SELECT count(*), max(id), (SELECT n FROM counter) FROM log"), format!("{commits}|{commits}|{commits}"));
+    assert_eq!(
+        query(
+            &db,
+            "SELECT count(*), max(id), (SELECT n FROM counter) FROM log"
+        ),
+        format!("{commits}|{commits}|{commits}")
+    );
     let (ok, ls, err) = common::cli(&["ls", target.to_str().unwrap()]);
     assert!(ok, "{err}");
-    assert_eq!(ls.lines().filter(|l| l.starts_with("generation ")).count(), 1, "one generation: {ls}");
+    assert_eq!(
+        ls.lines().filter(|l| l.starts_with("generation ")).count(),
+        1,
+        "one generation: {ls}"
+    );
     let last = (commits + 1) as u64;
-    assert!(ls.contains(&format!("..={last} ")), "the stream ends at txn {last}: {ls}");
+    assert!(
+        ls.contains(&format!("..={last} ")),
+        "the stream ends at txn {last}: {ls}"
+    );
     assert_restores_to_file(&target, &db);
-    let restarts = inspect_segments(&target).matches("WAL reset (Restart)").count();
-    eprintln!("many_writers: {commits} commits, {restarts} WAL restarts followed in one generation");
+    let restarts = inspect_segments(&target)
+        .matches("WAL reset (Restart)")
+        .count();
+    eprintln!(
+        "many_writers: {commits} commits, {restarts} WAL restarts followed in one generation"
+    );
     assert!(restarts > 0, "the checkpoints reset the WAL at least once");
 
     // Commit order: at transaction s, exactly the rows 1..s-1 exist.
@@ -156,10 +173,17 @@ fn processes_and_connections_writing_concurrently_with_checkpoints() {
         restore(&target, &out, &["--txn", &s.to_string()]);
         let n = s - 1;
         assert_eq!(
-            query(&out, "SELECT count(*), coalesce(max(id), 0), (SELECT n FROM counter) FROM log"),
+            query(
+                &out,
+                "SELECT count(*), coalesce(max(id), 0), (SELECT n FROM counter) FROM log"
+            ),
             format!("{n}|{n}|{n}"),
             "restore at txn {s}"
         );
-        assert_eq!(query(&out, "PRAGMA integrity_check"), "ok", "restore at txn {s}");
+        assert_eq!(
+            query(&out, "PRAGMA integrity_check"),
+            "ok",
+            "restore at txn {s}"
+        );
     }
 }

@@ -34,18 +34,28 @@ const EPOCH: usize = 10;
 /// snapshot header, as `walstream inspect` prints it). Read from the directory, not with
 /// `walstream ls`: right after a power cut the newest segment may be torn, which `ls` reports.
 fn generations(target: &Path) -> Vec<(u64, String)> {
-    let Ok(dirs) = std::fs::read_dir(target.join("generations")) else { return Vec::new() };
+    let Ok(dirs) = std::fs::read_dir(target.join("generations")) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for d in dirs {
         let d = d.unwrap().path();
         let snapshot = d.join("snapshot.wsnap");
-        let Some(n) = d.file_name().and_then(|n| u64::from_str_radix(n.to_str()?, 16).ok()) else { continue };
+        let Some(n) = d
+            .file_name()
+            .and_then(|n| u64::from_str_radix(n.to_str()?, 16).ok())
+        else {
+            continue;
+        };
         if !snapshot.exists() {
             continue;
         }
         let (ok, text, err) = common::cli(&["inspect", snapshot.to_str().unwrap()]);
         assert!(ok, "inspect {}: {err}", snapshot.display());
-        let reason = text.lines().find_map(|l| l.split("reason: ").nth(1)).unwrap_or("");
+        let reason = text
+            .lines()
+            .find_map(|l| l.split("reason: ").nth(1))
+            .unwrap_or("");
         let reason = reason.rsplit_once(", created").map_or(reason, |(r, _)| r);
         out.push((n, reason.to_string()));
     }
@@ -62,7 +72,9 @@ fn max_id(db: &Path) -> i64 {
     if query(db, "SELECT count(*) FROM sqlite_master WHERE name = 't'") != "1" {
         return 0;
     }
-    query(db, "SELECT coalesce(max(id), 0) FROM t").parse().unwrap()
+    query(db, "SELECT coalesce(max(id), 0) FROM t")
+        .parse()
+        .unwrap()
 }
 
 fn field<'a>(out: &'a str, label: &str) -> &'a str {
@@ -78,7 +90,12 @@ fn power_cut_at_random_io_events() {
     eprintln!("power_loss: {total} rounds, seed {seed} (set WALSTREAM_SEED to replay)");
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let exe = gcc(dir.path(), "powerfail", include_str!("c/powerfail.c"), &["-Wl,--export-dynamic", "-lsqlite3", "-ldl"]);
+    let exe = gcc(
+        dir.path(),
+        "powerfail",
+        include_str!("c/powerfail.c"),
+        &["-Wl,--export-dynamic", "-lsqlite3", "-ldl"],
+    );
     let restored = dir.path().join("restored.db");
     let mut db = dir.path().join("unused.db");
     let mut stats: BTreeMap<String, u64> = BTreeMap::new();
@@ -101,24 +118,57 @@ fn power_cut_at_random_io_events() {
             ("PF_SEED", child_seed.to_string()),
         ];
         let ctx = format!("round {round} (seed {seed}): {env:?}");
-        let run = Command::new(&exe).args([ext(), db.display().to_string(), "run".into()]).envs(env.clone()).output().unwrap();
-        assert!(run.status.success(), "{ctx}: run failed: {}", String::from_utf8_lossy(&run.stderr));
-        let acked: i64 = String::from_utf8_lossy(&run.stdout).lines().filter_map(|l| l.trim().parse().ok()).max().unwrap_or(0);
-        bump(if String::from_utf8_lossy(&run.stderr).contains("power cut") { "power cuts" } else { "no cut (ran to the end)" });
+        let run = Command::new(&exe)
+            .args([ext(), db.display().to_string(), "run".into()])
+            .envs(env.clone())
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{ctx}: run failed: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let acked: i64 = String::from_utf8_lossy(&run.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .max()
+            .unwrap_or(0);
+        bump(
+            if String::from_utf8_lossy(&run.stderr).contains("power cut") {
+                "power cuts"
+            } else {
+                "no cut (ran to the end)"
+            },
+        );
         // What the stream holds after the cut, before the reboot touches it.
         let cut_generation = newest_generation(&target);
         let cut_max: Option<i64> = (cut_generation > 0).then(|| {
-            restore(&target, &restored, &["--generation", &cut_generation.to_string()]);
+            restore(
+                &target,
+                &restored,
+                &["--generation", &cut_generation.to_string()],
+            );
             max_id(&restored)
         });
 
-        let check = Command::new(&exe).args([ext(), db.display().to_string(), "check".into()]).envs(env.clone()).output().unwrap();
+        let check = Command::new(&exe)
+            .args([ext(), db.display().to_string(), "check".into()])
+            .envs(env.clone())
+            .output()
+            .unwrap();
         let out = String::from_utf8_lossy(&check.stdout).into_owned();
-        assert!(check.status.success(), "{ctx}: reboot failed: {out} {}", String::from_utf8_lossy(&check.stderr));
+        assert!(
+            check.status.success(),
+            "{ctx}: reboot failed: {out} {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
         assert_eq!(field(&out, "integrity"), "ok", "{ctx}");
         let max: i64 = field(&out, "max").parse().unwrap();
         if max < acked {
-            assert_eq!(sync, "NORMAL", "{ctx}: acknowledged id {acked} lost with synchronous=FULL (database has {max})");
+            assert_eq!(
+                sync, "NORMAL",
+                "{ctx}: acknowledged id {acked} lost with synchronous=FULL (database has {max})"
+            );
             bump("acknowledged txns lost by the database (NORMAL)");
         }
         let status: serde_json::Value = serde_json::from_str(field(&out, "status")).unwrap();
@@ -137,14 +187,27 @@ fn power_cut_at_random_io_events() {
                 bump("the stream held txns the database lost -> new generation");
             }
         }
-        for (_, reason) in generations(&target).into_iter().filter(|(g, _)| *g > before.max(1)) {
+        for (_, reason) in generations(&target)
+            .into_iter()
+            .filter(|(g, _)| *g > before.max(1))
+        {
             // With FULL, every captured frame was synced in the WAL first: the history always
             // continues.
-            assert_eq!(sync, "NORMAL", "{ctx}: a new generation after a power cut with synchronous=FULL: {reason}");
+            assert_eq!(
+                sync, "NORMAL",
+                "{ctx}: a new generation after a power cut with synchronous=FULL: {reason}"
+            );
             bump(&format!("new generation after a cut with {sync}"));
-            let reason: String = reason.chars().filter(|c| !c.is_ascii_digit()).take_while(|c| *c != ':' && *c != '(').collect();
+            let reason: String = reason
+                .chars()
+                .filter(|c| !c.is_ascii_digit())
+                .take_while(|c| *c != ':' && *c != '(')
+                .collect();
             bump(&format!("reason: {}", reason.trim()));
         }
     }
-    eprintln!("power_loss: {stats:#?} in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "power_loss: {stats:#?} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }

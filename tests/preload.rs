@@ -88,7 +88,10 @@ fn sqlite3_shell_under_ld_preload_captures_a_plain_file_name() {
          UPDATE kv SET v = 'x' WHERE rowid % 3 = 0;\n\
          SELECT json_extract(walstream_status(), '$.captured'), json_extract(walstream_status(), '$.last_seq');\n";
     let out = run_ok(preloaded(SQLITE3).arg(&db), script);
-    assert!(out.lines().any(|l| l.trim() == "1|3"), "captured, 3 txns: {out}");
+    assert!(
+        out.lines().any(|l| l.trim() == "1|3"),
+        "captured, 3 txns: {out}"
+    );
     assert_restores_to_file(&default_target_dir(&db), &db);
 }
 
@@ -119,12 +122,24 @@ fn python_under_ld_preload_captures_every_connection() {
 fn c_program_under_ld_preload_captures_each_open_function() {
     let dir = tempfile::tempdir().unwrap();
     let exe = gcc(dir.path(), "opens", C_PROGRAM, &["-lsqlite3"]);
-    let dbs: Vec<_> = ["a.db", "b.db", "c.db"].iter().map(|n| dir.path().join(n)).collect();
+    let dbs: Vec<_> = ["a.db", "b.db", "c.db"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .collect();
     let out = run_ok(preloaded(exe.to_str().unwrap()).args(&dbs), "");
-    assert!(out.contains("config: 0"), "sqlite3_config before the first open still works: {out}");
+    assert!(
+        out.contains("config: 0"),
+        "sqlite3_config before the first open still works: {out}"
+    );
     for label in ["open", "open16", "open_v2"] {
-        let line = out.lines().find(|l| l.starts_with(&format!("{label}: "))).unwrap();
-        assert!(line.contains("\"captured\":true") && line.contains("\"last_seq\":3"), "{line}");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{label}: ")))
+            .unwrap();
+        assert!(
+            line.contains("\"captured\":true") && line.contains("\"last_seq\":3"),
+            "{line}"
+        );
     }
     for db in &dbs {
         assert_restores_to_file(&default_target_dir(db), db);
@@ -138,15 +153,32 @@ fn statically_linked_sqlite_is_not_captured_and_shows_it() {
         dir.path(),
         "static_opens",
         C_PROGRAM,
-        &["-Wl,-Bstatic", "-lsqlite3", "-Wl,-Bdynamic", "-lm", "-lpthread", "-ldl"],
+        &[
+            "-Wl,-Bstatic",
+            "-lsqlite3",
+            "-Wl,-Bdynamic",
+            "-lm",
+            "-lpthread",
+            "-ldl",
+        ],
     );
-    let dbs: Vec<_> = ["a.db", "b.db", "c.db"].iter().map(|n| dir.path().join(n)).collect();
+    let dbs: Vec<_> = ["a.db", "b.db", "c.db"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .collect();
     let out = run_ok(preloaded(exe.to_str().unwrap()).args(&dbs), "");
     // How a user notices: the status function does not exist, and no stream directory appears.
-    assert!(out.contains("open_v2: error: no such function: walstream_status"), "{out}");
+    assert!(
+        out.contains("open_v2: error: no such function: walstream_status"),
+        "{out}"
+    );
     for db in &dbs {
         assert!(db.exists());
-        assert!(!default_target_dir(db).exists(), "{} must not be captured", db.display());
+        assert!(
+            !default_target_dir(db).exists(),
+            "{} must not be captured",
+            db.display()
+        );
     }
 }
 
@@ -184,10 +216,21 @@ fn loaded_extension_interposes_nothing() {
         g = via_global.display().to_string(),
         m = via_module.display().to_string(),
     );
-    let out = run_ok(python(&script).env_remove("LD_PRELOAD").env_remove("WALSTREAM_DEFAULT_VFS"), "");
+    let out = run_ok(
+        python(&script)
+            .env_remove("LD_PRELOAD")
+            .env_remove("WALSTREAM_DEFAULT_VFS"),
+        "",
+    );
     assert!(out.contains("global lookup finds walstream: True"), "{out}");
-    assert!(out.contains("rc: 0") && out.contains("exec: 0"), "forwarded to the real SQLite: {out}");
-    assert!(out.contains("\"captured\":false"), "walstream is not the default: {out}");
+    assert!(
+        out.contains("rc: 0") && out.contains("exec: 0"),
+        "forwarded to the real SQLite: {out}"
+    );
+    assert!(
+        out.contains("\"captured\":false"),
+        "walstream is not the default: {out}"
+    );
     assert_eq!(query(&via_global, "SELECT count(*) FROM t"), "1");
     assert!(!default_target_dir(&via_global).exists());
     assert!(!default_target_dir(&via_module).exists());
@@ -197,7 +240,10 @@ fn loaded_extension_interposes_nothing() {
 fn read_only_open_with_an_unusable_target_runs_uncaptured() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ro.db");
-    run_ok(Command::new(SQLITE3).arg(&db), "CREATE TABLE t(x); INSERT INTO t VALUES (42);");
+    run_ok(
+        Command::new(SQLITE3).arg(&db),
+        "CREATE TABLE t(x); INSERT INTO t VALUES (42);",
+    );
     let blocker = dir.path().join("a-file");
     std::fs::write(&blocker, b"not a directory").unwrap();
     let script = format!(
@@ -247,7 +293,10 @@ fn rollback_journal_databases_keep_working_under_ld_preload() {
         ["delete", "truncate", "persist", "memory", "delete", "wal"],
         "{out}"
     );
-    assert!(out.contains("refused: walstream: journal_mode=DELETE would stop capture"), "{out}");
+    assert!(
+        out.contains("refused: walstream: journal_mode=DELETE would stop capture"),
+        "{out}"
+    );
     assert_eq!(query(&db, "SELECT group_concat(x) FROM t"), "1,2,3");
     assert_restores_to_file(&default_target_dir(&db), &db);
 }

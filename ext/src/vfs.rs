@@ -451,7 +451,11 @@ fn new_state(
         let db_path = PathBuf::from(OsStr::from_bytes(name_bytes));
         // walstream_target, walstream_signing_key, walstream_segment_bytes, ...: the core asks
         // for the URI parameters it knows by name.
-        let param = |key: &str| std::ffi::CString::new(key).ok().and_then(|k| api::uri_parameter(name, &k));
+        let param = |key: &str| {
+            std::ffi::CString::new(key)
+                .ok()
+                .and_then(|k| api::uri_parameter(name, &k))
+        };
         let attached = catch_unwind(AssertUnwindSafe(|| {
             capture::attach_uri(&db_path, &param).map_err(|e| e.to_string())
         }))

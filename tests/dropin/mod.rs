@@ -34,7 +34,12 @@ pub fn run(cmd: &mut Command, stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -55,7 +60,12 @@ pub fn restore(target: &Path, out: &Path, extra: &[&str]) {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", out.display()));
     }
-    let mut args = vec!["restore", target.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    let mut args = vec![
+        "restore",
+        target.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let o = Command::new(cli_path()).args(&args).output().unwrap();
     assert!(
@@ -67,7 +77,10 @@ pub fn restore(target: &Path, out: &Path, extra: &[&str]) {
 
 /// `walstream verify TARGET`; panics on failure.
 pub fn verify(target: &Path) {
-    let o = Command::new(cli_path()).args(["verify", target.to_str().unwrap()]).output().unwrap();
+    let o = Command::new(cli_path())
+        .args(["verify", target.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(
         o.status.success(),
         "walstream verify {} failed: {}{}",
@@ -104,7 +117,9 @@ pub fn assert_restores_to_file(target: &Path, db: &Path) {
 /// when no captured connection is open: as the last connection, it checkpoints and removes
 /// the WAL on close.
 pub fn query(db: &Path, sql: &str) -> String {
-    run_ok(Command::new(SQLITE3).arg(db).arg(sql), "").trim().to_string()
+    run_ok(Command::new(SQLITE3).arg(db).arg(sql), "")
+        .trim()
+        .to_string()
 }
 
 /// The extension path as `.load` and `load_extension` take it.
@@ -118,7 +133,12 @@ pub fn gcc(dir: &Path, name: &str, source: &str, link: &[&str]) -> PathBuf {
     std::fs::write(&src, source).unwrap();
     let exe = dir.join(name);
     let mut cmd = Command::new("gcc");
-    cmd.arg("-O1").arg("-Wall").arg("-o").arg(&exe).arg(&src).args(link);
+    cmd.arg("-O1")
+        .arg("-Wall")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .args(link);
     run_ok(&mut cmd, "");
     exe
 }
@@ -129,7 +149,10 @@ pub fn gcc_shared(dir: &Path, name: &str, source: &str) -> PathBuf {
     std::fs::write(&src, source).unwrap();
     let so = dir.join(format!("{name}.so"));
     let mut cmd = Command::new("gcc");
-    cmd.args(["-O1", "-Wall", "-shared", "-fPIC", "-o"]).arg(&so).arg(&src).arg("-ldl");
+    cmd.args(["-O1", "-Wall", "-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .arg("-ldl");
     run_ok(&mut cmd, "");
     so
 }
@@ -142,10 +165,15 @@ impl Rng {
         Rng(seed.max(1))
     }
     pub fn from_env_or_time(var: &str) -> (Self, u64) {
-        let seed = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-                as u64
-        });
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
         (Rng::new(seed), seed)
     }
     pub fn next(&mut self) -> u64 {
@@ -163,7 +191,10 @@ impl Rng {
 
 /// Rounds for a repeated test: `var` from the environment, else `default`.
 pub fn rounds(var: &str, default: usize) -> usize {
-    std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 /// `walstream inspect` of every segment of every generation of a local target, concatenated.
@@ -181,8 +212,17 @@ pub fn inspect_segments(target: &Path) -> String {
     segments.sort();
     let mut out = String::new();
     for s in segments {
-        let o = Command::new(cli_path()).arg("inspect").arg(&s).output().unwrap();
-        assert!(o.status.success(), "inspect {}: {}", s.display(), String::from_utf8_lossy(&o.stderr));
+        let o = Command::new(cli_path())
+            .arg("inspect")
+            .arg(&s)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "inspect {}: {}",
+            s.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
         out.push_str(&String::from_utf8_lossy(&o.stdout));
     }
     out
