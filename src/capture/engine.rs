@@ -414,7 +414,10 @@ fn holds_position(wal: &mut dyn ReadAt, w: &WalCursor) -> bool {
         return false;
     }
     let field = |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-    (field(8), field(12)) == (w.salt1, w.salt2) && (field(16), field(20)) == w.checksum
+    // A frame committed with deferred checksums (see `WalCursor::next_committed_frame`) has
+    // zero salts and checksum, and the position then records a zero checksum.
+    let salts_match = (field(8), field(12)) == (w.salt1, w.salt2) || (field(8), field(12)) == (0, 0);
+    salts_match && (field(16), field(20)) == w.checksum
 }
 
 /// True when every frame after `w` up to `mx` repeats the tail's last commit frame (sector
@@ -423,7 +426,7 @@ fn only_padding_after(wal: &mut dyn ReadAt, w: WalCursor, mx: u32, tail: &Tail, 
     let size = wal.size().unwrap_or(0);
     let mut cursor = w;
     while cursor.frame < mx {
-        match cursor.next_frame(wal, size, buf) {
+        match cursor.next_committed_frame(wal, size, buf) {
             Ok(Some(f)) => {
                 let page = crate::record::chain::page_hash(&buf[FRAME_HEADER_BYTES..]);
                 if tail.last_commit_page != Some((f.pgno, f.db_size_after_commit, page)) {
@@ -593,7 +596,11 @@ fn next_txn(
         if limit.is_some_and(|mx| cursor.frame >= mx) {
             return Ok(false);
         }
-        let Some(frame) = cursor.next_frame(wal, file_size, buf)? else { return Ok(false) };
+        let next = match limit {
+            Some(_) => cursor.next_committed_frame(wal, file_size, buf)?,
+            None => cursor.next_frame(wal, file_size, buf)?,
+        };
+        let Some(frame) = next else { return Ok(false) };
         let page = &buf[FRAME_HEADER_BYTES..];
         // Hashed once: the padding check's hash is the page hash the stream records.
         let hash = crate::record::chain::page_hash(page);
@@ -637,7 +644,11 @@ impl DatabaseImage {
             let mut cursor = WalCursor::at_start(&h);
             let mut pending = Vec::new();
             while limit.is_none_or(|mx| cursor.frame < mx) {
-                let Some(frame) = cursor.next_frame(wal, file_size, buf)? else { break };
+                let next = match limit {
+                    Some(_) => cursor.next_committed_frame(wal, file_size, buf)?,
+                    None => cursor.next_frame(wal, file_size, buf)?,
+                };
+                let Some(frame) = next else { break };
                 pending.push((frame.pgno, cursor.frame));
                 if frame.is_commit() {
                     image.overlay.extend(pending.drain(..));

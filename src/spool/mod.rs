@@ -152,11 +152,12 @@ impl SpoolLock<'_> {
             }
             (None, None) => {}
         }
+        // Without a generation the spool holds nothing to make durable.
         if let Some(t) = &self.spool.tail {
             let gen_dir = self.spool.dir.join(crate::layout::generation_dir(t.generation));
             sync_dir(&gen_dir)?;
+            sync_dir(&self.spool.dir.join(crate::layout::GENERATIONS_DIR))?;
         }
-        sync_dir(&self.spool.dir.join(crate::layout::GENERATIONS_DIR))?;
         self.spool.unsynced = false;
         Ok(())
     }

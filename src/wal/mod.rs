@@ -240,6 +240,38 @@ impl WalCursor {
         }
     }
 
+    /// Like `next_frame`, for a frame known to be committed because it is at or below the
+    /// wal-index's `mxFrame` (read under the write lock, which makes it authoritative): the
+    /// salts must match, but the checksum is not recomputed; the cursor takes the frame's stored
+    /// checksum. SQLite 3.40 can commit frames whose salt and checksum fields are still zero
+    /// (checksums deferred by `ROLLBACK TO` after a cache spill, then never rewritten), and the
+    /// frames after them chain from state a reader cannot reproduce; such zeroed frames are
+    /// accepted here too.
+    pub fn next_committed_frame(
+        &mut self,
+        src: &mut dyn ReadAt,
+        file_size: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<FrameHeader>, WalError> {
+        let offset = frame_offset(self.frame + 1, self.page_size);
+        let len = self.frame_bytes();
+        if offset + len as u64 > file_size {
+            return Ok(None);
+        }
+        buf.resize(len, 0);
+        src.read_exact_at(buf, offset)?;
+        let salts = (be32(buf, 8), be32(buf, 12));
+        let stored = (be32(buf, 16), be32(buf, 20));
+        let deferred = salts == (0, 0) && stored == (0, 0);
+        let header = FrameHeader { pgno: be32(buf, 0), db_size_after_commit: be32(buf, 4) };
+        if header.pgno == 0 || (salts != (self.salt1, self.salt2) && !deferred) {
+            return Ok(None);
+        }
+        self.frame += 1;
+        self.checksum = stored;
+        Ok(Some(header))
+    }
+
     /// Checks a frame (header and page) against this position; returns it and the new checksum.
     pub fn validate(&self, frame: &[u8]) -> Option<(FrameHeader, (u32, u32))> {
         assert_eq!(frame.len(), self.frame_bytes());
