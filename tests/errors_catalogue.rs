@@ -492,3 +492,51 @@ fn missing_pieces_of_a_stream_are_named() {
     assert!(err.contains("holds no complete generation"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn generation_ended_without_a_complete_successor_is_recovered() {
+    // A writer that ended a generation and then failed (or died) before the next one's snapshot
+    // was in place leaves: the old segment closed by SegmentEnd(NewGeneration), the new
+    // generation directory holding only `snapshot.wsnap.tmp`. Found by SQLite's walcksum.test:
+    // the next writer used to look for the successor forever (a stack overflow that killed the
+    // host). It must start a new generation instead.
+    use walstream::record::frame::encode_record;
+    use walstream::record::pb::{record::Body, segment_end::Reason, Record, SegmentEnd};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let write = |n: usize| {
+        py(&format!(
+            "c = connect({db:?})\n\
+             c.execute('PRAGMA journal_mode=WAL'); c.execute('CREATE TABLE IF NOT EXISTS t(x)')\n\
+             for i in range({n}): c.execute('INSERT INTO t VALUES (randomblob(100))')\n\
+             s = status(c); print('status:', s['behind'], s['generation'], s['last_error'])\n\
+             c.close()\n",
+            db = db.display().to_string()
+        ))
+    };
+    run_ok(&mut python(&write(3)), "");
+    let target = default_target_dir(&db);
+    let segment = target.join("generations/0000000000000001/0000000000000001.wseg");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let end = SegmentEnd {
+        reason: Reason::NewGeneration as i32,
+        next_seq: 5,
+    };
+    encode_record(
+        &Record {
+            body: Some(Body::SegmentEnd(end)),
+        },
+        &mut bytes,
+    );
+    std::fs::write(&segment, bytes).unwrap();
+    let next = target.join("generations/0000000000000002");
+    std::fs::create_dir_all(&next).unwrap();
+    std::fs::write(next.join("snapshot.wsnap.tmp"), b"half a snapshot").unwrap();
+    let out = run_ok(&mut python(&write(2)), "");
+    assert!(
+        out.contains("status: False 2 None"),
+        "a new generation, no error: {out}"
+    );
+    assert_restores_to_file(&target, &db);
+    assert!(!next.join("snapshot.wsnap.tmp").exists());
+}

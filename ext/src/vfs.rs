@@ -636,6 +636,30 @@ impl ReadAt for LowerReader {
     }
 }
 
+/// The database file as SQLite's pager reads it: bytes past its end read as zeros (`xRead`
+/// returns `SQLITE_IOERR_SHORT_READ` with the rest of the buffer zeroed, which the pager takes as
+/// a zero page). A snapshot then holds what SQLite would see, instead of failing, and leaving
+/// capture behind for good, on a database whose page count runs past the file (walcksum.test
+/// builds one). WAL reads stay strict: a short WAL read is the end of the log.
+struct PastEofReadsZero(LowerReader);
+
+impl ReadAt for PastEofReadsZero {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match self.0.read_exact_at(buf, offset) {
+            // One xRead (pages are far smaller than a chunk): it zero-filled what it could not
+            // read.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && buf.len() <= READ_CHUNK_BYTES => {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn size(&mut self) -> io::Result<u64> {
+        self.0.size()
+    }
+}
+
 /// The WAL of a database with no linked WAL file, when it cannot be opened: empty.
 struct EmptyFile;
 
@@ -675,7 +699,7 @@ fn fire(main: Lower, state: &MainState, moment: Moment) {
         // SAFETY: a linked WAL is open (its xClose unlinks it) and belongs to this connection.
         Box::new(LowerReader(Lower(unsafe { (*state.wal).lower })))
     };
-    let mut db = LowerReader(main);
+    let mut db = PastEofReadsZero(LowerReader(main));
     let capture = state.capture.clone();
     let caught = catch_unwind(AssertUnwindSafe(|| {
         let io = CaptureIo {

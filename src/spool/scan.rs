@@ -101,7 +101,17 @@ impl SpoolLock<'_> {
     fn follow(&mut self, end: SegmentEnd) -> Result<(), SpoolError> {
         match end {
             SegmentEnd::Open => Ok(()),
-            SegmentEnd::NewGeneration => self.reload(),
+            SegmentEnd::NewGeneration => {
+                // Go on in the newer generation when its snapshot is complete. Otherwise (the
+                // writer that ended this one failed or died before its successor's snapshot was
+                // in place) the ended generation is the tail: the next capture starts a new one.
+                // Reloading again would find this same generation forever.
+                let ended = self.spool.tail.as_ref().map(|t| t.generation);
+                match newest_complete_generation(&self.spool.dir)? {
+                    Some(newest) if Some(newest) != ended => self.reload(),
+                    _ => Ok(()),
+                }
+            }
             SegmentEnd::Rolled { next_seq } => {
                 let tail = self.spool.tail.clone().expect("scanned a segment");
                 let path = self.segment_path(tail.generation, next_seq);
