@@ -98,7 +98,7 @@ POWER_ROUNDS   ?= 2000
 torture: build test-deps-clients
 	WALSTREAM_EXT=$(CURDIR)/$(EXT_SO) WALSTREAM_CLI=$(CURDIR)/$(CLI) \
 	WALSTREAM_TORTURE_ROUNDS=$(TORTURE_ROUNDS) WALSTREAM_POWER_ROUNDS=$(POWER_ROUNDS) \
-	  $(CARGO) test --release --test crash_torture --test power_loss -- --nocapture --test-threads=2
+	  $(CARGO) test --release --test crash_torture --test power_loss -- --include-ignored --nocapture --test-threads=2
 
 # Only the S3 tests (the server is started and stopped as for `test`).
 test-s3: build test-deps
