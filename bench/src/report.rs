@@ -117,6 +117,10 @@ fn scaled(base: Scale, w: Workload, n: u64) -> Scale {
         Workload::Txn1Full => s.txn1_full = n,
         Workload::Txn100 => s.txn100 = n,
         Workload::OrderBook => s.orderbook_txns = n,
+        Workload::Read => {
+            s.reads = n;
+            s.read_rows = 20_000;
+        }
         _ => {}
     }
     s
@@ -313,6 +317,10 @@ pub struct Profile {
     pub ir_per_commit: BTreeMap<String, BTreeMap<String, f64>>,
     /// workload -> (inclusive lines, exclusive lines) of the walstream run.
     pub top: BTreeMap<String, (Vec<(u64, String)>, Vec<(u64, String)>)>,
+    /// restore/verify -> instructions per byte of database.
+    pub per_byte: BTreeMap<String, f64>,
+    /// Totals for the `top` tables that are not per-transaction ones.
+    pub totals: BTreeMap<String, f64>,
     pub error: Option<String>,
 }
 
@@ -364,7 +372,7 @@ pub fn measure_profile(d: &mut Driver, errors: &mut Vec<String>) -> Option<Profi
         return Some(Profile { error: Some("valgrind is not installed".into()), ..Default::default() });
     }
     let mut p = Profile::default();
-    for (w, n) in [(Workload::Txn1Normal, 300u64), (Workload::OrderBook, 30), (Workload::Txn100, 30)] {
+    for (w, n) in [(Workload::Txn1Normal, 300u64), (Workload::OrderBook, 30), (Workload::Txn100, 30), (Workload::Read, 3000)] {
         for mode in [Mode::Plain, Mode::Walstream] {
             eprintln!("callgrind {w:?} {mode:?}");
             let job = d.job(mode, w, scaled(d.scale, w, n), false);
@@ -398,6 +406,41 @@ pub fn measure_profile(d: &mut Driver, errors: &mut Vec<String>) -> Option<Profi
             let _ = fs::remove_dir_all(&job.dir);
         }
     }
+    // Restore and verify of a stream of 48 MB of 10 MB transactions.
+    let mut scale = d.scale;
+    scale.big_bytes = 48 << 20;
+    let job = d.job(Mode::Walstream, Workload::Big, scale, false);
+    eprintln!("callgrind restore/verify");
+    let (out, _) = d.run_worker(&job);
+    if out.error.is_none() {
+        let db = job.dir.join("bench.db");
+        let db_bytes = fs::metadata(&db).map(|m| m.len()).unwrap_or(1);
+        let spool = format!("{}-walstream", db.display());
+        for (name, args) in [
+            ("restore", vec!["restore".to_string(), spool.clone(), "-o".into(), job.dir.join("r.db").display().to_string()]),
+            ("verify", vec!["verify".to_string(), spool.clone()]),
+        ] {
+            let file = job.dir.join(format!("callgrind-{name}.out"));
+            let u = measure(
+                Command::new("valgrind")
+                    .arg("--tool=callgrind")
+                    .arg(format!("--callgrind-out-file={}", file.display()))
+                    .arg(&d.opts.cli)
+                    .args(&args),
+            );
+            if !u.ok {
+                errors.push(format!("callgrind {name}: {}", u.stderr.lines().last().unwrap_or("")));
+            }
+            let total = callgrind_total(&file).unwrap_or(0);
+            p.per_byte.insert(name.to_string(), total as f64 / db_bytes as f64);
+            let per_mb = |rows: Vec<(u64, String)>| -> Vec<(u64, String)> {
+                rows.into_iter().map(|(ir, f)| (ir * (1 << 20) / db_bytes, f)).collect()
+            };
+            p.top.insert(format!("walstream {name}, per MiB of database"), (per_mb(annotate(&file, true)), per_mb(annotate(&file, false))));
+            p.totals.insert(format!("walstream {name}, per MiB of database"), total as f64 * (1u64 << 20) as f64 / db_bytes as f64);
+        }
+    }
+    let _ = fs::remove_dir_all(&job.dir);
     Some(p)
 }
 
@@ -839,7 +882,7 @@ pub fn render(d: &Driver, res: &Results) -> String {
     }
     // Profile.
     if let Some(p) = &res.profile {
-        let _ = writeln!(s, "## Instruction profile of the commit path (callgrind)\n");
+        let _ = writeln!(s, "## Instruction profile (callgrind)\n");
         if let Some(e) = &p.error {
             let _ = writeln!(s, "Not measured: {e}.\n");
         } else {
@@ -851,17 +894,32 @@ pub fn render(d: &Driver, res: &Results) -> String {
                  collected only inside the timed body (`--toggle-collect`). It is exact and does not \
                  depend on the noisy neighbours.\n"
             );
-            let _ = writeln!(s, "| workload | plain, instructions per txn | walstream | ratio |\n|---|---|---|---|");
+            let _ = writeln!(s, "| workload | plain, instructions per txn (per query for Read) | walstream | ratio |\n|---|---|---|---|");
             for (w, m) in &p.ir_per_commit {
                 if let (Some(a), Some(b)) = (m.get("Plain"), m.get("Walstream")) {
                     let _ = writeln!(s, "| {w} | {a:.0} | {b:.0} | {:.3}× |", b / a);
                 }
             }
             let _ = writeln!(s);
+            if !p.per_byte.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "`walstream restore` and `walstream verify` of a 48 MiB database written in 10 MB transactions \
+                     (whole process): {}.\n",
+                    p.per_byte.iter().map(|(k, v)| format!("{k} {v:.1} instructions per byte")).collect::<Vec<_>>().join(", ")
+                );
+            }
             for (w, (inc, exc)) in &p.top {
-                let total = p.ir_per_commit.get(w).and_then(|m| m.get("Walstream")).copied().unwrap_or(1.0);
-                let _ = writeln!(s, "<details><summary>{w}: top functions, instructions per txn</summary>\n");
-                let _ = writeln!(s, "Inclusive (the capture's own frames):\n\n| Ir/txn | % | function |\n|---|---|---|");
+                let total = p
+                    .ir_per_commit
+                    .get(w)
+                    .and_then(|m| m.get("Walstream"))
+                    .or_else(|| p.totals.get(w))
+                    .copied()
+                    .unwrap_or(1.0);
+                let unit = if p.totals.contains_key(w) { "" } else if w == "Read" { ", instructions per query" } else { ", instructions per txn" };
+                let _ = writeln!(s, "<details><summary>{w}: top functions{unit}</summary>\n");
+                let _ = writeln!(s, "Inclusive (walstream's own frames and BLAKE3):\n\n| Ir | % | function |\n|---|---|---|");
                 let interesting = |f: &str| {
                     (f.starts_with("walstream::") || f.contains("<impl walstream::") || f.contains("blake3"))
                         && !f.contains("api::guard")
@@ -869,7 +927,7 @@ pub fn render(d: &Driver, res: &Results) -> String {
                 for (ir, f) in inc.iter().filter(|(_, f)| interesting(f)).take(25) {
                     let _ = writeln!(s, "| {ir} | {:.1} | `{}` |", *ir as f64 * 100.0 / total, short(f));
                 }
-                let _ = writeln!(s, "\nExclusive (everything):\n\n| Ir/txn | % | function |\n|---|---|---|");
+                let _ = writeln!(s, "\nExclusive (everything):\n\n| Ir | % | function |\n|---|---|---|");
                 for (ir, f) in exc.iter().take(20) {
                     let _ = writeln!(s, "| {ir} | {:.1} | `{}` |", *ir as f64 * 100.0 / total, short(f));
                 }
@@ -897,7 +955,7 @@ fn short(f: &str) -> String {
 }
 
 pub fn kept_analysis(existing: &str) -> Option<String> {
-    existing.find(ANALYSIS_MARKER).map(|i| existing[i..].to_string())
+    existing.rfind(ANALYSIS_MARKER).map(|i| existing[i..].to_string())
 }
 
 pub fn default_analysis() -> String {

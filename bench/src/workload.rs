@@ -340,15 +340,22 @@ impl OrderBook {
 
     /// One transaction of `ops` operations, committed.
     pub fn txn(&mut self, conn: &Connection, ops: u32) -> rusqlite::Result<()> {
-        let tx = conn.unchecked_transaction()?;
+        // IMMEDIATE, as a sequencer would: a deferred transaction that reads first must upgrade
+        // to a writer, which SQLite may refuse with SQLITE_BUSY without waiting (seen with
+        // Litestream checkpointing beside it).
+        conn.execute_batch("BEGIN IMMEDIATE")?;
         for _ in 0..ops {
-            match self.rng.below(4) {
-                0 | 1 => self.place(&tx)?,
-                2 => self.cancel(&tx)?,
-                _ => self.matching(&tx)?,
+            let r = match self.rng.below(4) {
+                0 | 1 => self.place(conn),
+                2 => self.cancel(conn),
+                _ => self.matching(conn),
+            };
+            if let Err(e) = r {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
             }
         }
-        tx.commit()
+        conn.execute_batch("COMMIT")
     }
 
     fn place(&mut self, conn: &Connection) -> rusqlite::Result<()> {
