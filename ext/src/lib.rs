@@ -20,7 +20,7 @@ mod vfs;
 use std::ffi::{c_char, c_int};
 use std::sync::Once;
 
-use libsqlite3_sys::{sqlite3, sqlite3_api_routines, SQLITE_ERROR, SQLITE_OK};
+use libsqlite3_sys::{sqlite3, sqlite3_api_routines, SQLITE_ERROR, SQLITE_OK, SQLITE_WARNING};
 
 /// SQLite 3.32.0: the first release with `sqlite3_database_file_object`, the newest routine
 /// the extension uses.
@@ -75,22 +75,25 @@ fn init(entry: &api::Entry, force_default: bool) -> Result<(), String> {
 }
 
 /// Auto-extension: registers `walstream_status()` on each connection opened after loading.
+/// Never fails the application's open: a connection without the status function (SQLite out of
+/// memory, say) still works, and capture does not depend on it; the failure goes to SQLite's
+/// log. (SQLite's pagerfault.test injects exactly that out-of-memory error.)
 extern "C" fn on_new_connection(
     db: *mut sqlite3,
     pz_err_msg: *mut *mut c_char,
     p_api: *const sqlite3_api_routines,
 ) -> c_int {
-    api::guard(SQLITE_ERROR, || {
+    api::guard(SQLITE_OK, || {
         let Some(entry) = api::Entry::new(db, pz_err_msg, p_api) else {
-            return SQLITE_ERROR;
+            return SQLITE_OK;
         };
-        match entry.register_status_function() {
-            Ok(()) => SQLITE_OK,
-            Err(msg) => {
-                entry.set_error(&msg);
-                SQLITE_ERROR
-            }
+        if let Err(msg) = entry.register_status_function() {
+            api::log(
+                SQLITE_WARNING,
+                &format!("{msg}; this connection has no walstream_status()"),
+            );
         }
+        SQLITE_OK
     })
 }
 
