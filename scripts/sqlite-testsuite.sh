@@ -13,8 +13,10 @@
 # 4. Compares: no test case may fail with walstream that did not fail without it, and a test
 #    file that stops early (crash, timeout) with walstream but not without fails the comparison.
 #
-# Environment: SQLITE_TESTS (test files, default below), JOBS (parallel test files, default 2),
-# SQLITE_TEST_TIMEOUT (seconds per test file, default 900), WALSTREAM_EXT (the library, default
+# Environment: SQLITE_TESTS (test files, or `all` (the default list below) or `quick` (all but the
+# slowest, what `make test` runs)), JOBS (parallel test files, default 2),
+# SQLITE_TEST_TIMEOUT (seconds per test file, default 1800: walcrash3.test takes 8 minutes
+# without walstream here and about twice that with it), WALSTREAM_EXT (the library, default
 # target/release/libwalstream.so), SQLITE_TEST_USER (default walstream-test, created if needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,7 @@ ROOT=$PWD
 WORK=$ROOT/target/sqlite-testsuite
 EXT=${WALSTREAM_EXT:-$ROOT/target/release/libwalstream.so}
 JOBS=${JOBS:-2}
-TIMEOUT=${SQLITE_TEST_TIMEOUT:-900}
+TIMEOUT=${SQLITE_TEST_TIMEOUT:-1800}
 TEST_USER=${SQLITE_TEST_USER:-walstream-test}
 # The WAL tests, then other journal, crash and recovery tests that exercise the same paths.
 DEFAULT_TESTS="wal.test wal2.test wal3.test wal4.test wal5.test wal6.test wal64k.test wal7.test
@@ -42,7 +44,16 @@ DEFAULT_TESTS="wal.test wal2.test wal3.test wal4.test wal5.test wal6.test wal64k
   tkt-f3e5abed55.test tkt-313723c356.test tkt-5d863f876e.test tkt-80e031a00f.test
   mmap1.test mmap2.test mmap3.test mmap4.test mmapfault.test corruptA.test shared.test
   shared2.test shared3.test"
-TESTS=${SQLITE_TESTS:-$DEFAULT_TESTS}
+# `make test` runs this set: every default file but the seven slowest (walcrash3, walbig, walslow,
+# walthread, pagerfault, savepoint6, crash: 15 of the full run's 19 minutes with JOBS=2).
+SLOW_TESTS="walcrash3.test walbig.test walslow.test walthread.test pagerfault.test savepoint6.test
+  crash.test"
+QUICK_TESTS=$(for t in $DEFAULT_TESTS; do case " $(echo $SLOW_TESTS) " in *" $t "*) ;; *) echo "$t" ;; esac; done)
+case ${SQLITE_TESTS:-all} in
+  all) TESTS=$DEFAULT_TESTS ;;
+  quick) TESTS=$QUICK_TESTS ;;
+  *) TESTS=$SQLITE_TESTS ;;
+esac
 
 say() { printf '== %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -165,6 +176,8 @@ run_one() { # test-file mode(plain|walstream)
   local start=$SECONDS rc=0
   (cd "$dir" && "${RUN_AS[@]}" "${env[@]}" timeout "$TIMEOUT" "$FIXTURE" "$SRC/test/$t" >"$dir/out.log" 2>&1) || rc=$?
   echo "$rc $((SECONDS - start))" >"$dir/status"
+  # Keep the log, not the databases (walbig.test leaves gigabytes).
+  "${RUN_AS[@]}" rm -rf "$dir/testdir"
 }
 export -f run_one
 export RUNS FIXTURE SRC LIB TIMEOUT
@@ -182,9 +195,14 @@ done | xargs -P "$JOBS" -L 1 bash -c 'RUN_AS=($RUN_AS_STR); run_one "$0" "$1"'
 elapsed=$((SECONDS - started))
 
 # ---- 4. compare ----------------------------------------------------------------------------
-python3 - "$RUNS" "$elapsed" $TESTS <<'EOF'
-import os, re, sys
-runs, elapsed, tests = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+python3 - "$RUNS" "$elapsed" "$ROOT/scripts/sqlite-testsuite-expected.txt" $TESTS <<'EOF'
+import fnmatch, os, re, sys
+runs, elapsed, expected_file, tests = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+expected = []
+for line in open(expected_file):
+    if line.strip() and not line.startswith("#"):
+        pattern, needle, why = (f.strip() for f in line.split("::", 2))
+        expected.append((pattern, needle, why))
 
 def result(mode, t):
     d = os.path.join(runs, mode, t[:-5])
@@ -197,12 +215,15 @@ def result(mode, t):
         failed = set(f.group(1).split())
     # A test that printed its own failure line but no summary (the file stopped early).
     failed |= set(re.findall(r"^! ?(\S+) expected:", log, re.M))
-    return {"complete": m is not None, "errors": int(m.group(1)) if m else None,
+    got = dict(re.findall(r"^! ?(\S+) got: +(.*)$", log, re.M))
+    return {"got": got, "complete": m is not None, "errors": int(m.group(1)) if m else None,
             "tests": int(m.group(2)) if m else None, "failed": failed, "rc": int(rc),
             "secs": int(secs), "passed": set(re.findall(r"^(\S+)\.\.\. Ok$", log, re.M))}
 
 regressions = []
 unmatched = []
+by_design = {}
+skipped = []
 print(f"{'test file':<22}{'without':>18}{'with walstream':>18}  {'s (w/o, with)':>14}")
 for t in tests:
     a, b = result("plain", t), result("walstream", t)
@@ -212,7 +233,16 @@ for t in tests:
     # Tests that failed with walstream but passed (or did not fail) without. Test names that
     # exist in one run only come from loops with random iteration counts (crash.test and
     # others seed Tcl's rand() from the clock); they are counted, not compared.
-    lost = sorted(b["failed"] - a["failed"])
+    lost = []
+    for name in sorted(b["failed"] - a["failed"]):
+        why = next((w for p, n, w in expected if fnmatch.fnmatchcase(name, p)
+                    and (n == "*" or n in b["got"].get(name, ""))), None)
+        if why is None:
+            lost.append(name)
+        else:
+            by_design.setdefault(why, []).append(name)
+    if a["complete"] and b["complete"] and b["tests"] < a["tests"] // 2:
+        skipped.append(f"{t}: {b['tests']} of {a['tests']} tests ran with walstream")
     only_one = len(a["passed"] ^ b["passed"])
     if only_one:
         unmatched.append(f"{t}: {only_one}")
@@ -224,10 +254,19 @@ for t in tests:
 print(f"\n{len(tests)} test files in {elapsed}s")
 if unmatched:
     print("test cases run in one of the two runs only (random loop counts): " + ", ".join(unmatched))
+if skipped:
+    print("test files that skip most of their cases with walstream (they need the default VFS to be "
+          "\"unix\"): " + "; ".join(skipped))
+if by_design:
+    print("\nfailing with walstream by design (scripts/sqlite-testsuite-expected.txt):")
+    for why, names in by_design.items():
+        shown = " ".join(names[:8]) + (f" ... ({len(names)} in all)" if len(names) > 8 else "")
+        print(f"  {shown}\n    why: {why}")
 if regressions:
     print("\nREGRESSIONS (pass without walstream, fail with it):")
     for r in regressions:
         print("  " + r)
     sys.exit(1)
-print("every test that passes without walstream passes with it")
+print("every other test that passes without walstream passes with it" if by_design
+      else "every test that passes without walstream passes with it")
 EOF
