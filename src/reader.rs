@@ -13,6 +13,7 @@ use std::io::Read;
 use crate::layout::{self, ObjectName};
 use crate::record::chain::{page_hash, SnapshotHasher, TxnHasher};
 use crate::record::pb::{self, record::Body, segment_end::Reason};
+use crate::record::page::{PageDecoder, PAGE_BYTES_MAX};
 use crate::record::{hash_field, hex, FileKind, Hash, RecordError, RecordReader};
 use crate::state::StateTree;
 use crate::target::{ObjectInfo, Target, TargetError};
@@ -541,6 +542,8 @@ fn replay_segment(
     };
     let mut txn: Option<OpenTxn> = None;
     let mut first = true;
+    // Kept page versions, from this segment's first record on (record::page).
+    let mut pages = PageDecoder::new(reader.version());
     loop {
         let (offset, record) = match reader.next_record() {
             Ok(Some(r)) => r,
@@ -578,13 +581,17 @@ fn replay_segment(
                 });
             }
             (Some(Body::Page(p)), Some(t)) => {
-                if p.data.len() != summary.page_size as usize && summary.page_size != 0 {
-                    return Err(ctx.fail(Some(t.seq), Some(p.pgno), Some(offset), format!("page is {} bytes, the generation's pages are {}", p.data.len(), summary.page_size)));
-                }
                 if p.pgno == 0 {
                     return Err(ctx.fail(Some(t.seq), None, Some(offset), "page number 0".into()));
                 }
-                let actual = page_hash(&p.data);
+                let limit = if summary.page_size == 0 { PAGE_BYTES_MAX } else { summary.page_size as usize };
+                let data = pages
+                    .decode(&p, limit)
+                    .map_err(|problem| ctx.fail(Some(t.seq), Some(p.pgno), Some(offset), problem))?;
+                if data.len() != summary.page_size as usize && summary.page_size != 0 {
+                    return Err(ctx.fail(Some(t.seq), Some(p.pgno), Some(offset), format!("page is {} bytes, the generation's pages are {}", data.len(), summary.page_size)));
+                }
+                let actual = page_hash(data);
                 if p.hash.as_slice() != actual {
                     return Err(ctx.fail(Some(t.seq), Some(p.pgno), Some(offset), format!(
                         "page hash mismatch: recorded {}, computed {}", hex(&p.hash), hex(&actual)
@@ -596,10 +603,10 @@ fn replay_segment(
                 }
                 t.pages.push((p.pgno, actual));
                 if summary.page_size == 0 {
-                    summary.page_size = p.data.len() as u32;
+                    summary.page_size = data.len() as u32;
                     tree.set_page_size(summary.page_size);
                 }
-                visitor.txn_page(t.seq, p.pgno, &p.data)?;
+                visitor.txn_page(t.seq, p.pgno, data)?;
             }
             (Some(Body::TxnCommit(c)), Some(_)) => {
                 let t = txn.take().expect("matched Some");

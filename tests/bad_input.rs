@@ -179,7 +179,7 @@ fn unknown_format_version_is_named() {
     let mut bytes = fs::read(&segment).unwrap();
     bytes[8] = 7;
     fs::write(&segment, bytes).unwrap();
-    verify_fails_with(&target, &["unknown format version 7 (this build reads version 1)"]);
+    verify_fails_with(&target, &["unknown format version 7 (this build reads versions 1 and 2)"]);
     let (ok, _, err) = cli(&["inspect", segment.to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("unknown format version 7"), "{err}");

@@ -25,6 +25,7 @@ use std::sync::Once;
 use walstream::reader::{Integrity, ReadError};
 use walstream::record::chain::{page_hash, SnapshotHasher, TxnHasher};
 use walstream::record::frame::RecordWriter;
+use walstream::record::page::PageEncoder;
 use walstream::record::pb::{self, record::Body, segment_end::Reason, wal_reset::Kind};
 use walstream::record::{hex, FileKind, Hash, RecordReader};
 use walstream::restore::{self, Point, RestoreOptions};
@@ -124,8 +125,8 @@ fn rec(body: Body) -> pb::Record {
     pb::Record { body: Some(body) }
 }
 
-fn file(kind: FileKind, records: &[pb::Record]) -> Vec<u8> {
-    let mut w = RecordWriter::new(Vec::new(), kind).unwrap();
+fn file(kind: FileKind, version: u32, records: &[pb::Record]) -> Vec<u8> {
+    let mut w = RecordWriter::with_version(Vec::new(), kind, version).unwrap();
     for r in records {
         w.write(r).unwrap();
     }
@@ -159,6 +160,7 @@ struct ExpectedTxn {
 }
 
 struct Golden {
+    version: u32,
     /// (key relative to the target root, bytes)
     files: Vec<(&'static str, Vec<u8>)>,
     snapshot_hash: Hash,
@@ -171,7 +173,7 @@ impl Golden {
         // Written by hand, not by serde_json, so that the bytes do not depend on its features.
         let mut s = String::new();
         s.push_str("{\n");
-        s.push_str("  \"format_version\": 1,\n");
+        s.push_str(&format!("  \"format_version\": {},\n", self.version));
         s.push_str(&format!("  \"generation\": {GENERATION},\n"));
         s.push_str(&format!("  \"page_size\": {PAGE_SIZE},\n"));
         s.push_str("  \"snapshot\": {\n");
@@ -212,7 +214,7 @@ impl Golden {
         s
     }
 
-    /// Every file of `tests/golden/v1/`, expected.json included.
+    /// Every file of `tests/golden/v<version>/`, expected.json included.
     fn all_files(&self) -> Vec<(String, Vec<u8>)> {
         let mut out: Vec<(String, Vec<u8>)> = self
             .files
@@ -225,6 +227,26 @@ impl Golden {
 }
 
 fn generate() -> Golden {
+    generate_version(1)
+}
+
+/// The `Page` record of a page in format `version`: raw in version 1; in version 2 as the
+/// spool's writer stores it (`record::page::PageEncoder`, which keeps the segment's page versions).
+fn page_record(version: u32, encoder: &mut PageEncoder, pgno: u32, data: Vec<u8>, hash: Hash) -> pb::Record {
+    if version == 1 {
+        let page = pb::Page { pgno, data, hash: hash.to_vec(), zstd: Vec::new(), zstd_delta: Vec::new(), kept: false };
+        return rec(Body::Page(page));
+    }
+    let mut framed = Vec::new();
+    encoder.encode(pgno, &data, &hash, &mut framed);
+    let mut r = RecordReader::resume(&framed[..], FileKind::Segment, version, 0);
+    let (_, record) = r.next_record().unwrap().unwrap();
+    assert!(r.next_record().unwrap().is_none());
+    record
+}
+
+fn generate_version(version: u32) -> Golden {
+    let mut encoder = PageEncoder::new(walstream::record::page::EncoderMode::Delta);
     // Snapshot: header, a chunk of pages 1-2, a chunk of page 3, end.
     let snapshot_pages: Vec<Vec<u8>> = SNAPSHOT_SEEDS.iter().map(|&s| page(s)).collect();
     let mut snapshot_hasher = SnapshotHasher::new(GENERATION, PAGE_SIZE, None);
@@ -244,6 +266,7 @@ fn generate() -> Golden {
     };
     let snapshot = file(
         FileKind::Snapshot,
+        version,
         &[
             rec(Body::SnapshotHeader(pb::SnapshotHeader {
                 generation: GENERATION,
@@ -285,6 +308,7 @@ fn generate() -> Golden {
                     next_seq: t.seq,
                 })));
             }
+            encoder.start_segment();
             segments.push(vec![rec(Body::SegmentHeader(pb::SegmentHeader {
                 generation: GENERATION,
                 first_seq: t.seq,
@@ -301,11 +325,7 @@ fn generate() -> Golden {
             let hash = page_hash(&data);
             hasher.page(pgno, &hash);
             apply_page(&mut image, pgno, &data);
-            records.push(rec(Body::Page(pb::Page {
-                pgno,
-                data,
-                hash: hash.to_vec(),
-            })));
+            records.push(page_record(version, &mut encoder, pgno, data, hash));
         }
         frame += t.pages.len() as u32;
         let state_root = root_of_image(PAGE_SIZE, &image_at(&image, t.db_size_pages));
@@ -348,10 +368,11 @@ fn generate() -> Golden {
     // The second segment stays unsealed, as the live end of a stream is.
     assert_eq!(segments.len(), 2);
     Golden {
+        version,
         files: vec![
             (SNAPSHOT_KEY, snapshot),
-            (SEGMENT1_KEY, file(FileKind::Segment, &segments[0])),
-            (SEGMENT4_KEY, file(FileKind::Segment, &segments[1])),
+            (SEGMENT1_KEY, file(FileKind::Segment, version, &segments[0])),
+            (SEGMENT4_KEY, file(FileKind::Segment, version, &segments[1])),
         ],
         snapshot_hash,
         snapshot_image,
@@ -371,14 +392,19 @@ fn regen_requested() -> bool {
 /// `tests/golden/v1`. With `WALSTREAM_REGEN_GOLDEN=1`, the files are rewritten first (once per
 /// process, before any test reads them).
 fn golden_dir() -> PathBuf {
-    static REGEN: Once = Once::new();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1");
+    golden_dir_version(1)
+}
+
+/// `tests/golden/v<version>`, regenerated first like `golden_dir`.
+fn golden_dir_version(version: u32) -> PathBuf {
+    static REGEN: [Once; 2] = [Once::new(), Once::new()];
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/v{version}"));
     if regen_requested() {
-        REGEN.call_once(|| {
+        REGEN[version as usize - 1].call_once(|| {
             if dir.exists() {
                 fs::remove_dir_all(&dir).unwrap();
             }
-            for (key, bytes) in generate().all_files() {
+            for (key, bytes) in generate_version(version).all_files() {
                 let path = dir.join(&key);
                 fs::create_dir_all(path.parent().unwrap()).unwrap();
                 fs::write(&path, bytes).unwrap();
@@ -420,10 +446,14 @@ struct ExpectedJson {
 }
 
 fn expected_json() -> ExpectedJson {
-    let text = fs::read_to_string(golden_dir().join("expected.json")).unwrap();
+    expected_json_version(1)
+}
+
+fn expected_json_version(version: u32) -> ExpectedJson {
+    let text = fs::read_to_string(golden_dir_version(version).join("expected.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let s = |v: &serde_json::Value| v.as_str().unwrap().to_string();
-    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["format_version"], version);
     assert_eq!(v["generation"], GENERATION);
     assert_eq!(v["page_size"], PAGE_SIZE);
     ExpectedJson {
@@ -447,9 +477,13 @@ fn expected_json() -> ExpectedJson {
 
 /// A copy of the golden target in a temporary directory, to damage.
 fn golden_copy() -> (tempfile::TempDir, PathBuf) {
+    golden_copy_version(1)
+}
+
+fn golden_copy_version(version: u32) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("target");
-    let src = golden_dir();
+    let src = golden_dir_version(version);
     for key in list_files(&src) {
         if key.starts_with("generations/") {
             let dest = root.join(&key);
@@ -499,8 +533,17 @@ fn restore_to(
 
 #[test]
 fn golden_files_are_reproduced_byte_for_byte() {
-    let dir = golden_dir();
-    let golden = generate();
+    check_reproduced_byte_for_byte(1);
+}
+
+#[test]
+fn golden_v2_files_are_reproduced_byte_for_byte() {
+    check_reproduced_byte_for_byte(2);
+}
+
+fn check_reproduced_byte_for_byte(version: u32) {
+    let dir = golden_dir_version(version);
+    let golden = generate_version(version);
     let files = golden.all_files();
     let mut expected_keys: Vec<String> = files.iter().map(|(k, _)| k.clone()).collect();
     expected_keys.sort();
@@ -524,7 +567,7 @@ fn golden_files_are_reproduced_byte_for_byte() {
                 .position(|(a, b)| a != b)
                 .unwrap_or(on_disk.len().min(bytes.len()));
             panic!(
-                "tests/golden/v1/{key} differs from what this build writes: {} bytes checked in, {} \
+                "tests/golden/v{version}/{key} differs from what this build writes: {} bytes checked in, {} \
                  generated, first difference at offset {first}. If the format change is intended, \
                  regenerate with `{REGEN_ENV}=1 cargo test --test golden`, review the diff, and \
                  update docs/FORMAT.md (see tests/golden/README.md).",
@@ -841,8 +884,17 @@ fn fuzz_seeds_are_derived_from_the_golden_stream() {
 
 #[test]
 fn golden_stream_verifies_and_replays() {
-    let dir = golden_dir();
-    let expected = expected_json();
+    check_verifies_and_replays(1);
+}
+
+#[test]
+fn golden_v2_stream_verifies_and_replays() {
+    check_verifies_and_replays(2);
+}
+
+fn check_verifies_and_replays(version: u32) {
+    let dir = golden_dir_version(version);
+    let expected = expected_json_version(version);
     let target = LocalTarget::new(dir.clone());
     let report = verify::verify(&target, &mut |_| {}).unwrap();
     assert_eq!(report.generations.len(), 1);
@@ -948,7 +1000,7 @@ fn flipped_page_byte_is_a_page_hash_mismatch() {
     p.data[100] ^= 0x01;
     let (offset, recorded, computed) = (*offset, hex(&p.hash), hex(&page_hash(&p.data)));
     let rewritten: Vec<pb::Record> = recs.into_iter().map(|(_, r)| r).collect();
-    fs::write(&path, file(FileKind::Segment, &rewritten)).unwrap();
+    fs::write(&path, file(FileKind::Segment, 1, &rewritten)).unwrap();
 
     let err = verify_error(&root);
     assert_eq!(
@@ -981,7 +1033,7 @@ fn flipped_snapshot_page_byte_is_a_page_hash_mismatch() {
     c.data[7] ^= 0x80;
     let (offset, recorded, computed) = (*offset, hex(&c.hashes[0]), hex(&page_hash(&c.data)));
     let rewritten: Vec<pb::Record> = recs.into_iter().map(|(_, r)| r).collect();
-    fs::write(&path, file(FileKind::Snapshot, &rewritten)).unwrap();
+    fs::write(&path, file(FileKind::Snapshot, 1, &rewritten)).unwrap();
 
     assert_eq!(
         verify_error(&root).to_string(),
@@ -1013,11 +1065,11 @@ fn changed_version_byte_is_an_unknown_format_version() {
         let (_tmp, root) = golden_copy();
         let path = root.join(key);
         let mut bytes = fs::read(&path).unwrap();
-        bytes[8] = 2;
+        bytes[8] = 3;
         fs::write(&path, bytes).unwrap();
         assert_eq!(
             verify_error(&root).to_string(),
-            format!("{key}: unknown format version 2 (this build reads version 1)"),
+            format!("{key}: unknown format version 3 (this build reads versions 1 and 2)"),
             "version changed in {key}"
         );
     }
@@ -1094,4 +1146,101 @@ fn truncated_sealed_segment_is_an_error_not_a_torn_tail() {
         verify_error(&root).to_string(),
         format!("{SEGMENT1_KEY}: record at offset {end_offset} truncated (file ends inside it)")
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (e) Format version 2: compressed pages and deltas against kept versions.
+
+/// Rewrites a segment of format `version` with `records`, framed afresh.
+fn rewrite(path: &Path, version: u32, records: &[(u64, pb::Record)]) {
+    let records: Vec<pb::Record> = records.iter().map(|(_, r)| r.clone()).collect();
+    fs::write(path, file(FileKind::Segment, version, &records)).unwrap();
+}
+
+fn page_of(r: &pb::Record) -> Option<&pb::Page> {
+    match &r.body {
+        Some(Body::Page(p)) => Some(p),
+        _ => None,
+    }
+}
+
+#[test]
+fn golden_v2_holds_compressed_pages_deltas_and_the_v1_hashes() {
+    let pages: Vec<pb::Page> = records(&golden_dir_version(2).join(SEGMENT1_KEY))
+        .iter()
+        .filter_map(|(_, r)| page_of(r).cloned())
+        .collect();
+    assert!(pages.iter().all(|p| p.data.is_empty() && p.kept), "every page compressed and kept");
+    assert!(pages.iter().any(|p| !p.zstd.is_empty()), "a standalone page");
+    assert!(pages.iter().any(|p| !p.zstd_delta.is_empty()), "a delta page");
+    // Hashes cover the uncompressed pages, so both versions have the same chain and images.
+    let v1 = fs::read_to_string(golden_dir_version(1).join("expected.json")).unwrap();
+    let v2 = fs::read_to_string(golden_dir_version(2).join("expected.json")).unwrap();
+    assert_eq!(v2.replace("\"format_version\": 2", "\"format_version\": 1"), v1);
+}
+
+#[test]
+fn flipped_byte_in_a_delta_page_is_named_with_its_place() {
+    let src = golden_dir_version(2).join(SEGMENT1_KEY);
+    let recs = records(&src);
+    let (at, seq, pgno, len) = {
+        let mut seq = 0;
+        let mut found = None;
+        for (i, (_, r)) in recs.iter().enumerate() {
+            match &r.body {
+                Some(Body::TxnBegin(b)) => seq = b.seq,
+                Some(Body::Page(p)) if !p.zstd_delta.is_empty() && found.is_none() => {
+                    found = Some((i, seq, p.pgno, p.zstd_delta.len()))
+                }
+                _ => {}
+            }
+        }
+        found.expect("the golden v2 segment holds a delta page")
+    };
+    for byte in 0..len {
+        for bit in [0x01u8, 0x80] {
+            let (_tmp, root) = golden_copy_version(2);
+            let mut damaged = recs.clone();
+            let Some(Body::Page(p)) = &mut damaged[at].1.body else { unreachable!() };
+            p.zstd_delta[byte] ^= bit;
+            rewrite(&root.join(SEGMENT1_KEY), 2, &damaged);
+            let e = verify_error(&root);
+            let i = integrity(&e);
+            assert_eq!(
+                (i.generation, i.seq, i.pgno, i.key.as_str()),
+                (GENERATION, Some(seq), Some(pgno), SEGMENT1_KEY),
+                "byte {byte} bit {bit:#x}: {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn delta_page_without_a_kept_base_is_refused() {
+    let (_tmp, root) = golden_copy_version(2);
+    let path = root.join(SEGMENT1_KEY);
+    let mut recs = records(&path);
+    let delta = recs.iter().position(|(_, r)| page_of(r).is_some_and(|p| !p.zstd_delta.is_empty())).unwrap();
+    let pgno = page_of(&recs[delta].1).unwrap().pgno;
+    for (_, r) in recs[..delta].iter_mut() {
+        if let Some(Body::Page(p)) = &mut r.body {
+            if p.pgno == pgno {
+                p.kept = false;
+            }
+        }
+    }
+    rewrite(&path, 2, &recs);
+    let e = verify_error(&root);
+    assert_eq!(integrity(&e).pgno, Some(pgno), "{e}");
+    assert!(e.to_string().contains("delta page with no kept version of the page earlier in the segment"), "{e}");
+}
+
+#[test]
+fn version_2_page_fields_in_a_version_1_file_are_refused() {
+    let (_tmp, root) = golden_copy_version(2);
+    let path = root.join(SEGMENT1_KEY);
+    let recs = records(&path);
+    rewrite(&path, 1, &recs);
+    let e = verify_error(&root);
+    assert!(e.to_string().contains("version 2 page fields in a version 1 file"), "{e}");
 }

@@ -590,7 +590,8 @@ fn cmd_diff(uri: &str, txn: u64, generation: Option<u64>, invert: bool, format: 
 fn cmd_inspect(path: &Path, verbose: bool) -> Result<()> {
     let input = open_input(path)?;
     let mut r = RecordReader::new(input).with_context(|| path.display().to_string())?;
-    println!("{}: {:?} file, format version {}", path.display(), r.kind(), walstream::record::FORMAT_VERSION);
+    println!("{}: {:?} file, format version {}", path.display(), r.kind(), r.version());
+    let mut pages = walstream::record::page::PageDecoder::new(r.version());
     while let Some((offset, record)) = r.next_record().with_context(|| path.display().to_string())? {
         let line = match record.body.expect("reader rejects empty records") {
             Body::SegmentHeader(h) => format!(
@@ -599,8 +600,20 @@ fn cmd_inspect(path: &Path, verbose: bool) -> Result<()> {
             ),
             Body::TxnBegin(b) => format!("txn {} begin", b.seq),
             Body::Page(p) => {
-                let head = if verbose { format!(" data {}..", hex(&p.data[..p.data.len().min(16)])) } else { String::new() };
-                format!("  page {} ({} bytes) hash {}{head}", p.pgno, p.data.len(), hex(&p.hash))
+                let (how, stored) = match (p.data.len(), p.zstd.len(), p.zstd_delta.len()) {
+                    (_, 0, 0) => ("raw", p.data.len()),
+                    (_, 0, n) => ("zstd delta", n),
+                    (_, n, _) => ("zstd", n),
+                };
+                let kept = if p.kept { ", kept" } else { "" };
+                let line = match pages.decode(&p, walstream::record::page::PAGE_BYTES_MAX) {
+                    Ok(data) => {
+                        let head = if verbose { format!(" data {}..", hex(&data[..data.len().min(16)])) } else { String::new() };
+                        format!("{} bytes, {how} {stored} bytes{kept}) hash {}{head}", data.len(), hex(&p.hash))
+                    }
+                    Err(problem) => format!("{how} {stored} bytes{kept}: {problem}) hash {}", hex(&p.hash)),
+                };
+                format!("  page {} ({line}", p.pgno)
             }
             Body::TxnCommit(c) => format!(
                 "txn {} commit: {} pages, db size {} pages, time {}, hash {}",

@@ -15,8 +15,11 @@ use prost::Message;
 use super::pb;
 
 pub const MAGIC: [u8; 8] = *b"WALSTRM\0";
-/// The format version this build writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads. Version 1 differs only in its `Page` records,
+/// which hold raw `data` only (docs/FORMAT.md, "Version history").
+pub const FORMAT_VERSION_MIN: u32 = 1;
 pub const FILE_HEADER_BYTES: usize = 16;
 const LEN_BYTES: usize = 4;
 const CHECK_BYTES: usize = 8;
@@ -38,7 +41,7 @@ pub enum RecordError {
     Io(#[from] io::Error),
     #[error("not a walstream file (bad magic)")]
     BadMagic,
-    #[error("unknown format version {found} (this build reads version {FORMAT_VERSION})")]
+    #[error("unknown format version {found} (this build reads versions {FORMAT_VERSION_MIN} and {FORMAT_VERSION})")]
     UnsupportedVersion { found: u32 },
     #[error("unknown file kind {0}")]
     UnknownKind(u32),
@@ -67,14 +70,21 @@ impl RecordError {
 }
 
 pub fn encode_file_header(kind: FileKind) -> [u8; FILE_HEADER_BYTES] {
+    encode_file_header_version(kind, FORMAT_VERSION)
+}
+
+/// The header of a file in an explicit format version (tests write version 1 files with it).
+pub fn encode_file_header_version(kind: FileKind, version: u32) -> [u8; FILE_HEADER_BYTES] {
+    assert!((FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version), "format version {version}");
     let mut b = [0u8; FILE_HEADER_BYTES];
     b[..8].copy_from_slice(&MAGIC);
-    b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[8..12].copy_from_slice(&version.to_le_bytes());
     b[12..16].copy_from_slice(&(kind as u32).to_le_bytes());
     b
 }
 
-pub fn decode_file_header(b: &[u8]) -> Result<FileKind, RecordError> {
+/// The kind and format version of a file.
+pub fn decode_file_header(b: &[u8]) -> Result<(FileKind, u32), RecordError> {
     if b.len() < FILE_HEADER_BYTES {
         return Err(RecordError::TruncatedHeader);
     }
@@ -82,12 +92,12 @@ pub fn decode_file_header(b: &[u8]) -> Result<FileKind, RecordError> {
         return Err(RecordError::BadMagic);
     }
     let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
         return Err(RecordError::UnsupportedVersion { found: version });
     }
     match u32::from_le_bytes(b[12..16].try_into().expect("4 bytes")) {
-        1 => Ok(FileKind::Segment),
-        2 => Ok(FileKind::Snapshot),
+        1 => Ok((FileKind::Segment, version)),
+        2 => Ok((FileKind::Snapshot, version)),
         other => Err(RecordError::UnknownKind(other)),
     }
 }
@@ -109,15 +119,40 @@ pub fn encode_record(record: &pb::Record, out: &mut Vec<u8>) {
     out.extend_from_slice(&check);
 }
 
+/// Which field of a `Page` record holds the page's content (docs/FORMAT.md, "Page content").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageEncoding {
+    /// `data`: the page image itself (the only encoding of version 1).
+    Raw = 2,
+    /// `zstd`: a zstd frame of the page image.
+    Zstd = 4,
+    /// `zstd_delta`: a zstd frame of the page image against the page's kept base.
+    ZstdDelta = 5,
+}
+
 /// Appends one framed `Record { page: Page { pgno, data, hash } }` to `out`, byte for byte what
 /// `encode_record` writes for it, without copying the page into a `pb::Page` first (the commit
 /// path appends every WAL page this way).
 pub fn encode_page_record(pgno: u32, data: &[u8], hash: &[u8; 32], out: &mut Vec<u8>) {
+    encode_page_record_as(pgno, PageEncoding::Raw, data, hash, false, out);
+}
+
+/// As `encode_page_record`, with the content in the field of `encoding` and the `kept` flag.
+pub fn encode_page_record_as(
+    pgno: u32,
+    encoding: PageEncoding,
+    content: &[u8],
+    hash: &[u8; 32],
+    kept: bool,
+    out: &mut Vec<u8>,
+) {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-    // Page: pgno = 1 (omitted when 0, as proto3 does), data = 2, hash = 3 (never empty here).
+    // Page: pgno = 1 (omitted when 0, as proto3 does), content = 2, 4 or 5, hash = 3 (never
+    // empty here), kept = 6 (omitted when false). Prost writes fields in field-number order.
     let pgno_len = if pgno == 0 { 0 } else { 1 + encoded_len_varint(u64::from(pgno)) };
-    let data_len = if data.is_empty() { 0 } else { 1 + encoded_len_varint(data.len() as u64) + data.len() };
-    let page_len = pgno_len + data_len + 1 + encoded_len_varint(32) + 32;
+    let content_len =
+        if content.is_empty() { 0 } else { 1 + encoded_len_varint(content.len() as u64) + content.len() };
+    let page_len = pgno_len + content_len + 1 + encoded_len_varint(32) + 32 + if kept { 2 } else { 0 };
     // Record: page = 3.
     let len = 1 + encoded_len_varint(page_len as u64) + page_len;
     assert!(len <= RECORD_BYTES_MAX, "record of {len} bytes exceeds RECORD_BYTES_MAX");
@@ -130,14 +165,26 @@ pub fn encode_page_record(pgno: u32, data: &[u8], hash: &[u8; 32], out: &mut Vec
         encode_key(1, WireType::Varint, out);
         encode_varint(u64::from(pgno), out);
     }
-    if !data.is_empty() {
-        encode_key(2, WireType::LengthDelimited, out);
-        encode_varint(data.len() as u64, out);
-        out.extend_from_slice(data);
+    let put_content = |out: &mut Vec<u8>| {
+        if !content.is_empty() {
+            encode_key(encoding as u32, WireType::LengthDelimited, out);
+            encode_varint(content.len() as u64, out);
+            out.extend_from_slice(content);
+        }
+    };
+    if encoding == PageEncoding::Raw {
+        put_content(out);
     }
     encode_key(3, WireType::LengthDelimited, out);
     encode_varint(32, out);
     out.extend_from_slice(hash);
+    if encoding != PageEncoding::Raw {
+        put_content(out);
+    }
+    if kept {
+        encode_key(6, WireType::Varint, out);
+        encode_varint(1, out);
+    }
     debug_assert_eq!(out.len() - start, len);
     let check = record_check(&out[start..]);
     out.extend_from_slice(&check);
@@ -152,9 +199,21 @@ pub struct RecordWriter<W: Write> {
 
 impl<W: Write> RecordWriter<W> {
     /// Starts a new file: writes the file header.
-    pub fn new(mut inner: W, kind: FileKind) -> io::Result<Self> {
-        inner.write_all(&encode_file_header(kind))?;
+    pub fn new(inner: W, kind: FileKind) -> io::Result<Self> {
+        Self::with_version(inner, kind, FORMAT_VERSION)
+    }
+
+    /// Starts a new file in format `version` (tests write version 1 files with it).
+    pub fn with_version(mut inner: W, kind: FileKind, version: u32) -> io::Result<Self> {
+        inner.write_all(&encode_file_header_version(kind, version))?;
         Ok(Self { inner, offset: FILE_HEADER_BYTES as u64, buf: Vec::new() })
+    }
+
+    /// Appends bytes already framed (by `encode_record` or `encode_page_record`).
+    pub fn write_framed(&mut self, framed: &[u8]) -> io::Result<()> {
+        self.inner.write_all(framed)?;
+        self.offset += framed.len() as u64;
+        Ok(())
     }
 
     pub fn write(&mut self, record: &pb::Record) -> io::Result<()> {
@@ -179,6 +238,7 @@ pub struct RecordReader<R: Read> {
     inner: R,
     offset: u64,
     kind: FileKind,
+    version: u32,
     body: Vec<u8>,
 }
 
@@ -187,18 +247,23 @@ impl<R: Read> RecordReader<R> {
     pub fn new(mut inner: R) -> Result<Self, RecordError> {
         let mut header = [0u8; FILE_HEADER_BYTES];
         let n = read_full(&mut inner, &mut header)?;
-        let kind = decode_file_header(&header[..n])?;
-        Ok(Self { inner, offset: FILE_HEADER_BYTES as u64, kind, body: Vec::new() })
+        let (kind, version) = decode_file_header(&header[..n])?;
+        Ok(Self { inner, offset: FILE_HEADER_BYTES as u64, kind, version, body: Vec::new() })
     }
 
     /// Starts reading in the middle of a file whose header was already checked, at `offset`
     /// (which must be a record boundary).
-    pub fn resume(inner: R, kind: FileKind, offset: u64) -> Self {
-        Self { inner, offset, kind, body: Vec::new() }
+    pub fn resume(inner: R, kind: FileKind, version: u32, offset: u64) -> Self {
+        Self { inner, offset, kind, version, body: Vec::new() }
     }
 
     pub fn kind(&self) -> FileKind {
         self.kind
+    }
+
+    /// The file's format version.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// Checks that the file is of the expected kind.
@@ -314,7 +379,7 @@ mod tests {
         for (pgno, size) in [(1u32, 512usize), (127, 4096), (128, 4096), (300_000, 65536), (u32::MAX, 1024), (0, 0)] {
             let data: Vec<u8> = (0..size).map(|i| (i * 7 + pgno as usize) as u8).collect();
             let hash = *blake3::hash(&data).as_bytes();
-            let record = pb::Record { body: Some(Body::Page(pb::Page { pgno, data: data.clone(), hash: hash.to_vec() })) };
+            let record = pb::Record { body: Some(Body::Page(pb::Page { pgno, data: data.clone(), hash: hash.to_vec(), ..Default::default() })) };
             let mut by_prost = vec![0xaa];
             encode_record(&record, &mut by_prost);
             let mut by_hand = vec![0xaa];
@@ -324,11 +389,34 @@ mod tests {
     }
 
     #[test]
+    fn hand_encoded_v2_page_record_matches_prost() {
+        for encoding in [PageEncoding::Raw, PageEncoding::Zstd, PageEncoding::ZstdDelta] {
+            for kept in [false, true] {
+                for (pgno, size) in [(1u32, 37usize), (300_000, 65536), (0, 0)] {
+                    let content: Vec<u8> = (0..size).map(|i| (i * 13) as u8).collect();
+                    let hash = [7u8; 32];
+                    let mut page = pb::Page { pgno, hash: hash.to_vec(), kept, ..Default::default() };
+                    match encoding {
+                        PageEncoding::Raw => page.data = content.clone(),
+                        PageEncoding::Zstd => page.zstd = content.clone(),
+                        PageEncoding::ZstdDelta => page.zstd_delta = content.clone(),
+                    }
+                    let mut by_prost = Vec::new();
+                    encode_record(&pb::Record { body: Some(Body::Page(page)) }, &mut by_prost);
+                    let mut by_hand = Vec::new();
+                    encode_page_record_as(pgno, encoding, &content, &hash, kept, &mut by_hand);
+                    assert_eq!(by_hand, by_prost, "{encoding:?} kept {kept} pgno {pgno}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn unknown_version_is_named() {
         let mut bytes = file_with(&[]);
         bytes[8] = 9;
         let err = RecordReader::new(&bytes[..]).err().unwrap();
-        assert_eq!(err.to_string(), "unknown format version 9 (this build reads version 1)");
+        assert_eq!(err.to_string(), "unknown format version 9 (this build reads versions 1 and 2)");
     }
 
     #[test]

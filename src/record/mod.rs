@@ -3,6 +3,7 @@
 
 pub mod chain;
 pub mod frame;
+pub mod page;
 
 /// Types generated from `proto/walstream.proto`.
 #[allow(clippy::all, missing_docs)]

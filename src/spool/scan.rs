@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use super::{io_err, SpoolError, SpoolLock};
 use crate::layout;
 use crate::record::pb::{self, record::Body, segment_end::Reason};
-use crate::record::{hash_field, FileKind, Hash, RecordReader};
+use crate::record::page::{stored_page_len, EncoderMode, PageEncoder};
+use crate::record::{hash_field, FileKind, Hash, RecordReader, FORMAT_VERSION};
 use crate::state::StateTree;
 use crate::wal::WalCursor;
 
@@ -35,6 +36,46 @@ pub struct Tail {
     pub segment_len: u64,
     /// The active segment holds a `HeadSignature` over the current head.
     pub head_signed: bool,
+    /// Format version of the active segment (appends follow it).
+    pub segment_version: u32,
+    /// How this process stores pages in the active segment.
+    pub(crate) codec: SegmentCodec,
+}
+
+/// The writer's page codec for the active segment (`record::page`). It is not part of where the
+/// stream ends: tails compare equal whatever it holds. A clone describes a writer that did not
+/// see the segment itself, so it stores no deltas (cloning the kept pages would also cost a
+/// copy of up to `KEPT_BYTES_MAX` on every lock).
+pub(crate) struct SegmentCodec(pub(crate) PageEncoder);
+
+impl SegmentCodec {
+    /// The codec for a segment of format `version` that this process did not write itself.
+    pub(crate) fn found(version: u32) -> Self {
+        let mode = if version < 2 { EncoderMode::Raw } else { EncoderMode::Standalone };
+        SegmentCodec(PageEncoder::new(mode))
+    }
+}
+
+impl Clone for SegmentCodec {
+    fn clone(&self) -> Self {
+        let mode = match self.0.mode() {
+            EncoderMode::Raw => EncoderMode::Raw,
+            _ => EncoderMode::Standalone,
+        };
+        SegmentCodec(PageEncoder::new(mode))
+    }
+}
+
+impl PartialEq for SegmentCodec {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for SegmentCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 pub(crate) fn wal_from_pb(p: &pb::WalPosition) -> WalCursor {
@@ -178,6 +219,8 @@ impl SpoolLock<'_> {
                 segment_first_seq: first_seq,
                 segment_len: 0,
                 head_signed: false,
+                segment_version: FORMAT_VERSION,
+                codec: SegmentCodec::found(FORMAT_VERSION),
             };
             match scan_segment(&path, None, &mut tail, None) {
                 Ok(end) => {
@@ -210,6 +253,8 @@ impl SpoolLock<'_> {
             segment_first_seq: 1,
             segment_len: 0,
             head_signed: false,
+            segment_version: FORMAT_VERSION,
+            codec: SegmentCodec::found(FORMAT_VERSION),
         });
         self.create_segment(1)
     }
@@ -321,9 +366,18 @@ pub(crate) fn scan_segment(
             .map_err(record_err(path))?,
         Some(offset) => {
             file.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
-            RecordReader::resume(BufReader::new(file), FileKind::Segment, offset)
+            RecordReader::resume(BufReader::new(file), FileKind::Segment, tail.segment_version, offset)
         }
     };
+    // What this scan reads was not written by this process's codec (or is read from scratch):
+    // from here on, this writer refers to nothing kept in the segment.
+    match from {
+        None => {
+            tail.segment_version = reader.version();
+            tail.codec = SegmentCodec::found(reader.version());
+        }
+        Some(_) => tail.codec.0.stop_deltas(),
+    }
     let mut good_end = reader.offset();
     let mut open_txn: Option<u64> = None;
     let mut last_page: Option<(u32, Hash)> = None;
@@ -362,7 +416,9 @@ pub(crate) fn scan_segment(
                 last_page = Some((p.pgno, hash));
                 if let Some(tree) = tree.as_deref_mut() {
                     if tree.page_size() == 0 {
-                        tree.set_page_size(p.data.len() as u32);
+                        let len = stored_page_len(&p)
+                            .ok_or_else(|| corrupt(path, format!("page {}: size unknown", p.pgno)))?;
+                        tree.set_page_size(len as u32);
                     }
                     pages.push((p.pgno, hash));
                 }

@@ -4,13 +4,13 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 
-use super::scan::{list_generations, wal_to_pb, Tail};
+use super::scan::{list_generations, wal_to_pb, SegmentCodec, Tail};
 use super::{io_err, SnapshotMeta, SpoolError, SpoolLock, APPEND_BUFFER_BYTES};
 use crate::layout;
 use crate::record::chain::{page_hash, SnapshotHasher, TxnHasher};
-use crate::record::frame::{encode_page_record, encode_record};
+use crate::record::frame::encode_record;
 use crate::record::pb::{self, record::Body, segment_end::Reason};
-use crate::record::{FileKind, Hash, RecordWriter};
+use crate::record::{FileKind, Hash, RecordWriter, FORMAT_VERSION};
 use crate::reader::{self, ReadError, ReplayLimit, Visitor};
 use crate::state::StateTree;
 use crate::target::LocalTarget;
@@ -59,6 +59,8 @@ impl SpoolLock<'_> {
         let tail = self.spool.tail.as_ref().expect("a generation is open");
         let path = self.segment_path(tail.generation, tail.segment_first_seq);
         self.spool.segment = None;
+        // Pages kept by the records cut off are never seen by a reader.
+        self.tail_mut().codec.0.stop_deltas();
         let result = OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(len));
         match result {
             Ok(()) => {
@@ -100,6 +102,8 @@ impl SpoolLock<'_> {
         t.segment_first_seq = first_seq;
         t.segment_len = len;
         t.head_signed = false;
+        t.segment_version = FORMAT_VERSION;
+        t.codec.0.start_segment();
         Ok(())
     }
 
@@ -145,6 +149,8 @@ impl SpoolLock<'_> {
             segment_first_seq: 1,
             segment_len: 0,
             head_signed: false,
+            segment_version: FORMAT_VERSION,
+            codec: SegmentCodec::found(FORMAT_VERSION),
         });
         self.create_segment(1)?;
         self.sync()?;
@@ -182,7 +188,13 @@ impl SpoolLock<'_> {
         if txn.page_size == 0 {
             txn.page_size = data.len() as u32;
         }
-        encode_page_record(pgno, data, &hash, &mut txn.buf);
+        let tail = self.spool.tail.as_mut().expect("a generation is open");
+        if txn.pages.len() == 1 && tail.codec.0.txn_open() {
+            // A transaction begun earlier was dropped, neither committed nor aborted: pages it
+            // kept are in no segment.
+            tail.codec.0.stop_deltas();
+        }
+        tail.codec.0.encode(pgno, data, &hash, &mut txn.buf);
         if txn.buf.len() >= APPEND_BUFFER_BYTES {
             self.append(&txn.buf)?;
             txn.buf.clear();
@@ -221,6 +233,7 @@ impl SpoolLock<'_> {
             t.1 = txn.seq;
         }
         let tail = self.tail_mut();
+        tail.codec.0.txn_done();
         tail.last_seq = txn.seq;
         tail.head_hash = hash;
         tail.last_commit_ms = commit_time_ms;
@@ -255,6 +268,12 @@ impl SpoolLock<'_> {
 
     /// Cuts off whatever of `txn` was already written.
     pub fn abort_txn(&mut self, txn: TxnAppender) -> Result<(), SpoolError> {
+        if let Some(t) = self.spool.tail.as_mut() {
+            // Its pages may have been kept: a reader never sees them.
+            if t.codec.0.txn_open() {
+                t.codec.0.stop_deltas();
+            }
+        }
         let written = self.spool.tail.as_ref().is_some_and(|t| t.segment_len != txn.start_len);
         if written {
             self.cut_back(txn.start_len)?;

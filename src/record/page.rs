@@ -1,0 +1,447 @@
+//! Page content of format version 2 (docs/FORMAT.md, "Page content").
+//!
+//! A `Page` record stores the page image raw (`data`), as a zstd frame (`zstd`), or as a zstd
+//! frame compressed with the page's *base* as a raw-content prefix (`zstd_delta`). The base is
+//! the latest earlier version of the same page, in the same segment, whose record was marked
+//! `kept`. Writer and reader keep the same table of kept versions, from the segment's first
+//! record on, so a segment decodes alone; the table is bounded by `KEPT_BYTES_MAX`, which a
+//! reader enforces, so hostile input cannot make it hold more.
+//!
+//! Hashes never depend on this: a `Page` record's `hash` is BLAKE3 of the page image, and a reader
+//! compares it with the image it reconstructed.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use zstd_safe::{CCtx, DCtx};
+
+use super::frame::{encode_page_record_as, PageEncoding};
+use super::pb;
+use super::Hash;
+
+/// Bytes of page images a segment keeps at most at any point: the sum of the sizes of each page's
+/// current kept version. A reader refuses a segment that keeps more, so this bounds a reader's
+/// memory per segment whatever its input. A writer stops marking new pages kept when it is
+/// reached (replacing a page's kept version by a newer one of the same size still fits).
+pub const KEPT_BYTES_MAX: usize = 4 << 20;
+/// K: a page's chain of versions since its last version stored without a base holds at most this
+/// many versions (so the first of every K versions of a page in a segment is standalone). A reader
+/// refuses a longer chain.
+pub const DELTA_CHAIN_MAX: u32 = 32;
+/// zstd level of page content. Level 1 (zstd's fastest positive level) costs about as much as
+/// hashing the page on the commit path; higher levels gained little on B-tree pages.
+pub const ZSTD_LEVEL: i32 = 1;
+/// The largest page SQLite writes.
+pub const PAGE_BYTES_MAX: usize = 65536;
+/// zstd's dictionary magic number (0xEC30A437, little-endian). A base that starts with it would
+/// be taken for a structured zstd dictionary by zstd's `usingDict` calls, so such a version is
+/// never a base: writers store the next version without one and readers refuse a delta on it.
+const ZSTD_DICT_MAGIC: [u8; 4] = [0x37, 0xa4, 0x30, 0xec];
+
+thread_local! {
+    /// The compression context of the commit path, reused for every page of this thread.
+    static CCTX: RefCell<CCtx<'static>> = RefCell::new(CCtx::create());
+}
+
+struct Kept {
+    data: Vec<u8>,
+    /// Versions in this page's chain up to and including this one (1: stored without a base).
+    chain: u32,
+}
+
+/// Kept page versions of one segment.
+#[derive(Default)]
+struct KeptPages {
+    pages: HashMap<u32, Kept>,
+    bytes: usize,
+}
+
+impl KeptPages {
+    /// The kept version of `pgno` if a new version may be stored as a delta against it.
+    fn base(&self, pgno: u32) -> Option<&Kept> {
+        self.pages.get(&pgno).filter(|k| k.chain < DELTA_CHAIN_MAX && !k.data.starts_with(&ZSTD_DICT_MAGIC))
+    }
+
+    /// Bytes kept once `pgno`'s kept version is replaced by one of `len` bytes.
+    fn bytes_after(&self, pgno: u32, len: usize) -> usize {
+        self.bytes - self.pages.get(&pgno).map_or(0, |k| k.data.len()) + len
+    }
+
+    fn keep(&mut self, pgno: u32, data: &[u8], chain: u32) {
+        self.bytes = self.bytes_after(pgno, data.len());
+        let kept = self.pages.entry(pgno).or_insert_with(|| Kept { data: Vec::new(), chain });
+        kept.data.clear();
+        kept.data.extend_from_slice(data);
+        kept.chain = chain;
+    }
+
+    fn clear(&mut self) {
+        self.pages = HashMap::new();
+        self.bytes = 0;
+    }
+}
+
+/// How a writer may store pages in the segment it appends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderMode {
+    /// A version 1 segment: raw pages only.
+    Raw,
+    /// Standalone zstd frames, nothing kept: the writer did not see all of the segment itself.
+    Standalone,
+    /// Deltas against kept versions: the writer wrote (and so saw) all of the segment.
+    Delta,
+}
+
+/// A writer's side of the page codec, for the segment it appends to.
+pub struct PageEncoder {
+    mode: EncoderMode,
+    kept: KeptPages,
+    kept_bytes_max: usize,
+    scratch: Vec<u8>,
+    /// Pages were encoded since the last `txn_done`: a transaction is being appended.
+    open: bool,
+}
+
+impl std::fmt::Debug for PageEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PageEncoder({:?}, {} pages, {} bytes kept)", self.mode, self.kept.pages.len(), self.kept.bytes)
+    }
+}
+
+impl PageEncoder {
+    pub fn new(mode: EncoderMode) -> Self {
+        Self::with_kept_bytes_max(mode, KEPT_BYTES_MAX)
+    }
+
+    /// An encoder that keeps at most `kept_bytes_max` (at most `KEPT_BYTES_MAX`) bytes of pages.
+    pub fn with_kept_bytes_max(mode: EncoderMode, kept_bytes_max: usize) -> Self {
+        assert!(kept_bytes_max <= KEPT_BYTES_MAX, "{kept_bytes_max} > KEPT_BYTES_MAX");
+        Self { mode, kept: KeptPages::default(), kept_bytes_max, scratch: Vec::new(), open: false }
+    }
+
+    pub fn mode(&self) -> EncoderMode {
+        self.mode
+    }
+
+    /// Bytes of page images kept for the current segment.
+    pub fn kept_bytes(&self) -> usize {
+        self.kept.bytes
+    }
+
+    /// A segment this encoder writes from its header on: deltas are allowed.
+    pub fn start_segment(&mut self) {
+        self.kept.clear();
+        self.open = false;
+        self.mode = EncoderMode::Delta;
+    }
+
+    /// For the rest of the segment, no deltas and nothing kept: someone else appended to it, or
+    /// a cut-back removed records whose kept versions a reader will never see.
+    pub fn stop_deltas(&mut self) {
+        self.kept.clear();
+        self.open = false;
+        if self.mode == EncoderMode::Delta {
+            self.mode = EncoderMode::Standalone;
+        }
+    }
+
+    /// Whether pages were encoded since the last `txn_done` (or segment start).
+    pub fn txn_open(&self) -> bool {
+        self.open
+    }
+
+    /// The pages encoded so far are in the segment for good (their transaction committed).
+    pub fn txn_done(&mut self) {
+        self.open = false;
+    }
+
+    /// Appends one framed `Page` record of `data` (whose hash is `hash`) to `out`.
+    pub fn encode(&mut self, pgno: u32, data: &[u8], hash: &Hash, out: &mut Vec<u8>) {
+        self.open = true;
+        let Self { mode, kept, scratch, kept_bytes_max, .. } = self;
+        if *mode == EncoderMode::Raw {
+            encode_page_record_as(pgno, PageEncoding::Raw, data, hash, false, out);
+            return;
+        }
+        let base = match *mode {
+            EncoderMode::Delta => kept.base(pgno).filter(|k| k.data.len() == data.len()),
+            _ => None,
+        };
+        scratch.clear();
+        scratch.reserve(zstd_safe::compress_bound(data.len()));
+        let compressed = CCTX.with(|c| {
+            let mut c = c.borrow_mut();
+            match base {
+                Some(b) => c.compress_using_dict(scratch, data, &b.data, ZSTD_LEVEL),
+                None => c.compress(scratch, data, ZSTD_LEVEL),
+            }
+        });
+        let (encoding, content, chain) = match (compressed, base) {
+            (Ok(n), Some(b)) if n < data.len() => (PageEncoding::ZstdDelta, &scratch[..], b.chain + 1),
+            (Ok(n), None) if n < data.len() => (PageEncoding::Zstd, &scratch[..], 1),
+            _ => (PageEncoding::Raw, data, 1),
+        };
+        let keep = *mode == EncoderMode::Delta && kept.bytes_after(pgno, data.len()) <= *kept_bytes_max;
+        encode_page_record_as(pgno, encoding, content, hash, keep, out);
+        if keep {
+            kept.keep(pgno, data, chain);
+        }
+    }
+}
+
+/// A reader's side of the page codec, for one segment read from its start.
+pub struct PageDecoder {
+    version: u32,
+    kept: KeptPages,
+    kept_bytes_max: usize,
+    dctx: DCtx<'static>,
+    out: Vec<u8>,
+}
+
+impl PageDecoder {
+    /// A decoder for a segment of format `version`.
+    pub fn new(version: u32) -> Self {
+        Self::with_kept_bytes_max(version, KEPT_BYTES_MAX)
+    }
+
+    /// A decoder that refuses to keep more than `kept_bytes_max` bytes (tests use small limits).
+    pub fn with_kept_bytes_max(version: u32, kept_bytes_max: usize) -> Self {
+        Self { version, kept: KeptPages::default(), kept_bytes_max, dctx: DCtx::create(), out: vec![0; PAGE_BYTES_MAX] }
+    }
+
+    /// Bytes of page images kept for the segment so far.
+    pub fn kept_bytes(&self) -> usize {
+        self.kept.bytes
+    }
+
+    /// The page image of `p`, at most `limit` bytes (the generation's page size when known),
+    /// keeping it when the record says so. The caller checks it against `p.hash`. Errors name the
+    /// problem; the caller says where.
+    pub fn decode<'a>(&'a mut self, p: &'a pb::Page, limit: usize) -> Result<&'a [u8], String> {
+        let Self { version, kept, kept_bytes_max, dctx, out } = self;
+        if *version < 2 {
+            if !p.zstd.is_empty() || !p.zstd_delta.is_empty() || p.kept {
+                return Err("version 2 page fields in a version 1 file".into());
+            }
+            return Ok(&p.data);
+        }
+        let contents = [&p.data, &p.zstd, &p.zstd_delta].iter().filter(|c| !c.is_empty()).count();
+        if contents != 1 {
+            return Err(format!("page record holds {contents} contents (exactly one of data, zstd, zstd_delta)"));
+        }
+        let limit = limit.min(PAGE_BYTES_MAX);
+        let (content, chain): (&[u8], u32) = if !p.data.is_empty() {
+            (&p.data, 1)
+        } else if !p.zstd.is_empty() {
+            let n = dctx
+                .decompress(&mut out[..limit], &p.zstd)
+                .map_err(|code| format!("zstd page content does not decode: {}", zstd_safe::get_error_name(code)))?;
+            (&out[..n], 1)
+        } else {
+            let Some(b) = kept.pages.get(&p.pgno) else {
+                return Err("delta page with no kept version of the page earlier in the segment".into());
+            };
+            if b.chain >= DELTA_CHAIN_MAX {
+                return Err(format!("delta chain longer than {DELTA_CHAIN_MAX} versions"));
+            }
+            if b.data.starts_with(&ZSTD_DICT_MAGIC) {
+                return Err("delta against a version that starts with zstd's dictionary magic".into());
+            }
+            let n = dctx
+                .decompress_using_dict(&mut out[..limit], &p.zstd_delta, &b.data)
+                .map_err(|code| format!("zstd delta page content does not decode: {}", zstd_safe::get_error_name(code)))?;
+            (&out[..n], b.chain + 1)
+        };
+        if p.kept {
+            let after = kept.bytes_after(p.pgno, content.len());
+            if after > *kept_bytes_max {
+                return Err(format!(
+                    "the segment keeps {after} bytes of pages, more than the limit of {kept_bytes_max}"
+                ));
+            }
+            kept.keep(p.pgno, content, chain);
+        }
+        Ok(content)
+    }
+}
+
+/// The size of `p`'s page image when it can be told without decoding: the length of `data`, or
+/// the content size a zstd frame declares (writers always declare it).
+pub fn stored_page_len(p: &pb::Page) -> Option<usize> {
+    if !p.data.is_empty() {
+        return Some(p.data.len());
+    }
+    let frame = if p.zstd.is_empty() { &p.zstd_delta } else { &p.zstd };
+    zstd_safe::get_frame_content_size(frame).ok().flatten().and_then(|n| usize::try_from(n).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::frame::RecordReader;
+    use crate::record::pb::record::Body;
+    use crate::record::FileKind;
+    use proptest::prelude::*;
+
+    const PAGE: usize = 512;
+
+    /// The `Page` records of framed bytes.
+    fn pages(framed: &[u8]) -> Vec<pb::Page> {
+        let mut r = RecordReader::resume(framed, FileKind::Segment, 2, 0);
+        let mut out = Vec::new();
+        while let Some((_, rec)) = r.next_record().unwrap() {
+            let Some(Body::Page(p)) = rec.body else { panic!("not a page") };
+            out.push(p);
+        }
+        out
+    }
+
+    fn encode(e: &mut PageEncoder, pgno: u32, data: &[u8]) -> pb::Page {
+        let mut framed = Vec::new();
+        e.encode(pgno, data, blake3::hash(data).as_bytes(), &mut framed);
+        pages(&framed).pop().unwrap()
+    }
+
+    fn version(seed: u64, n: usize) -> Vec<u8> {
+        let mut page = vec![0u8; PAGE];
+        for (i, b) in page.iter_mut().enumerate() {
+            *b = (i as u64 / 16 ^ seed).wrapping_mul(n as u64 + 1) as u8;
+        }
+        page
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Page `pgno`'s next version: the previous one with `edits` bytes changed, or random
+        /// bytes (incompressible) when `random`.
+        Write { pgno: u32, edits: Vec<(usize, u8)>, random: Option<u64> },
+        /// A new segment: both sides forget what they kept.
+        NewSegment,
+        /// Another writer appended: no more deltas in this segment.
+        StopDeltas,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            20 => (1u32..24, proptest::collection::vec((0..PAGE, any::<u8>()), 0..8), proptest::option::weighted(0.1, any::<u64>()))
+                .prop_map(|(pgno, edits, random)| Op::Write { pgno, edits, random }),
+            1 => Just(Op::NewSegment),
+            1 => Just(Op::StopDeltas),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn random_page_histories_round_trip(ops in proptest::collection::vec(op(), 1..400), cap_pages in 0usize..12) {
+            let cap = cap_pages * PAGE;
+            let mut enc = PageEncoder::with_kept_bytes_max(EncoderMode::Delta, cap);
+            let mut dec = PageDecoder::with_kept_bytes_max(2, cap);
+            let mut current: HashMap<u32, Vec<u8>> = HashMap::new();
+            let mut chain: HashMap<u32, u32> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::NewSegment => {
+                        enc.start_segment();
+                        dec = PageDecoder::with_kept_bytes_max(2, cap);
+                        chain.clear();
+                    }
+                    Op::StopDeltas => {
+                        enc.stop_deltas();
+                        chain.clear();
+                    }
+                    Op::Write { pgno, edits, random } => {
+                        let data = match random {
+                            Some(seed) => (0..PAGE as u64).map(|i| blake3::hash(&(seed ^ i).to_le_bytes()).as_bytes()[0]).collect(),
+                            None => {
+                                let mut d = current.get(&pgno).cloned().unwrap_or_else(|| version(u64::from(pgno), 0));
+                                for (at, b) in edits { d[at] = b; }
+                                d
+                            }
+                        };
+                        let p = encode(&mut enc, pgno, &data);
+                        prop_assert!(p.data.len() + p.zstd.len() + p.zstd_delta.len() <= PAGE);
+                        let decoded = dec.decode(&p, PAGE).map_err(|e| TestCaseError::fail(e))?;
+                        prop_assert_eq!(decoded, &data[..]);
+                        let h = blake3::hash(decoded);
+                        prop_assert_eq!(p.hash.as_slice(), h.as_bytes());
+                        // K: a chain of versions holds at most DELTA_CHAIN_MAX of them.
+                        let c = if p.zstd_delta.is_empty() { 1 } else { chain.get(&pgno).copied().unwrap_or(0) + 1 };
+                        prop_assert!(c <= DELTA_CHAIN_MAX);
+                        if p.kept { chain.insert(pgno, c); }
+                        prop_assert!(dec.kept_bytes() <= cap);
+                        if enc.mode() == EncoderMode::Delta {
+                            // Once deltas stop, the reader still holds what was kept before.
+                            prop_assert_eq!(dec.kept_bytes(), enc.kept_bytes());
+                        }
+                        current.insert(pgno, data);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rewrites_of_one_page_are_deltas_with_a_full_page_every_k_versions() {
+        let mut enc = PageEncoder::new(EncoderMode::Delta);
+        let mut dec = PageDecoder::new(2);
+        let mut data = version(7, 0);
+        let mut standalone = Vec::new();
+        for n in 0..100 {
+            data[n * 5 % PAGE] ^= 0x5a;
+            let p = encode(&mut enc, 3, &data);
+            assert!(p.kept);
+            if p.zstd_delta.is_empty() {
+                standalone.push(n);
+            } else {
+                assert!(p.zstd_delta.len() < 40, "a one-byte change costs {} bytes", p.zstd_delta.len());
+            }
+            assert_eq!(dec.decode(&p, PAGE).unwrap(), &data[..]);
+        }
+        assert_eq!(standalone, vec![0, 32, 64, 96]);
+    }
+
+    #[test]
+    fn reader_refuses_a_segment_that_keeps_more_than_its_limit() {
+        let mut enc = PageEncoder::new(EncoderMode::Delta);
+        let mut dec = PageDecoder::with_kept_bytes_max(2, 2 * PAGE);
+        for pgno in 1..=2 {
+            dec.decode(&encode(&mut enc, pgno, &version(1, pgno as usize)), PAGE).unwrap();
+        }
+        let err = dec.decode(&encode(&mut enc, 3, &version(1, 3)), PAGE).unwrap_err();
+        assert_eq!(err, "the segment keeps 1536 bytes of pages, more than the limit of 1024");
+    }
+
+    #[test]
+    fn standalone_and_raw_encoders_keep_nothing() {
+        for mode in [EncoderMode::Raw, EncoderMode::Standalone] {
+            let mut enc = PageEncoder::new(mode);
+            for _ in 0..3 {
+                let p = encode(&mut enc, 1, &version(2, 0));
+                assert!(!p.kept && p.zstd_delta.is_empty());
+                assert_eq!(p.data.is_empty(), mode == EncoderMode::Standalone);
+            }
+        }
+    }
+
+    #[test]
+    fn a_base_starting_with_the_dictionary_magic_is_never_used() {
+        let mut enc = PageEncoder::new(EncoderMode::Delta);
+        let mut data = version(3, 0);
+        data[..4].copy_from_slice(&ZSTD_DICT_MAGIC);
+        let first = encode(&mut enc, 1, &data);
+        data[100] ^= 1;
+        let second = encode(&mut enc, 1, &data);
+        assert!(first.kept && second.zstd_delta.is_empty() && !second.zstd.is_empty());
+    }
+
+    #[test]
+    fn oversized_zstd_content_is_refused_without_growing_the_buffer() {
+        let big = vec![0u8; 2 * PAGE];
+        let mut frame = Vec::with_capacity(zstd_safe::compress_bound(big.len()));
+        CCtx::create().compress(&mut frame, &big, 1).unwrap();
+        let p = pb::Page { pgno: 1, zstd: frame, hash: vec![0; 32], ..Default::default() };
+        let err = PageDecoder::new(2).decode(&p, PAGE).unwrap_err();
+        assert!(err.starts_with("zstd page content does not decode"), "{err}");
+    }
+}
