@@ -111,8 +111,18 @@ fn altered_page_with_reframed_record_fails_its_page_hash() {
         }
         (found.unwrap(), 3)
     };
+    // The page's image (format v2 stores it compressed, maybe as a delta on an earlier kept
+    // version), altered and stored raw: only its hash can tell.
+    let mut pages = walstream::record::page::PageDecoder::new(walstream::record::FORMAT_VERSION);
+    let mut image = Vec::new();
+    for r in &recs[..=i] {
+        if let Some(Body::Page(p)) = &r.body {
+            image = pages.decode(p, 65536).unwrap().to_vec();
+        }
+    }
     let Some(Body::Page(p)) = &mut recs[i].body else { unreachable!() };
-    p.data[50] ^= 0xff;
+    image[50] ^= 0xff;
+    (p.data, p.zstd, p.zstd_delta) = (image, Vec::new(), Vec::new());
     let pgno = p.pgno;
     rewrite(&segment, &recs);
     verify_fails_with(&target, &[&format!("txn {seq}, page {pgno}"), "page hash mismatch"]);

@@ -821,8 +821,11 @@ pub fn render(d: &Driver, res: &Results) -> String {
             "Mean bytes per transaction. zstd level {ZSTD_LEVEL}, each transaction compressed on its own \
              (what shipping transaction by transaction costs) and, for context, the whole run compressed \
              as one block ÷ transactions (what batching would cost). Raw WAL pages: the page images the \
-             transaction wrote to the WAL (frame headers not counted), taken from the stream's page \
-             records. Changesets: SQLite's session extension attached to every table, one changeset per \
+             transaction wrote to the WAL (frame headers not counted), decoded from the stream's page \
+             records. walstream stream: the bytes the transaction appended to the spool's segments \
+             (the stream a local-directory target holds and S3 receives); since format v2 its pages \
+             are already zstd-compressed, mostly as deltas against their previous version \
+             (docs/FORMAT.md, \"Page content\"). Changesets: SQLite's session extension attached to every table, one changeset per \
              transaction, from the same seeded workload replayed by a build with the session extension \
              (checked to end in the same state).\n"
         );
@@ -840,7 +843,8 @@ pub fn render(d: &Driver, res: &Results) -> String {
         );
         let _ = writeln!(
             s,
-            "| walstream stream (format v1) | {:.0} | {:.0} | {:.0} | {} |",
+            "| walstream stream (format v{}, raw = bytes as stored) | {:.0} | {:.0} | {:.0} | {} |",
+            walstream::record::FORMAT_VERSION,
             mean(&b.stream),
             mean(&b.stream_zstd),
             b.stream_zstd_all as f64 / n,

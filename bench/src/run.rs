@@ -186,6 +186,8 @@ struct StreamTap {
     out: TxnBytes,
     all_pages: Vec<u8>,
     all_stream: Vec<u8>,
+    /// Each segment's format version and page decoder (which keeps the segment's kept pages).
+    decoders: BTreeMap<PathBuf, (u32, walstream::record::page::PageDecoder)>,
 }
 
 impl StreamTap {
@@ -197,6 +199,7 @@ impl StreamTap {
             out: TxnBytes::default(),
             all_pages: Vec::new(),
             all_stream: Vec::new(),
+            decoders: BTreeMap::new(),
         };
         t.take_new();
         t
@@ -218,45 +221,46 @@ impl StreamTap {
         out
     }
 
-    /// Bytes appended to any segment since the last call.
-    fn take_new(&mut self) -> Vec<u8> {
+    /// Bytes appended to any segment since the last call, and the page images of the `Page`
+    /// records among them (decoded: format v2 stores pages compressed or as deltas).
+    fn take_new(&mut self) -> (Vec<u8>, Vec<u8>) {
+        use walstream::record::frame::{FileKind, RecordReader};
+        use walstream::record::page::{PageDecoder, PAGE_BYTES_MAX};
+        use walstream::record::pb::record::Body;
         let mut new = Vec::new();
+        let mut pages = Vec::new();
         for seg in self.segments() {
             let from = self.read.get(&seg).copied().unwrap_or(0);
             let mut f = fs::File::open(&seg).unwrap();
             let mut buf = Vec::new();
             f.read_to_end(&mut buf).unwrap();
-            if buf.len() as u64 > from {
-                new.extend_from_slice(&buf[from as usize..]);
+            self.read.insert(seg.clone(), buf.len() as u64);
+            if buf.len() as u64 <= from {
+                continue;
             }
-            self.read.insert(seg, buf.len() as u64);
+            new.extend_from_slice(&buf[from as usize..]);
+            let mut reader = if from == 0 {
+                match RecordReader::new(&buf[..]) {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                }
+            } else {
+                let version = self.decoders.get(&seg).map_or(walstream::record::FORMAT_VERSION, |d| d.0);
+                RecordReader::resume(&buf[from as usize..], FileKind::Segment, version, from)
+            };
+            let version = reader.version();
+            let (_, decoder) = self.decoders.entry(seg).or_insert_with(|| (version, PageDecoder::new(version)));
+            while let Ok(Some((_, r))) = reader.next_record() {
+                if let Some(Body::Page(p)) = r.body {
+                    pages.extend_from_slice(decoder.decode(&p, PAGE_BYTES_MAX).expect("the stream decodes"));
+                }
+            }
         }
-        new
+        (new, pages)
     }
 
     fn after_commit(&mut self) {
-        let new = self.take_new();
-        let mut pages = Vec::new();
-        // Framing: u32 LE body length | protobuf Record | 8-byte check (docs/FORMAT.md).
-        let mut at = 0;
-        while at + 4 <= new.len() {
-            let len = u32::from_le_bytes(new[at..at + 4].try_into().unwrap()) as usize;
-            if new.len() < at + 4 + len + 8 {
-                break; // a segment file header or a partial tail: not a record
-            }
-            let body = &new[at + 4..at + 4 + len];
-            match <walstream::record::pb::Record as prost::Message>::decode(body) {
-                Ok(r) => {
-                    if let Some(walstream::record::pb::record::Body::Page(p)) = r.body {
-                        pages.extend_from_slice(&p.data);
-                    }
-                    at += 4 + len + 8;
-                }
-                // A new segment starts with a 16-byte file header; skip it.
-                Err(_) if new.len() >= at + 16 && &new[at..at + 8] == b"WALSTRM\0" => at += 16,
-                Err(_) => break,
-            }
-        }
+        let (new, pages) = self.take_new();
         self.out.wal_pages.push(pages.len() as u64);
         self.out.wal_pages_zstd.push(zstd_len(&pages));
         self.out.stream.push(new.len() as u64);

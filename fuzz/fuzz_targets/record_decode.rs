@@ -6,13 +6,16 @@
 //! magic intact. Must never panic, and never allocate more than one record
 //! (`RECORD_BYTES_MAX`) whatever the length fields say.
 //!
-//! Checked on the way: offsets only grow and stay inside the input, and every record that
-//! decodes survives an encode/decode round trip unchanged.
+//! Checked on the way: offsets only grow and stay inside the input, every record that decodes
+//! survives an encode/decode round trip unchanged, and every `Page` record goes through the
+//! page decoder of its file's version (`record::page::PageDecoder`, format v2's zstd and delta
+//! pages), which must return at most one page and never keep more than `KEPT_BYTES_MAX`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use walstream::record::frame::{encode_record, FileKind, RecordReader, RECORD_BYTES_MAX};
-use walstream::record::pb;
+use walstream::record::frame::{encode_record, FileKind, RecordReader, FORMAT_VERSION, RECORD_BYTES_MAX};
+use walstream::record::page::{PageDecoder, KEPT_BYTES_MAX, PAGE_BYTES_MAX};
+use walstream::record::pb::{self, record::Body};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(reader) = RecordReader::new(data) {
@@ -24,12 +27,13 @@ fuzz_target!(|data: &[u8]| {
     } else {
         FileKind::Segment
     };
-    read_all(RecordReader::resume(data, kind, 0), data.len() as u64, kind);
+    read_all(RecordReader::resume(data, kind, FORMAT_VERSION, 0), data.len() as u64, kind);
 });
 
 fn read_all(mut reader: RecordReader<&[u8]>, input_len: u64, kind: FileKind) {
     let start = reader.offset();
     let mut last = None;
+    let mut pages = PageDecoder::new(reader.version());
     loop {
         match reader.next_record() {
             Ok(Some((offset, record))) => {
@@ -40,6 +44,12 @@ fn read_all(mut reader: RecordReader<&[u8]>, input_len: u64, kind: FileKind) {
                 );
                 assert!(record.body.is_some(), "an empty record was returned");
                 roundtrip(&record, reader.offset() - offset, kind);
+                if let Some(Body::Page(p)) = &record.body {
+                    if let Ok(page) = pages.decode(p, PAGE_BYTES_MAX) {
+                        assert!(page.len() <= PAGE_BYTES_MAX, "a decoded page is larger than any page");
+                    }
+                    assert!(pages.kept_bytes() <= KEPT_BYTES_MAX, "kept more than the limit");
+                }
                 last = Some(offset);
             }
             Ok(None) => break,
@@ -62,7 +72,7 @@ fn roundtrip(record: &pb::Record, framed_len: u64, kind: FileKind) {
     }
     let mut buf = Vec::new();
     encode_record(record, &mut buf);
-    let mut again = RecordReader::resume(&buf[..], kind, 0);
+    let mut again = RecordReader::resume(&buf[..], kind, FORMAT_VERSION, 0);
     match again.next_record() {
         Ok(Some((0, decoded))) => assert_eq!(
             &decoded, record,

@@ -448,3 +448,143 @@ impl TxnAppender {
         self.seq
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{FileKind, RecordReader};
+    use crate::spool::{SnapshotMeta, Spool};
+
+    const PAGE: usize = 1024;
+
+    fn cursor(frame: u32) -> WalCursor {
+        WalCursor { salt1: 1, salt2: 2, page_size: PAGE as u32, big_endian_checksum: false, frame, checksum: (0, 0) }
+    }
+
+    fn page(pgno: u32, version: u32) -> Vec<u8> {
+        let mut p = vec![(pgno as u8).wrapping_mul(31); PAGE];
+        for (i, b) in p.iter_mut().enumerate().take(64) {
+            *b = (i as u32 * 7 + pgno) as u8;
+        }
+        p[100..104].copy_from_slice(&version.to_le_bytes());
+        p
+    }
+
+    fn start(dir: &std::path::Path) -> Spool {
+        let mut spool = Spool::open(dir).unwrap();
+        let meta = SnapshotMeta { page_size: PAGE as u32, page_count: 4, reason: "test".into(), wal: None };
+        let mut lock = spool.lock().unwrap();
+        lock.start_generation(&meta, &mut |pgno, buf| {
+            buf.copy_from_slice(&page(pgno, 0));
+            Ok(())
+        })
+        .unwrap();
+        drop(lock);
+        spool
+    }
+
+    /// Appends a transaction writing pages 1..=4 at `version`.
+    fn commit(spool: &mut Spool, version: u32) {
+        let mut lock = spool.lock().unwrap();
+        let mut txn = lock.begin_txn();
+        for pgno in 1..=4 {
+            lock.txn_page(&mut txn, pgno, &page(pgno, version)).unwrap();
+        }
+        lock.commit_txn(txn, 4, i64::from(version), &cursor(version)).unwrap();
+    }
+
+    /// (encoding, kept) of every page record of the generation's first segment, by txn.
+    fn encodings(dir: &std::path::Path) -> Vec<Vec<(&'static str, bool)>> {
+        let path = dir.join(layout::segment_key(1, 1));
+        let mut r = RecordReader::new(File::open(path).unwrap()).unwrap().expect_kind(FileKind::Segment).unwrap();
+        let mut out: Vec<Vec<(&'static str, bool)>> = Vec::new();
+        while let Some((_, rec)) = r.next_record().unwrap() {
+            match rec.body {
+                Some(Body::TxnBegin(_)) => out.push(Vec::new()),
+                Some(Body::Page(p)) => {
+                    let how = if !p.zstd_delta.is_empty() {
+                        "delta"
+                    } else if !p.zstd.is_empty() {
+                        "zstd"
+                    } else {
+                        "raw"
+                    };
+                    out.last_mut().unwrap().push((how, p.kept));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn verify_all(dir: &std::path::Path) -> u64 {
+        let report = crate::verify::verify(&LocalTarget::new(dir.to_path_buf()), &mut |_| {}).unwrap();
+        report.generations.last().unwrap().last_seq
+    }
+
+    #[test]
+    fn a_writer_stops_deltas_once_another_appended_to_its_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = start(tmp.path());
+        commit(&mut a, 1);
+        commit(&mut a, 2);
+        let mut b = Spool::open(tmp.path()).unwrap();
+        commit(&mut b, 3);
+        commit(&mut b, 4);
+        commit(&mut a, 5);
+        let all = |how: &'static str, kept: bool| vec![(how, kept); 4];
+        assert_eq!(
+            encodings(tmp.path()),
+            vec![
+                all("zstd", true),
+                all("delta", true),
+                // B did not write the segment's start: standalone pages, nothing kept.
+                all("zstd", false),
+                all("zstd", false),
+                // A saw B's appends: it refers to nothing kept any more.
+                all("zstd", false),
+            ]
+        );
+        assert_eq!(verify_all(tmp.path()), 5);
+    }
+
+    /// A spool after txn 1 and a transaction that encoded a page but was aborted (or, when
+    /// `abort` is false, dropped: neither committed nor aborted).
+    fn after_unfinished_txn(dir: &std::path::Path, abort: bool) -> Spool {
+        let mut a = start(dir);
+        commit(&mut a, 1);
+        let mut lock = a.lock().unwrap();
+        let mut txn = lock.begin_txn();
+        lock.txn_page(&mut txn, 1, &page(1, 99)).unwrap();
+        if abort {
+            lock.abort_txn(txn).unwrap();
+        }
+        drop(lock);
+        a
+    }
+
+    #[test]
+    fn an_aborted_transaction_stops_deltas_until_the_next_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = after_unfinished_txn(tmp.path(), true);
+        commit(&mut a, 2);
+        assert_eq!(encodings(tmp.path()), vec![vec![("zstd", true); 4], vec![("zstd", false); 4]]);
+        assert_eq!(verify_all(tmp.path()), 2);
+        // A new segment starts with deltas allowed again.
+        a.lock().unwrap().seal_active().unwrap();
+        commit(&mut a, 3);
+        commit(&mut a, 4);
+        assert_eq!(verify_all(tmp.path()), 4);
+    }
+
+    #[test]
+    fn a_dropped_transaction_stops_deltas() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = after_unfinished_txn(tmp.path(), false);
+        commit(&mut a, 2);
+        commit(&mut a, 3);
+        let found = encodings(tmp.path());
+        assert_eq!(found[1], vec![("zstd", false); 4]);
+        assert_eq!(verify_all(tmp.path()), 3);
+    }
+}
