@@ -843,12 +843,13 @@ pub fn render(d: &Driver, res: &Results) -> String {
         );
         let _ = writeln!(
             s,
-            "| walstream stream (format v{}, raw = bytes as stored) | {:.0} | {:.0} | {:.0} | {} |",
+            "| walstream stream (format v{}, raw = bytes as stored) | {:.0} | {:.0} | {:.0} | {} (as stored: {}) |",
             walstream::record::FORMAT_VERSION,
             mean(&b.stream),
             mean(&b.stream_zstd),
             b.stream_zstd_all as f64 / n,
-            rel(mean(&b.stream_zstd))
+            rel(mean(&b.stream_zstd)),
+            rel(mean(&b.stream))
         );
         match cs {
             Some(c) => {
