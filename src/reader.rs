@@ -420,6 +420,7 @@ fn replay_snapshot(
     let mut tree = StateTree::new(page_size);
     tree.resize(header.page_count);
     let mut next_pgno = 1u32;
+    let mut pages = Vec::new();
     let (hash, state_root) = loop {
         let Some((offset, record)) = reader.next_record().map_err(rec_err)? else {
             return Err(ctx.fail(None, None, Some(reader.offset()), "snapshot ends without its end record".into()));
@@ -429,12 +430,23 @@ fn replay_snapshot(
                 if c.first_pgno != next_pgno {
                     return Err(ctx.fail(None, Some(c.first_pgno), Some(offset), format!("chunk starts at page {} but page {next_pgno} comes next", c.first_pgno)));
                 }
-                if c.data.len() != c.hashes.len() * page_size as usize {
+                let data = if c.zstd.is_empty() {
+                    &c.data
+                } else if reader.version() < 2 || !c.data.is_empty() {
+                    let problem = if c.data.is_empty() { "version 2 chunk fields in a version 1 file" } else { "chunk holds both data and zstd" };
+                    return Err(ctx.fail(None, Some(c.first_pgno), Some(offset), problem.into()));
+                } else {
+                    let len = c.hashes.len().saturating_mul(page_size as usize);
+                    crate::record::page::decompress_chunk(&c.zstd, len, &mut pages)
+                        .map_err(|problem| ctx.fail(None, Some(c.first_pgno), Some(offset), problem))?;
+                    &pages
+                };
+                if data.len() != c.hashes.len() * page_size as usize {
                     return Err(ctx.fail(None, Some(c.first_pgno), Some(offset), "chunk size does not match its page count".into()));
                 }
                 for (i, recorded) in c.hashes.iter().enumerate() {
                     let pgno = c.first_pgno + i as u32;
-                    let data = &c.data[i * page_size as usize..(i + 1) * page_size as usize];
+                    let data = &data[i * page_size as usize..(i + 1) * page_size as usize];
                     let actual = page_hash(data);
                     if recorded.as_slice() != actual {
                         return Err(ctx.fail(None, Some(pgno), Some(offset), format!(

@@ -257,12 +257,19 @@ fn generate_version(version: u32) -> Golden {
     }
     let snapshot_hash = snapshot_hasher.finish();
     let snapshot_image = *blake3::hash(&image_at(&image, SNAPSHOT_PAGES)).as_bytes();
+    // Version 2 stores a chunk's pages as one zstd frame, as the spool's writer does.
     let chunk = |first: u32, pages: &[Vec<u8>]| {
-        rec(Body::SnapshotChunk(pb::SnapshotChunk {
+        let mut c = pb::SnapshotChunk {
             first_pgno: first,
             data: pages.concat(),
             hashes: pages.iter().map(|p| page_hash(p).to_vec()).collect(),
-        }))
+            zstd: Vec::new(),
+        };
+        if version >= 2 {
+            assert!(walstream::record::page::compress_chunk(&c.data, &mut c.zstd));
+            c.data.clear();
+        }
+        rec(Body::SnapshotChunk(c))
     };
     let snapshot = file(
         FileKind::Snapshot,
@@ -1243,4 +1250,26 @@ fn version_2_page_fields_in_a_version_1_file_are_refused() {
     rewrite(&path, 1, &recs);
     let e = verify_error(&root);
     assert!(e.to_string().contains("version 2 page fields in a version 1 file"), "{e}");
+}
+
+#[test]
+fn flipped_byte_in_a_compressed_snapshot_chunk_is_named() {
+    let src = golden_dir_version(2).join(SNAPSHOT_KEY);
+    let recs = records(&src);
+    let at = recs.iter().position(|(_, r)| matches!(&r.body, Some(Body::SnapshotChunk(c)) if !c.zstd.is_empty())).unwrap();
+    let Some(Body::SnapshotChunk(c)) = &recs[at].1.body else { unreachable!() };
+    assert!(c.data.is_empty(), "a compressed chunk holds no raw pages");
+    let (first, last, len) = (c.first_pgno, c.first_pgno + c.hashes.len() as u32 - 1, c.zstd.len());
+    for byte in 0..len {
+        let (_tmp, root) = golden_copy_version(2);
+        let mut damaged = recs.clone();
+        let Some(Body::SnapshotChunk(c)) = &mut damaged[at].1.body else { unreachable!() };
+        c.zstd[byte] ^= 0x01;
+        let records: Vec<pb::Record> = damaged.into_iter().map(|(_, r)| r).collect();
+        fs::write(root.join(SNAPSHOT_KEY), file(FileKind::Snapshot, 2, &records)).unwrap();
+        let e = verify_error(&root);
+        let i = integrity(&e);
+        assert_eq!((i.generation, i.key.as_str()), (GENERATION, SNAPSHOT_KEY), "byte {byte}: {e}");
+        assert!(i.pgno.is_some_and(|p| (first..=last).contains(&p)), "byte {byte}: {e}");
+    }
 }

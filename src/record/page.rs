@@ -268,6 +268,39 @@ impl PageDecoder {
     }
 }
 
+thread_local! {
+    /// The decompression context of snapshot chunks, reused for every chunk of this thread.
+    static DCTX: RefCell<DCtx<'static>> = RefCell::new(DCtx::create());
+}
+
+/// Largest uncompressed snapshot chunk a reader accepts (a writer's are at most 256 KiB, or one
+/// page): the buffer a compressed chunk decompresses into is bounded by it.
+pub const CHUNK_BYTES_MAX: usize = 4 << 20;
+
+/// Compresses a snapshot chunk's pages into `out` (cleared first); false when that is not
+/// smaller than the pages (then the chunk is stored raw).
+pub fn compress_chunk(pages: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    out.reserve(zstd_safe::compress_bound(pages.len()));
+    CCTX.with(|c| c.borrow_mut().compress(out, pages, ZSTD_LEVEL)).is_ok_and(|n| n < pages.len())
+}
+
+/// Decompresses a snapshot chunk that must hold exactly `len` bytes of pages into `out`.
+pub fn decompress_chunk(frame: &[u8], len: usize, out: &mut Vec<u8>) -> Result<(), String> {
+    if len > CHUNK_BYTES_MAX {
+        return Err(format!("chunk of {len} bytes of pages, more than the limit of {CHUNK_BYTES_MAX}"));
+    }
+    out.clear();
+    out.resize(len, 0);
+    let n = DCTX
+        .with(|d| d.borrow_mut().decompress(&mut out[..], frame))
+        .map_err(|code| format!("zstd chunk does not decode: {}", zstd_safe::get_error_name(code)))?;
+    if n != len {
+        return Err(format!("chunk decompresses to {n} bytes, its {len} bytes of pages expected"));
+    }
+    Ok(())
+}
+
 /// The size of `p`'s page image when it can be told without decoding: the length of `data`, or
 /// the content size a zstd frame declares (writers always declare it).
 pub fn stored_page_len(p: &pb::Page) -> Option<usize> {
@@ -436,6 +469,21 @@ mod tests {
         data[100] ^= 1;
         let second = encode(&mut enc, 1, &data);
         assert!(first.kept && second.zstd_delta.is_empty() && !second.zstd.is_empty());
+    }
+
+    #[test]
+    fn snapshot_chunks_round_trip_and_must_have_their_size() {
+        let pages: Vec<u8> = (0..4 * PAGE).map(|i| (i / 64) as u8).collect();
+        let mut frame = Vec::new();
+        assert!(compress_chunk(&pages, &mut frame));
+        let mut out = Vec::new();
+        decompress_chunk(&frame, pages.len(), &mut out).unwrap();
+        assert_eq!(out, pages);
+        let err = decompress_chunk(&frame, pages.len() + PAGE, &mut out).unwrap_err();
+        assert_eq!(err, "chunk decompresses to 2048 bytes, its 2560 bytes of pages expected");
+        assert!(decompress_chunk(&frame, pages.len() - 1, &mut out).is_err());
+        let err = decompress_chunk(&frame, CHUNK_BYTES_MAX + 1, &mut out).unwrap_err();
+        assert!(err.contains("more than the limit"), "{err}");
     }
 
     #[test]

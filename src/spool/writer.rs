@@ -406,6 +406,7 @@ fn write_snapshot(
     let mut tree = StateTree::new(meta.page_size);
     tree.resize(meta.page_count);
     let mut page = vec![0u8; page_size];
+    let mut compressed = Vec::new();
     let mut first = 1u32;
     while first <= meta.page_count {
         let last = meta.page_count.min(first + per_chunk - 1);
@@ -417,6 +418,10 @@ fn write_snapshot(
             tree.set_page(pgno, h);
             chunk.data.extend_from_slice(&page);
             chunk.hashes.push(h.to_vec());
+        }
+        if crate::record::page::compress_chunk(&chunk.data, &mut compressed) {
+            chunk.data.clear();
+            std::mem::swap(&mut chunk.zstd, &mut compressed);
         }
         w.write(&rec(Body::SnapshotChunk(chunk))).map_err(io_err(&tmp))?;
         first = last + 1;
