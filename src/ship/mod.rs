@@ -366,10 +366,12 @@ struct AckState {
     segment: u64,
     /// Last transaction in those segments.
     seq: u64,
-    /// The header-only copy of the active segment uploaded so that the stream in the target
-    /// never ends with a sealed segment whose successor is missing: its key and content hash.
-    /// The full segment replaces it once sealed.
-    placeholder: Option<(String, String)>,
+    /// Header-only copies of segments, uploaded before the sealed segment that names them as
+    /// next, so that the stream in the target never ends with a sealed segment whose successor
+    /// is missing (readers report that as a hole): key and content hash of each. The full
+    /// segment replaces its placeholder once sealed. Usually one (the active segment's); two
+    /// while a segment is being replaced.
+    placeholders: Vec<(String, String)>,
 }
 
 impl AckState {
@@ -382,9 +384,14 @@ impl AckState {
             snapshot_hash: v["snapshot_hash"].as_str()?.to_string(),
             segment: v["segment"].as_u64()?,
             seq: v["seq"].as_u64()?,
-            placeholder: match (v["placeholder_key"].as_str(), v["placeholder_hash"].as_str()) {
-                (Some(k), Some(h)) => Some((k.to_string(), h.to_string())),
-                _ => None,
+            placeholders: match (&v["placeholders"], v["placeholder_key"].as_str(), v["placeholder_hash"].as_str()) {
+                (serde_json::Value::Array(list), _, _) => list
+                    .iter()
+                    .map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
+                    .collect::<Option<Vec<_>>>()?,
+                // Written by an earlier version: one placeholder.
+                (_, Some(k), Some(h)) => vec![(k.to_string(), h.to_string())],
+                _ => Vec::new(),
             },
         })
     }
@@ -396,8 +403,7 @@ impl AckState {
             "snapshot_hash": self.snapshot_hash,
             "segment": self.segment,
             "seq": self.seq,
-            "placeholder_key": self.placeholder.as_ref().map(|p| &p.0),
-            "placeholder_hash": self.placeholder.as_ref().map(|p| &p.1),
+            "placeholders": self.placeholders.iter().map(|(k, h)| [k, h]).collect::<Vec<_>>(),
         })
         .to_string();
         let tmp = dir.join(format!("{SHIP_STATE_NAME}.tmp"));
@@ -673,12 +679,19 @@ impl Worker {
             for (i, (&first, seg)) in segs.iter().enumerate() {
                 let last_one = i + 1 == count;
                 if !old && last_one {
-                    // The active segment: only its header, as a placeholder.
-                    self.ship_placeholder(g, seg)?;
+                    // The active segment: only its header, as a placeholder (usually uploaded
+                    // already, before the segment sealed before it).
+                    self.ship_placeholder(seg)?;
                     break;
                 }
                 if !old && g == self.ack.generation && first <= self.ack.segment {
                     continue;
+                }
+                // The successor's header goes first: if this process stops between the two
+                // uploads, the target still ends with a readable (empty) segment, not with a
+                // sealed one that names a missing successor.
+                if let Some((_, next)) = segs.range(first + 1..).next() {
+                    self.ship_placeholder(next)?;
                 }
                 self.ship_segment(g, first, seg)?;
                 if old {
@@ -720,7 +733,7 @@ impl Worker {
             snapshot_hash: hash,
             segment: 0,
             seq: 0,
-            placeholder: None,
+            placeholders: std::mem::take(&mut self.ack.placeholders),
         };
         self.save_ack()?;
         self.shared.state.lock().shipped = Some((generation, 0));
@@ -733,9 +746,14 @@ impl Worker {
         let hash = file_hash(&path).map_err(|e| PassError::Retry(format!("{}: {e}", path.display())))?;
         let last = segment_last_seq(&path, first_seq).map_err(|e| PassError::Retry(format!("{}: {e}", path.display())))?;
         self.upload(&seg.key, &path, &hash)?;
+        let before = self.ack.placeholders.len();
+        self.ack.placeholders.retain(|(k, _)| *k != seg.key);
+        let replaced = self.ack.placeholders.len() != before;
         if self.ack.generation == generation {
             self.ack.segment = first_seq;
             self.ack.seq = last;
+        }
+        if replaced || self.ack.generation == generation {
             self.save_ack()?;
         }
         let mut s = self.shared.state.lock();
@@ -744,10 +762,10 @@ impl Worker {
         Ok(())
     }
 
-    /// Uploads the header of the active segment (once per segment), so that the sealed segment
-    /// before it does not name a successor the target lacks.
-    fn ship_placeholder(&mut self, generation: u64, seg: &SpoolFile) -> Result<(), PassError> {
-        if self.ack.generation != generation || self.ack.placeholder.as_ref().is_some_and(|(k, _)| *k == seg.key) {
+    /// Uploads the header of a segment (once per segment) before the sealed segment that names
+    /// it as next, so that the target never holds a sealed segment whose successor is missing.
+    fn ship_placeholder(&mut self, seg: &SpoolFile) -> Result<(), PassError> {
+        if self.ack.placeholders.iter().any(|(k, _)| *k == seg.key) {
             return Ok(());
         }
         let path = self.dir.join(&seg.key);
@@ -768,7 +786,7 @@ impl Worker {
         let result = self.upload(&seg.key, &tmp, &hash);
         let _ = fs::remove_file(&tmp);
         result?;
-        self.ack.placeholder = Some((seg.key.clone(), hash));
+        self.ack.placeholders.push((seg.key.clone(), hash));
         self.save_ack()
     }
 
@@ -780,7 +798,7 @@ impl Worker {
     fn upload(&mut self, key: &str, path: &Path, hash: &str) -> Result<(), PassError> {
         let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         let name = self.target_name();
-        let placeholder = self.ack.placeholder.clone();
+        let placeholder = self.ack.placeholders.iter().find(|(k, _)| k == key).cloned();
         let target = self.target()?;
         match target.put_file_if_absent(key, path)? {
             PutOutcome::Created => {}
@@ -919,7 +937,7 @@ mod tests {
             snapshot_hash: "ab".into(),
             segment: 17,
             seq: 40,
-            placeholder: Some(("generations/0000000000000003/0000000000000029.wseg".into(), "cd".into())),
+            placeholders: vec![("generations/0000000000000003/0000000000000029.wseg".into(), "cd".into())],
         };
         a.save(dir.path()).unwrap();
         assert_eq!(AckState::load(dir.path()), Some(a));
