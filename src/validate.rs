@@ -406,6 +406,9 @@ impl Follower {
                     return Ok(FollowStep::UpToDate(s));
                 }
                 let to = self.advance(target, &objects, &s, last)?;
+                if to.seq == s.seq {
+                    return Ok(FollowStep::UpToDate(to));
+                }
                 Ok(FollowStep::Advanced { from_seq: s.seq, to })
             }
             _ => self.seed(target, &objects, last).map(FollowStep::Seeded),
@@ -422,9 +425,10 @@ impl Follower {
         let mut tree = self.tree()?;
         let resume = Resume { after_seq: s.seq, head_hash: s.head };
         let conn = self.conn.take().expect("opened by tree()");
-        let mut applier = Applier { conn: &conn, replica: &self.replica, checks: &self.checks, generation: objects.generation, open: false, failure: None };
+        let mut applier = Applier { conn: &conn, replica: &self.replica, checks: &self.checks, generation: objects.generation, open: false, failure: None, reached: None };
         let result = reader::replay_after(target, objects, &resume, &mut tree, ReplayLimit::Txn(last), &mut applier);
         let failure = applier.failure.take();
+        let reached = applier.reached.take();
         let open = applier.open;
         if open {
             let _ = conn.execute_batch("ROLLBACK");
@@ -434,6 +438,13 @@ impl Follower {
             (Some(f), _) => {
                 self.tree = None;
                 return Err(ValidateError::CheckFailed(Box::new(f)));
+            }
+            // The stream changed between listing it and reading it (an object store may serve
+            // a segment's placeholder and then the whole segment, or the reverse, for a moment):
+            // what was applied is whole transactions; the next round continues from there.
+            (None, Err(ReadError::NoSuchTxn { .. })) => {
+                self.tree = None;
+                return Ok(reached.unwrap_or_else(|| s.clone()));
             }
             (None, Err(e)) => {
                 self.tree = None;
@@ -484,6 +495,8 @@ struct Applier<'a> {
     generation: u64,
     open: bool,
     failure: Option<CheckFailure>,
+    /// The replica's state after the last transaction applied.
+    reached: Option<FollowState>,
 }
 
 impl Applier<'_> {
@@ -521,6 +534,7 @@ impl Visitor for Applier<'_> {
         let head: Hash = c.hash.as_slice().try_into().map_err(|_| ReadError::Output(std::io::Error::other("bad hash")))?;
         let state = FollowState { generation: self.generation, seq: c.seq, head };
         save_state(self.replica, &state).map_err(|e| ReadError::Output(std::io::Error::other(e.to_string())))?;
+        self.reached = Some(state);
         match run_checks(self.conn, self.checks) {
             Ok(None) => Ok(()),
             Ok(Some((check, returned))) => {

@@ -100,7 +100,8 @@ enum Command {
     },
     /// Keep a read replica up to date as the stream grows. Readers of the replica (plain SQLite)
     /// see whole transactions only; a new generation re-seeds the replica from its snapshot;
-    /// progress is kept in REPLICA-follow, so a restarted follower resumes where it was.
+    /// progress is kept in REPLICA-follow, so a restarted follower resumes where it was. A target
+    /// that holds no generation yet is waited for.
     Follow {
         target: String,
         /// The replica database file (created if missing).
@@ -323,11 +324,38 @@ fn cmd_verify_checks(uri: &str, opts: &walstream::validate::CheckOptions, json: 
 }
 
 fn cmd_follow(uri: &str, replica: PathBuf, checks: Vec<String>, interval_ms: u64, once: bool) -> Result<()> {
-    use walstream::validate::{FollowStep, Follower};
+    use walstream::reader::ReadError;
+    use walstream::validate::{FollowStep, Follower, ValidateError};
     let target = open_target(uri)?;
     let mut follower = Follower::new(replica.clone(), checks);
+    // Consecutive failed rounds tolerated (network errors, an object store caught mid-update)
+    // before following gives up; a failed check stops it at once.
+    const RETRIES: u32 = 10;
+    let mut waiting = false;
+    let mut failures = 0u32;
     loop {
-        match follower.step(target.as_ref()).with_context(|| format!("following {uri} into {}", replica.display()))? {
+        let step = follower.step(target.as_ref());
+        // A validator may start before the primary's first snapshot reaches the target: wait
+        // for it (`--once` reports it as an error instead).
+        if let (Err(ValidateError::Read(ReadError::Empty(_))), false) = (&step, once) {
+            if !waiting {
+                eprintln!("walstream: {uri} holds no complete generation yet; waiting for one");
+                waiting = true;
+            }
+            std::thread::sleep(Duration::from_millis(interval_ms));
+            continue;
+        }
+        match &step {
+            Err(e) if !once && failures < RETRIES && !matches!(e, ValidateError::CheckFailed(_)) => {
+                failures += 1;
+                eprintln!("walstream: following {uri}: {e} (retrying, {failures} of {RETRIES})");
+                std::thread::sleep(Duration::from_millis(interval_ms.max(100) << failures.min(5)));
+                continue;
+            }
+            Ok(_) => failures = 0,
+            Err(_) => {}
+        }
+        match step.with_context(|| format!("following {uri} into {}", replica.display()))? {
             FollowStep::UpToDate(_) => {}
             FollowStep::Advanced { from_seq, to } => {
                 println!("generation {}: applied txns {}..={}", to.generation, from_seq + 1, to.seq)
