@@ -793,6 +793,8 @@ fn fuzz_seeds() -> Vec<(String, Vec<u8>)> {
             .clone()
     };
     let (snapshot, segment1, segment4) = (get(SNAPSHOT_KEY), get(SEGMENT1_KEY), get(SEGMENT4_KEY));
+    let golden_v2 = generate_version(2);
+    let v2 = |key: &str| golden_v2.files.iter().find(|(k, _)| *k == key).unwrap().1.clone();
     let mut seeds = vec![
         (
             "record_decode/golden-snapshot.wsnap".to_string(),
@@ -817,6 +819,15 @@ fn fuzz_seeds() -> Vec<(String, Vec<u8>)> {
         (
             "segment_replay/golden-snapshot-only.bin".to_string(),
             pack_replay_input(&snapshot, &[], 0, &[]),
+        ),
+        // Format v2: zstd pages, deltas against kept versions, compressed snapshot chunks.
+        (
+            "record_decode/golden-v2-0000000000000001.wseg".to_string(),
+            v2(SEGMENT1_KEY),
+        ),
+        (
+            "segment_replay/golden-v2-full.bin".to_string(),
+            pack_replay_input(&v2(SNAPSHOT_KEY), &v2(SEGMENT1_KEY), 4, &v2(SEGMENT4_KEY)),
         ),
         ("wal_frame/golden-wal-le.bin".to_string(), golden_wal(false)),
         ("wal_frame/golden-wal-be.bin".to_string(), golden_wal(true)),
