@@ -255,6 +255,10 @@ impl PageDecoder {
                 .map_err(|code| format!("zstd delta page content does not decode: {}", zstd_safe::get_error_name(code)))?;
             (&out[..n], b.chain + 1)
         };
+        // Checked here, not only by the caller, so that no kept entry is smaller than a page.
+        if !crate::wal::is_valid_page_size(content.len() as u32) {
+            return Err(format!("page content of {} bytes (not a page size)", content.len()));
+        }
         if p.kept {
             let after = kept.bytes_after(p.pgno, content.len());
             if after > *kept_bytes_max {
