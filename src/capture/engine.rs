@@ -477,9 +477,17 @@ fn continuation(
     }
     let Some(h) = wal else {
         // Nothing in the WAL. After a reset or close, the database file must still be as the
-        // marker recorded it: a change without walstream would otherwise go unseen.
-        return match tail.reset.as_ref().and_then(|r| file_as_marked(r, db_path)) {
-            Some(diverged) => diverged,
+        // marker recorded it: a change without walstream would otherwise go unseen. Without a
+        // marker, frames the stream captured were in this WAL and SQLite never reset it while
+        // walstream watched: they are gone (a power loss before the WAL was synced), and the
+        // stream holds state the database lost.
+        return match tail.reset.as_ref() {
+            Some(r) => file_as_marked(r, db_path).unwrap_or(Continuation::Nothing),
+            None if tail.wal.is_some_and(|w| w.frame > 0) => Continuation::Diverged(
+                "the WAL is empty or gone but the stream captured frames from it: the database \
+                 lost committed transactions"
+                    .into(),
+            ),
             None => Continuation::Nothing,
         };
     };
