@@ -62,7 +62,9 @@ struct KeptPages {
 impl KeptPages {
     /// The kept version of `pgno` if a new version may be stored as a delta against it.
     fn base(&self, pgno: u32) -> Option<&Kept> {
-        self.pages.get(&pgno).filter(|k| k.chain < DELTA_CHAIN_MAX && !k.data.starts_with(&ZSTD_DICT_MAGIC))
+        self.pages
+            .get(&pgno)
+            .filter(|k| k.chain < DELTA_CHAIN_MAX && !k.data.starts_with(&ZSTD_DICT_MAGIC))
     }
 
     /// Bytes kept once `pgno`'s kept version is replaced by one of `len` bytes.
@@ -72,7 +74,10 @@ impl KeptPages {
 
     fn keep(&mut self, pgno: u32, data: &[u8], chain: u32) {
         self.bytes = self.bytes_after(pgno, data.len());
-        let kept = self.pages.entry(pgno).or_insert_with(|| Kept { data: Vec::new(), chain });
+        let kept = self.pages.entry(pgno).or_insert_with(|| Kept {
+            data: Vec::new(),
+            chain,
+        });
         kept.data.clear();
         kept.data.extend_from_slice(data);
         kept.chain = chain;
@@ -107,7 +112,13 @@ pub struct PageEncoder {
 
 impl std::fmt::Debug for PageEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PageEncoder({:?}, {} pages, {} bytes kept)", self.mode, self.kept.pages.len(), self.kept.bytes)
+        write!(
+            f,
+            "PageEncoder({:?}, {} pages, {} bytes kept)",
+            self.mode,
+            self.kept.pages.len(),
+            self.kept.bytes
+        )
     }
 }
 
@@ -118,8 +129,17 @@ impl PageEncoder {
 
     /// An encoder that keeps at most `kept_bytes_max` (at most `KEPT_BYTES_MAX`) bytes of pages.
     pub fn with_kept_bytes_max(mode: EncoderMode, kept_bytes_max: usize) -> Self {
-        assert!(kept_bytes_max <= KEPT_BYTES_MAX, "{kept_bytes_max} > KEPT_BYTES_MAX");
-        Self { mode, kept: KeptPages::default(), kept_bytes_max, scratch: Vec::new(), open: false }
+        assert!(
+            kept_bytes_max <= KEPT_BYTES_MAX,
+            "{kept_bytes_max} > KEPT_BYTES_MAX"
+        );
+        Self {
+            mode,
+            kept: KeptPages::default(),
+            kept_bytes_max,
+            scratch: Vec::new(),
+            open: false,
+        }
     }
 
     pub fn mode(&self) -> EncoderMode {
@@ -161,7 +181,13 @@ impl PageEncoder {
     /// Appends one framed `Page` record of `data` (whose hash is `hash`) to `out`.
     pub fn encode(&mut self, pgno: u32, data: &[u8], hash: &Hash, out: &mut Vec<u8>) {
         self.open = true;
-        let Self { mode, kept, scratch, kept_bytes_max, .. } = self;
+        let Self {
+            mode,
+            kept,
+            scratch,
+            kept_bytes_max,
+            ..
+        } = self;
         if *mode == EncoderMode::Raw {
             encode_page_record_as(pgno, PageEncoding::Raw, data, hash, false, out);
             return;
@@ -180,11 +206,14 @@ impl PageEncoder {
             }
         });
         let (encoding, content, chain) = match (compressed, base) {
-            (Ok(n), Some(b)) if n < data.len() => (PageEncoding::ZstdDelta, &scratch[..], b.chain + 1),
+            (Ok(n), Some(b)) if n < data.len() => {
+                (PageEncoding::ZstdDelta, &scratch[..], b.chain + 1)
+            }
             (Ok(n), None) if n < data.len() => (PageEncoding::Zstd, &scratch[..], 1),
             _ => (PageEncoding::Raw, data, 1),
         };
-        let keep = *mode == EncoderMode::Delta && kept.bytes_after(pgno, data.len()) <= *kept_bytes_max;
+        let keep =
+            *mode == EncoderMode::Delta && kept.bytes_after(pgno, data.len()) <= *kept_bytes_max;
         encode_page_record_as(pgno, encoding, content, hash, keep, out);
         if keep {
             kept.keep(pgno, data, chain);
@@ -209,7 +238,13 @@ impl PageDecoder {
 
     /// A decoder that refuses to keep more than `kept_bytes_max` bytes (tests use small limits).
     pub fn with_kept_bytes_max(version: u32, kept_bytes_max: usize) -> Self {
-        Self { version, kept: KeptPages::default(), kept_bytes_max, dctx: DCtx::create(), out: vec![0; PAGE_BYTES_MAX] }
+        Self {
+            version,
+            kept: KeptPages::default(),
+            kept_bytes_max,
+            dctx: DCtx::create(),
+            out: vec![0; PAGE_BYTES_MAX],
+        }
     }
 
     /// Bytes of page images kept for the segment so far.
@@ -221,16 +256,27 @@ impl PageDecoder {
     /// keeping it when the record says so. The caller checks it against `p.hash`. Errors name the
     /// problem; the caller says where.
     pub fn decode<'a>(&'a mut self, p: &'a pb::Page, limit: usize) -> Result<&'a [u8], String> {
-        let Self { version, kept, kept_bytes_max, dctx, out } = self;
+        let Self {
+            version,
+            kept,
+            kept_bytes_max,
+            dctx,
+            out,
+        } = self;
         if *version < 2 {
             if !p.zstd.is_empty() || !p.zstd_delta.is_empty() || p.kept {
                 return Err("version 2 page fields in a version 1 file".into());
             }
             return Ok(&p.data);
         }
-        let contents = [&p.data, &p.zstd, &p.zstd_delta].iter().filter(|c| !c.is_empty()).count();
+        let contents = [&p.data, &p.zstd, &p.zstd_delta]
+            .iter()
+            .filter(|c| !c.is_empty())
+            .count();
         if contents != 1 {
-            return Err(format!("page record holds {contents} contents (exactly one of data, zstd, zstd_delta)"));
+            return Err(format!(
+                "page record holds {contents} contents (exactly one of data, zstd, zstd_delta)"
+            ));
         }
         let limit = limit.min(PAGE_BYTES_MAX);
         let (content, chain): (&[u8], u32) = if !p.data.is_empty() {
@@ -238,26 +284,45 @@ impl PageDecoder {
         } else if !p.zstd.is_empty() {
             let n = dctx
                 .decompress(&mut out[..limit], &p.zstd)
-                .map_err(|code| format!("zstd page content does not decode: {}", zstd_safe::get_error_name(code)))?;
+                .map_err(|code| {
+                    format!(
+                        "zstd page content does not decode: {}",
+                        zstd_safe::get_error_name(code)
+                    )
+                })?;
             (&out[..n], 1)
         } else {
             let Some(b) = kept.pages.get(&p.pgno) else {
-                return Err("delta page with no kept version of the page earlier in the segment".into());
+                return Err(
+                    "delta page with no kept version of the page earlier in the segment".into(),
+                );
             };
             if b.chain >= DELTA_CHAIN_MAX {
-                return Err(format!("delta chain longer than {DELTA_CHAIN_MAX} versions"));
+                return Err(format!(
+                    "delta chain longer than {DELTA_CHAIN_MAX} versions"
+                ));
             }
             if b.data.starts_with(&ZSTD_DICT_MAGIC) {
-                return Err("delta against a version that starts with zstd's dictionary magic".into());
+                return Err(
+                    "delta against a version that starts with zstd's dictionary magic".into(),
+                );
             }
             let n = dctx
                 .decompress_using_dict(&mut out[..limit], &p.zstd_delta, &b.data)
-                .map_err(|code| format!("zstd delta page content does not decode: {}", zstd_safe::get_error_name(code)))?;
+                .map_err(|code| {
+                    format!(
+                        "zstd delta page content does not decode: {}",
+                        zstd_safe::get_error_name(code)
+                    )
+                })?;
             (&out[..n], b.chain + 1)
         };
         // Checked here, not only by the caller, so that no kept entry is smaller than a page.
         if !crate::wal::is_valid_page_size(content.len() as u32) {
-            return Err(format!("page content of {} bytes (not a page size)", content.len()));
+            return Err(format!(
+                "page content of {} bytes (not a page size)",
+                content.len()
+            ));
         }
         if p.kept {
             let after = kept.bytes_after(p.pgno, content.len());
@@ -286,21 +351,31 @@ pub const CHUNK_BYTES_MAX: usize = 4 << 20;
 pub fn compress_chunk(pages: &[u8], out: &mut Vec<u8>) -> bool {
     out.clear();
     out.reserve(zstd_safe::compress_bound(pages.len()));
-    CCTX.with(|c| c.borrow_mut().compress(out, pages, ZSTD_LEVEL)).is_ok_and(|n| n < pages.len())
+    CCTX.with(|c| c.borrow_mut().compress(out, pages, ZSTD_LEVEL))
+        .is_ok_and(|n| n < pages.len())
 }
 
 /// Decompresses a snapshot chunk that must hold exactly `len` bytes of pages into `out`.
 pub fn decompress_chunk(frame: &[u8], len: usize, out: &mut Vec<u8>) -> Result<(), String> {
     if len > CHUNK_BYTES_MAX {
-        return Err(format!("chunk of {len} bytes of pages, more than the limit of {CHUNK_BYTES_MAX}"));
+        return Err(format!(
+            "chunk of {len} bytes of pages, more than the limit of {CHUNK_BYTES_MAX}"
+        ));
     }
     out.clear();
     out.resize(len, 0);
     let n = DCTX
         .with(|d| d.borrow_mut().decompress(&mut out[..], frame))
-        .map_err(|code| format!("zstd chunk does not decode: {}", zstd_safe::get_error_name(code)))?;
+        .map_err(|code| {
+            format!(
+                "zstd chunk does not decode: {}",
+                zstd_safe::get_error_name(code)
+            )
+        })?;
     if n != len {
-        return Err(format!("chunk decompresses to {n} bytes, its {len} bytes of pages expected"));
+        return Err(format!(
+            "chunk decompresses to {n} bytes, its {len} bytes of pages expected"
+        ));
     }
     Ok(())
 }
@@ -311,8 +386,15 @@ pub fn stored_page_len(p: &pb::Page) -> Option<usize> {
     if !p.data.is_empty() {
         return Some(p.data.len());
     }
-    let frame = if p.zstd.is_empty() { &p.zstd_delta } else { &p.zstd };
-    zstd_safe::get_frame_content_size(frame).ok().flatten().and_then(|n| usize::try_from(n).ok())
+    let frame = if p.zstd.is_empty() {
+        &p.zstd_delta
+    } else {
+        &p.zstd
+    };
+    zstd_safe::get_frame_content_size(frame)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
 }
 
 #[cfg(test)]
@@ -330,7 +412,9 @@ mod tests {
         let mut r = RecordReader::resume(framed, FileKind::Segment, 2, 0);
         let mut out = Vec::new();
         while let Some((_, rec)) = r.next_record().unwrap() {
-            let Some(Body::Page(p)) = rec.body else { panic!("not a page") };
+            let Some(Body::Page(p)) = rec.body else {
+                panic!("not a page")
+            };
             out.push(p);
         }
         out
@@ -354,7 +438,11 @@ mod tests {
     enum Op {
         /// Page `pgno`'s next version: the previous one with `edits` bytes changed, or random
         /// bytes (incompressible) when `random`.
-        Write { pgno: u32, edits: Vec<(usize, u8)>, random: Option<u64> },
+        Write {
+            pgno: u32,
+            edits: Vec<(usize, u8)>,
+            random: Option<u64>,
+        },
         /// A new segment: both sides forget what they kept.
         NewSegment,
         /// Another writer appended: no more deltas in this segment.
@@ -434,7 +522,11 @@ mod tests {
             if p.zstd_delta.is_empty() {
                 standalone.push(n);
             } else {
-                assert!(p.zstd_delta.len() < PAGE / 4, "a one-byte change costs {} bytes", p.zstd_delta.len());
+                assert!(
+                    p.zstd_delta.len() < PAGE / 4,
+                    "a one-byte change costs {} bytes",
+                    p.zstd_delta.len()
+                );
             }
             assert_eq!(dec.decode(&p, PAGE).unwrap(), &data[..]);
         }
@@ -446,10 +538,16 @@ mod tests {
         let mut enc = PageEncoder::new(EncoderMode::Delta);
         let mut dec = PageDecoder::with_kept_bytes_max(2, 2 * PAGE);
         for pgno in 1..=2 {
-            dec.decode(&encode(&mut enc, pgno, &version(1, pgno as usize)), PAGE).unwrap();
+            dec.decode(&encode(&mut enc, pgno, &version(1, pgno as usize)), PAGE)
+                .unwrap();
         }
-        let err = dec.decode(&encode(&mut enc, 3, &version(1, 3)), PAGE).unwrap_err();
-        assert_eq!(err, "the segment keeps 1536 bytes of pages, more than the limit of 1024");
+        let err = dec
+            .decode(&encode(&mut enc, 3, &version(1, 3)), PAGE)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "the segment keeps 1536 bytes of pages, more than the limit of 1024"
+        );
     }
 
     #[test]
@@ -484,7 +582,10 @@ mod tests {
         decompress_chunk(&frame, pages.len(), &mut out).unwrap();
         assert_eq!(out, pages);
         let err = decompress_chunk(&frame, pages.len() + PAGE, &mut out).unwrap_err();
-        assert_eq!(err, "chunk decompresses to 2048 bytes, its 2560 bytes of pages expected");
+        assert_eq!(
+            err,
+            "chunk decompresses to 2048 bytes, its 2560 bytes of pages expected"
+        );
         assert!(decompress_chunk(&frame, pages.len() - 1, &mut out).is_err());
         let err = decompress_chunk(&frame, CHUNK_BYTES_MAX + 1, &mut out).unwrap_err();
         assert!(err.contains("more than the limit"), "{err}");
@@ -495,8 +596,16 @@ mod tests {
         let big = vec![0u8; 2 * PAGE];
         let mut frame = Vec::with_capacity(zstd_safe::compress_bound(big.len()));
         CCtx::create().compress(&mut frame, &big, 1).unwrap();
-        let p = pb::Page { pgno: 1, zstd: frame, hash: vec![0; 32], ..Default::default() };
+        let p = pb::Page {
+            pgno: 1,
+            zstd: frame,
+            hash: vec![0; 32],
+            ..Default::default()
+        };
         let err = PageDecoder::new(2).decode(&p, PAGE).unwrap_err();
-        assert!(err.starts_with("zstd page content does not decode"), "{err}");
+        assert!(
+            err.starts_with("zstd page content does not decode"),
+            "{err}"
+        );
     }
 }
