@@ -259,3 +259,17 @@ fn unwritable_target_fails_the_open_and_is_reported() {
     let status = open_error(&param, &dir.path().join("b.db"));
     assert!(status.contains("a-file/sub"), "{status}");
 }
+
+/// A reader that stops early (`walstream ls | head`) is not an error: the CLI stops quietly
+/// instead of panicking on the closed pipe.
+#[test]
+fn output_to_a_closed_pipe_stops_quietly() {
+    let (_dir, _db, target, segment) = stream();
+    for args in [vec!["ls", target.to_str().unwrap()], vec!["inspect", segment.to_str().unwrap()]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader); // closed before the CLI writes anything
+        let out = std::process::Command::new(cli_path()).args(&args).stdout(writer).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !stderr.contains("panicked"), "{args:?}: {:?} {stderr}", out.status);
+    }
+}

@@ -17,6 +17,23 @@ use walstream::restore::{self, Point, RestoreOptions};
 use walstream::target::{self, Target, TargetSpec};
 use walstream::verify;
 
+/// `println!` for the command's output: when the reader has gone (`walstream ls | head`), stop
+/// quietly with success instead of panicking on the closed pipe.
+macro_rules! out {
+    ($($arg:tt)*) => { print_line(format_args!($($arg)*)) };
+}
+
+fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{args}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("walstream: error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Continuous, verifiable replication of SQLite databases.
 ///
 /// TARGET is where a stream is stored: a directory path (by default `<db>-walstream` beside the
@@ -281,7 +298,7 @@ fn cmd_restore(
         .with_context(|| format!("restoring {} from {uri}", output.display()))?;
     bar.finish_and_clear();
     let s = &restored.summary;
-    println!(
+    out!(
         "restored {} from generation {} at txn {} (committed {}): {} pages of {} bytes, head {}",
         output.display(),
         s.generation,
@@ -305,17 +322,17 @@ fn cmd_verify_checks(uri: &str, opts: &walstream::validate::CheckOptions, json: 
         Ok(report) => {
             if json {
                 let gens: Vec<_> = report.generations.iter().map(|(g, n, c)| serde_json::json!({"generation": g, "txns": n, "checked": c})).collect();
-                println!("{}", serde_json::json!({"ok": true, "generations": gens}));
+                out!("{}", serde_json::json!({"ok": true, "generations": gens}));
             } else {
                 for (g, n, c) in &report.generations {
-                    println!("generation {g}: txns 1..={n} replayed, {c} boundaries checked, all checks passed");
+                    out!("generation {g}: txns 1..={n} replayed, {c} boundaries checked, all checks passed");
                 }
             }
             Ok(())
         }
         Err(ValidateError::CheckFailed(f)) => {
             if json {
-                println!("{}", serde_json::json!({"ok": false, "failure": f.to_json()}));
+                out!("{}", serde_json::json!({"ok": false, "failure": f.to_json()}));
             }
             bail!("{} (committed {})", f, format_ms(f.commit_time_ms))
         }
@@ -358,9 +375,9 @@ fn cmd_follow(uri: &str, replica: PathBuf, checks: Vec<String>, interval_ms: u64
         match step.with_context(|| format!("following {uri} into {}", replica.display()))? {
             FollowStep::UpToDate(_) => {}
             FollowStep::Advanced { from_seq, to } => {
-                println!("generation {}: applied txns {}..={}", to.generation, from_seq + 1, to.seq)
+                out!("generation {}: applied txns {}..={}", to.generation, from_seq + 1, to.seq)
             }
-            FollowStep::Seeded(to) => println!("generation {}: seeded at txn {}", to.generation, to.seq),
+            FollowStep::Seeded(to) => out!("generation {}: seeded at txn {}", to.generation, to.seq),
         }
         if once {
             return Ok(());
@@ -372,7 +389,7 @@ fn cmd_follow(uri: &str, replica: PathBuf, checks: Vec<String>, interval_ms: u64
 fn cmd_root(uri: Option<&str>, db: Option<&Path>, txn: Option<u64>, generation: Option<u64>) -> Result<()> {
     if let Some(path) = db {
         let (page_size, root) = root_of_file(path)?;
-        println!("{}  {} ({} pages of {page_size} bytes)", hex(&root), path.display(), std::fs::metadata(path)?.len() / u64::from(page_size));
+        out!("{}  {} ({} pages of {page_size} bytes)", hex(&root), path.display(), std::fs::metadata(path)?.len() / u64::from(page_size));
         return Ok(());
     }
     let uri = uri.expect("clap requires TARGET without --db");
@@ -388,7 +405,7 @@ fn cmd_root(uri: Option<&str>, db: Option<&Path>, txn: Option<u64>, generation: 
     struct NoPages;
     impl reader::Visitor for NoPages {}
     let summary = reader::replay(target.as_ref(), &objects, reader::ReplayLimit::Txn(seq), &mut NoPages)?;
-    println!("{}  generation {} txn {}", hex(&summary.state_root), summary.generation, summary.last_seq);
+    out!("{}  generation {} txn {}", hex(&summary.state_root), summary.generation, summary.last_seq);
     Ok(())
 }
 
@@ -426,8 +443,8 @@ fn cmd_keygen(curve: &str, out: &Path) -> Result<()> {
     let algorithm = Algorithm::parse(curve).with_context(|| format!("unknown curve {curve:?}"))?;
     let signer = Signer::generate(algorithm)?;
     let pub_path = signer.write_new(out)?;
-    println!("wrote {} (secret, mode 0600) and {}", out.display(), pub_path.display());
-    println!("public key: {}", signer.public_key());
+    out!("wrote {} (secret, mode 0600) and {}", out.display(), pub_path.display());
+    out!("public key: {}", signer.public_key());
     Ok(())
 }
 
@@ -446,7 +463,7 @@ fn cmd_verify(uri: &str, json: bool, pubkeys: &[PathBuf], allow_unsigned_tail: b
         Ok(r) => r,
         Err(e) => {
             if json {
-                println!("{}", serde_json::json!({"ok": false, "error": e.to_string()}));
+                out!("{}", serde_json::json!({"ok": false, "error": e.to_string()}));
             }
             return Err(e).with_context(|| format!("verification of {uri} failed"));
         }
@@ -459,11 +476,11 @@ fn cmd_verify(uri: &str, json: bool, pubkeys: &[PathBuf], allow_unsigned_tail: b
         if !opts.public_keys.is_empty() {
             out["signatures"] = report.signatures.into();
         }
-        println!("{out}");
+        out!("{out}");
         return Ok(());
     }
     for g in &report.generations {
-        println!(
+        out!(
             "generation {}: snapshot of {} pages, txns 1..={} verified, head {}",
             g.generation,
             g.snapshot_pages,
@@ -472,9 +489,9 @@ fn cmd_verify(uri: &str, json: bool, pubkeys: &[PathBuf], allow_unsigned_tail: b
         );
     }
     if !opts.public_keys.is_empty() {
-        println!("signatures: {} valid, every sealed segment signed", report.signatures);
+        out!("signatures: {} valid, every sealed segment signed", report.signatures);
     }
-    println!("ok: {} generation(s), {} bytes verified", report.generations.len(), report.bytes);
+    out!("ok: {} generation(s), {} bytes verified", report.generations.len(), report.bytes);
     Ok(())
 }
 
@@ -491,21 +508,21 @@ fn cmd_ls(uri: &str) -> Result<()> {
     if generations.is_empty() {
         bail!("target {} holds no generations", target.describe());
     }
-    println!("target {}", target.describe());
+    out!("target {}", target.describe());
     for g in &generations {
         let Some(snapshot) = &g.snapshot else {
-            println!("generation {} (incomplete: no snapshot)", g.generation);
+            out!("generation {} (incomplete: no snapshot)", g.generation);
             continue;
         };
         let header = snapshot_header(target.as_ref(), &snapshot.key)?;
-        println!(
+        out!(
             "generation {}  started {}  reason: {}  {} bytes",
             g.generation,
             format_ms(header.created_ms),
             header.reason,
             g.bytes()
         );
-        println!(
+        out!(
             "  snapshot  {}  {} pages x {} bytes  {} bytes",
             snapshot.key, header.page_count, header.page_size, snapshot.size
         );
@@ -517,7 +534,7 @@ fn cmd_ls(uri: &str) -> Result<()> {
                 }
                 _ => "no txns".to_string(),
             };
-            println!("  segment   {}  {range}  {} bytes", object.key, object.size);
+            out!("  segment   {}  {range}  {} bytes", object.key, object.size);
         }
     }
     Ok(())
@@ -557,9 +574,9 @@ fn cmd_prune(uri: &str, keep_generations: Option<u64>, keep_days: Option<f64>, d
         .with_context(|| format!("pruning {uri}"))?;
     let verb = if dry_run { "would delete" } else { "deleted" };
     for key in &report.deleted {
-        println!("{verb} {key}");
+        out!("{verb} {key}");
     }
-    println!(
+    out!(
         "{verb} {} generation(s) ({} objects, {} bytes); kept generation(s) {:?}",
         report.deleted_generations.len(),
         report.deleted.len(),
@@ -618,7 +635,7 @@ fn cmd_diff(uri: &str, txn: u64, generation: Option<u64>, invert: bool, format: 
 fn cmd_inspect(path: &Path, verbose: bool) -> Result<()> {
     let input = open_input(path)?;
     let mut r = RecordReader::new(input).with_context(|| path.display().to_string())?;
-    println!("{}: {:?} file, format version {}", path.display(), r.kind(), r.version());
+    out!("{}: {:?} file, format version {}", path.display(), r.kind(), r.version());
     let mut pages = walstream::record::page::PageDecoder::new(r.version());
     while let Some((offset, record)) = r.next_record().with_context(|| path.display().to_string())? {
         let line = match record.body.expect("reader rejects empty records") {
@@ -665,7 +682,7 @@ fn cmd_inspect(path: &Path, verbose: bool) -> Result<()> {
                 hex(&s.signature)
             ),
         };
-        println!("{offset:>10}  {line}");
+        out!("{offset:>10}  {line}");
     }
     Ok(())
 }
