@@ -315,10 +315,10 @@ fn humantime_rfc3339(ms: i64) -> String {
     )
 }
 
-/// How long the server stays down (30 s by default in the issue; shorter is enough to show the
-/// same property as long as several shipping attempts fail and back off meanwhile).
+/// How long the server stays down: 30 s (`WALSTREAM_TEST_OUTAGE_S` to change it when running by
+/// hand); shipping fails and backs off many times meanwhile.
 fn outage() -> Duration {
-    let s = std::env::var("WALSTREAM_TEST_OUTAGE_S").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    let s = std::env::var("WALSTREAM_TEST_OUTAGE_S").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     Duration::from_secs(s)
 }
 
