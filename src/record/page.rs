@@ -429,7 +429,7 @@ mod tests {
     fn version(seed: u64, n: usize) -> Vec<u8> {
         let mut page = vec![0u8; PAGE];
         for (i, b) in page.iter_mut().enumerate() {
-            *b = (i as u64 / 16 ^ seed).wrapping_mul(n as u64 + 1) as u8;
+            *b = ((i as u64 / 16) ^ seed).wrapping_mul(n as u64 + 1) as u8;
         }
         page
     }
@@ -489,7 +489,7 @@ mod tests {
                         };
                         let p = encode(&mut enc, pgno, &data);
                         prop_assert!(p.data.len() + p.zstd.len() + p.zstd_delta.len() <= PAGE);
-                        let decoded = dec.decode(&p, PAGE).map_err(|e| TestCaseError::fail(e))?;
+                        let decoded = dec.decode(&p, PAGE).map_err(TestCaseError::fail)?;
                         prop_assert_eq!(decoded, &data[..]);
                         let h = blake3::hash(decoded);
                         prop_assert_eq!(p.hash.as_slice(), h.as_bytes());
