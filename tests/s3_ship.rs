@@ -20,7 +20,6 @@ use common::*;
 use serde_json::Value;
 use walstream::reader;
 use walstream::target::s3::S3Target;
-use walstream::target::Target;
 
 const PYTHON: &str = "/usr/bin/python3";
 const WAIT: Duration = Duration::from_secs(60);
@@ -405,7 +404,8 @@ fn application_killed_during_an_outage_loses_nothing_and_ships_once() {
 fn wrong_credentials_missing_bucket_and_unreachable_endpoint_are_clear_and_lose_nothing() {
     let Some(env) = s3_env() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, Vec<(&str, String)>, &[&str])> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         (
             "wrong-credentials",
             {
@@ -699,8 +699,10 @@ fn follow_keeps_a_replica_of_an_s3_stream_through_a_restart() {
     let shipped = || {
         poll("everything shipped", WAIT, || {
             let s = status(&conn);
-            let last = s["last_seq"].as_u64();
-            if last.is_some() && s["shipped_seq"].as_u64() == last { Ok(last.unwrap()) } else { Err(s.to_string()) }
+            match s["last_seq"].as_u64() {
+                Some(last) if s["shipped_seq"].as_u64() == Some(last) => Ok(last),
+                _ => Err(s.to_string()),
+            }
         })
     };
     wait_replica(shipped());

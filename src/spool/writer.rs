@@ -19,6 +19,9 @@ use crate::wal::WalCursor;
 /// Pages per snapshot chunk record are limited to this many bytes (at least one page).
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 256 << 10;
 
+/// Reads database page `pgno` (from 1) into the buffer: where a snapshot's pages come from.
+pub type ReadPage<'a> = dyn FnMut(u32, &mut [u8]) -> Result<(), SpoolError> + 'a;
+
 fn rec(body: Body) -> pb::Record {
     pb::Record { body: Some(body) }
 }
@@ -112,7 +115,7 @@ impl SpoolLock<'_> {
     pub fn start_generation(
         &mut self,
         meta: &SnapshotMeta,
-        read_page: &mut dyn FnMut(u32, &mut [u8]) -> Result<(), SpoolError>,
+        read_page: &mut ReadPage<'_>,
     ) -> Result<u64, SpoolError> {
         let dir = self.spool.dir.clone();
         let prev = self.spool.tail.clone();
@@ -283,7 +286,7 @@ impl SpoolLock<'_> {
 
     /// Records that the WAL the stream follows is about to be reset (see `pb::WalReset`).
     pub fn mark_reset(&mut self, reset: pb::WalReset) -> Result<(), SpoolError> {
-        self.append_record(Body::WalReset(reset.clone()))?;
+        self.append_record(Body::WalReset(reset))?;
         self.tail_mut().reset = Some(reset);
         Ok(())
     }
@@ -333,7 +336,7 @@ impl SpoolLock<'_> {
         if tail.ended || tail.last_seq < tail.segment_first_seq {
             return Ok(false);
         }
-        let (next_seq, reset) = (tail.last_seq + 1, tail.reset.clone());
+        let (next_seq, reset) = (tail.last_seq + 1, tail.reset);
         self.sign_head()?;
         let end = pb::SegmentEnd { reason: Reason::Rolled as i32, next_seq };
         self.append_record(Body::SegmentEnd(end))?;
@@ -383,7 +386,7 @@ fn write_snapshot(
     generation: u64,
     meta: &SnapshotMeta,
     prev_generation: Option<&Hash>,
-    read_page: &mut dyn FnMut(u32, &mut [u8]) -> Result<(), SpoolError>,
+    read_page: &mut ReadPage<'_>,
 ) -> Result<(Hash, StateTree), SpoolError> {
     let path = dir.join(layout::snapshot_key(generation));
     let tmp = path.with_extension("wsnap.tmp");
