@@ -7,12 +7,11 @@ use std::sync::Arc;
 use super::status::Status;
 use super::{CaptureError, CaptureIo, CaptureOptions, Moment};
 use crate::record::pb::{self, wal_reset::Kind};
-use crate::record::hex;
 use crate::sign::Signer;
 use crate::spool::{SnapshotMeta, Spool, SpoolError, SpoolLock, Tail};
 use crate::target::TargetSpec;
 use crate::wal::{
-    frame_offset, ReadAt, ShmHeader, WalCursor, WalHeader, FRAME_HEADER_BYTES,
+    frame_offset, ReadAhead, ReadAt, ShmHeader, WalCursor, WalHeader, FRAME_HEADER_BYTES,
 };
 
 /// How the WAL as it is now relates to the stream's tail.
@@ -35,7 +34,15 @@ pub struct Capture {
     /// nothing uncaptured.
     synced_at_lock: Option<(u32, u32)>,
     status: Status,
+    /// A WAL position this process saw the WAL hold: it read the frame there, or captured
+    /// through it. SQLite never rewrites a committed frame while the WAL keeps its salts (only
+    /// a restart reuses the file, with new salts), so while the stream ends at this position and
+    /// the wal-index shows its salts, the WAL need not be read again to prove that it still
+    /// continues the stream.
+    seen: Option<WalCursor>,
     frame_buf: Vec<u8>,
+    /// The window of `ReadAhead` over the WAL (at most `wal::READ_AHEAD_BYTES_MAX`).
+    read_ahead: Vec<u8>,
     /// Shipping to a remote target (S3): the spool is `<db>-walstream/` and a background
     /// shipper uploads it (see `crate::ship`).
     ship: Option<ShipLink>,
@@ -112,7 +119,17 @@ impl Capture {
         if let Some(bytes) = opts.segment_bytes {
             spool.segment_bytes_max = bytes;
         }
-        Ok(Self { db_path, target, spool, synced_at_lock: None, status, frame_buf: Vec::new(), ship })
+        Ok(Self {
+            db_path,
+            target,
+            spool,
+            synced_at_lock: None,
+            status,
+            seen: None,
+            frame_buf: Vec::new(),
+            read_ahead: Vec::new(),
+            ship,
+        })
     }
 
     pub fn target(&self) -> &TargetSpec {
@@ -163,6 +180,7 @@ impl Capture {
         match result {
             Ok(()) => self.status.behind = false,
             Err(e) => {
+                self.seen = None;
                 self.status.behind = true;
                 self.status.errors += 1;
                 self.status.last_error = Some(e.to_string());
@@ -171,7 +189,7 @@ impl Capture {
         if let Some(t) = self.spool.cached_tail() {
             self.status.generation = Some(t.generation);
             self.status.last_seq = Some(t.last_seq);
-            self.status.head_hash = Some(hex(&t.head_hash));
+            self.status.head_hash = Some(t.head_hash);
         }
         if let Some(shipper) = self.ship.as_ref().and_then(|l| l.shipper.as_ref()) {
             let captured = self.spool.cached_tail().map(|t| (t.generation, t.last_seq));
@@ -194,6 +212,11 @@ impl Capture {
     fn on_lock_acquired(&mut self, io: CaptureIo<'_>) -> Result<(), CaptureError> {
         self.synced_at_lock = None;
         let shm = io.shm.and_then(ShmHeader::parse);
+        if let Some(shm) = shm.filter(|h| self.holds_all_of(h)) {
+            self.check_ship_limit()?;
+            self.synced_at_lock = Some((shm.salt1, shm.salt2));
+            return Ok(());
+        }
         let wal = io.wal;
         self.catch_up(CaptureIo { shm: io.shm, wal: &mut *wal, db: io.db })?;
         let (Some(shm), Some(tail)) = (shm, self.spool.cached_tail().cloned()) else { return Ok(()) };
@@ -213,11 +236,34 @@ impl Capture {
         Ok(())
     }
 
+    /// Whether the stream holds every commit the wal-index `shm` shows, known without any I/O:
+    /// the tail this process last saw ends at the wal-index's last commit frame, at a position
+    /// seen in the WAL of the wal-index's salts. Another process cannot have captured anything
+    /// since, as that would have needed a commit, moving mxFrame or the salts; what it may have
+    /// appended otherwise (a new generation, a sealed segment) the next append sees, as it
+    /// refreshes the tail under the spool lock.
+    fn holds_all_of(&self, shm: &ShmHeader) -> bool {
+        let Some(tail) = self.spool.cached_tail().filter(|t| !t.ended && !self.status.behind) else {
+            return false;
+        };
+        tail.wal.is_some_and(|w| {
+            self.seen == Some(w)
+                && (w.salt1, w.salt2) == (shm.salt1, shm.salt2)
+                && w.frame == shm.mx_frame
+        })
+    }
+
+    /// Refuses to capture while the spool of a remote target is at its size limit.
+    fn check_ship_limit(&self) -> Result<(), CaptureError> {
+        match self.ship.as_ref().and_then(|l| l.shipper.as_ref()).and_then(|s| s.limit_error()) {
+            Some(msg) => Err(CaptureError::Ship(msg)),
+            None => Ok(()),
+        }
+    }
+
     /// Captures every committed transaction in the WAL that the stream does not hold yet.
     fn catch_up(&mut self, io: CaptureIo<'_>) -> Result<(), CaptureError> {
-        if let Some(msg) = self.ship.as_ref().and_then(|l| l.shipper.as_ref()).and_then(|s| s.limit_error()) {
-            return Err(CaptureError::Ship(msg));
-        }
+        self.check_ship_limit()?;
         let shm = match io.shm {
             Some(region) => match ShmHeader::parse(region) {
                 Some(h) => Some(h),
@@ -228,11 +274,9 @@ impl Capture {
         };
         let limit = shm.map(|h| h.mx_frame);
         let shm_salts = shm.map(|h| (h.salt1, h.salt2));
-        // With an empty wal-index the WAL file may still hold an old, stale header.
-        let wal_header = if limit == Some(0) { None } else { WalHeader::read(io.wal)? };
         let mut lock = self.spool.lock()?;
         let tail = match lock.tail() {
-            Some(t) if !t.ended => t.clone(),
+            Some(t) if !t.ended => t,
             Some(_) => {
                 drop(lock);
                 return self.new_generation(io, limit, "the previous generation was ended");
@@ -242,7 +286,25 @@ impl Capture {
                 return self.new_generation(io, limit, "new stream");
             }
         };
-        let from = match continuation(&tail, wal_header.as_ref(), limit, shm_salts, io.wal, &self.db_path) {
+        let (tail_wal, tail_page_size) = (tail.wal, tail.page_size);
+        let last_commit = tail.last_commit_page;
+        let seen = self
+            .seen
+            .filter(|w| tail_wal == Some(*w) && shm_salts == Some((w.salt1, w.salt2)));
+        let next = match seen {
+            // The WAL still holds the stream's position: its frames with these salts were seen.
+            Some(w) => match limit {
+                Some(mx) if mx < w.frame => lost(mx, w.frame),
+                _ => Continuation::From(w),
+            },
+            None => {
+                // With an empty wal-index the WAL file may still hold an old, stale header.
+                let wal_header = if limit == Some(0) { None } else { WalHeader::read(io.wal)? };
+                let (buf, db_path) = (&mut self.frame_buf, &self.db_path);
+                continuation(tail, wal_header.as_ref(), limit, shm_salts, io.wal, db_path, buf)
+            }
+        };
+        let from = match next {
             Continuation::Nothing => return Ok(()),
             Continuation::From(cursor) => cursor,
             Continuation::Diverged(reason) => {
@@ -250,13 +312,23 @@ impl Capture {
                 return self.new_generation(io, limit, &reason);
             }
         };
-        if tail.page_size != 0 && from.page_size != tail.page_size {
-            return Err(CaptureError::PageSizeChanged { wal: from.page_size, stream: tail.page_size });
+        if Some(from) == tail_wal {
+            // `continuation` checked that the WAL holds it, or it was seen before.
+            self.seen = Some(from);
         }
-        let outcome = capture_frames(&mut lock, &tail, from, limit, io.wal, &mut self.frame_buf)?;
+        if tail_page_size != 0 && from.page_size != tail_page_size {
+            let (wal, stream) = (from.page_size, tail_page_size);
+            return Err(CaptureError::PageSizeChanged { wal, stream });
+        }
+        let bufs = (&mut self.frame_buf, &mut self.read_ahead);
+        let outcome = capture_frames(&mut lock, last_commit, from, limit, io.wal, bufs)?;
+        let captured_to = lock.tail().and_then(|t| t.wal);
         drop(lock);
         match outcome {
             FramesOutcome::Captured(n) => {
+                if n > 0 {
+                    self.seen = captured_to;
+                }
                 self.status.captured_txns += n;
                 Ok(())
             }
@@ -285,7 +357,7 @@ impl Capture {
                     self.catch_up(CaptureIo { shm: None, wal: &mut *io.wal, db: &mut *io.db })?;
                     let fresh = self.spool.cached_tail().and_then(|t| t.wal);
                     if let (Some(h), Some(w)) = (current, fresh) {
-                        if w.same_wal(&h) && holds_position(io.wal, &w) {
+                        if w.same_wal(&h) && holds_position(io.wal, &w, &mut self.frame_buf) {
                             synced = Some((w.salt1, w.salt2));
                         }
                     }
@@ -375,6 +447,8 @@ impl Capture {
             })
         };
         lock.start_generation(&meta, &mut read_page)?;
+        // The snapshot read the WAL through its last commit frame.
+        self.seen = image.wal;
         if image.wal.is_none() {
             // The state is the database file itself: the next WAL starts from it.
             lock.mark_reset(pb::WalReset {
@@ -403,16 +477,16 @@ fn db_file_stat(path: &std::path::Path) -> std::io::Result<(u64, i64)> {
 
 /// Whether the WAL still holds the frame the stream's position names, with the recorded salts
 /// and checksum: false when the frames were lost (power loss) or rewritten since.
-fn holds_position(wal: &mut dyn ReadAt, w: &WalCursor) -> bool {
+fn holds_position(wal: &mut dyn ReadAt, w: &WalCursor, buf: &mut Vec<u8>) -> bool {
     if w.frame == 0 {
         return true;
     }
-    let offset = frame_offset(w.frame, w.page_size);
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    let size = wal.size().unwrap_or(0);
-    if size < offset + w.frame_bytes() as u64 || wal.read_exact_at(&mut header, offset).is_err() {
+    // The whole frame must be there: a short read (past the end of the file) fails.
+    buf.resize(w.frame_bytes(), 0);
+    if wal.read_exact_at(buf, frame_offset(w.frame, w.page_size)).is_err() {
         return false;
     }
+    let header = &buf[..FRAME_HEADER_BYTES];
     let field = |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     // A frame committed with deferred checksums (see `WalCursor::next_committed_frame`) has
     // zero salts and checksum, and the position then records a zero checksum.
@@ -423,10 +497,10 @@ fn holds_position(wal: &mut dyn ReadAt, w: &WalCursor) -> bool {
 /// True when every frame after `w` up to `mx` repeats the tail's last commit frame (sector
 /// padding), so the stream holds everything committed in the WAL.
 fn only_padding_after(wal: &mut dyn ReadAt, w: WalCursor, mx: u32, tail: &Tail, buf: &mut Vec<u8>) -> bool {
-    let size = wal.size().unwrap_or(0);
     let mut cursor = w;
     while cursor.frame < mx {
-        match cursor.next_committed_frame(wal, size, buf) {
+        // Frames up to mxFrame are committed: the end of the file shows as a short read.
+        match cursor.next_committed_frame(wal, u64::MAX, buf) {
             Ok(Some(f)) => {
                 let page = crate::record::chain::page_hash(&buf[FRAME_HEADER_BYTES..]);
                 if tail.last_commit_page != Some((f.pgno, f.db_size_after_commit, page)) {
@@ -452,6 +526,14 @@ fn file_as_marked(r: &pb::WalReset, db_path: &std::path::Path) -> Option<Continu
     }
 }
 
+/// The WAL holds `held` frames of the WAL the stream's position names, but `captured` were.
+fn lost(held: u32, captured: u32) -> Continuation {
+    Continuation::Diverged(format!(
+        "the WAL holds {held} frames but {captured} were captured: the database lost committed \
+         transactions"
+    ))
+}
+
 /// How the WAL as it is now (`wal`: its header; `limit`, `shm_salts`: the wal-index's mxFrame and
 /// salts, when there is a shared wal-index) relates to the stream's tail.
 fn continuation(
@@ -461,13 +543,8 @@ fn continuation(
     shm_salts: Option<(u32, u32)>,
     wal_file: &mut dyn ReadAt,
     db_path: &std::path::Path,
+    buf: &mut Vec<u8>,
 ) -> Continuation {
-    let lost = |held: u32, captured: u32| {
-        Continuation::Diverged(format!(
-            "the WAL holds {held} frames but {captured} were captured: the database lost \
-             committed transactions"
-        ))
-    };
     // The wal-index still names the captured WAL: it must hold at least the captured frames
     // (recovery after a power loss publishes fewer, possibly none).
     if let Some(w) = tail.wal.filter(|w| w.frame > 0 && shm_salts == Some((w.salt1, w.salt2))) {
@@ -499,7 +576,7 @@ fn continuation(
         if let Some(mx) = limit.filter(|mx| *mx < w.frame) {
             return lost(mx, w.frame);
         }
-        if !holds_position(wal_file, &w) {
+        if !holds_position(wal_file, &w, buf) {
             return Continuation::Diverged(
                 "the WAL no longer holds the captured frames with their checksums: the database \
                  lost or rewrote committed transactions"
@@ -536,18 +613,31 @@ enum FramesOutcome {
 }
 
 /// Streams the committed transactions in the WAL after `from` into the spool.
+/// `last_commit` is the tail's `last_commit_page`; `bufs` are a frame buffer and the window of
+/// the reads ahead.
 fn capture_frames(
     lock: &mut SpoolLock<'_>,
-    tail: &Tail,
+    mut last_commit: Option<(u32, u32, crate::record::Hash)>,
     from: WalCursor,
     limit: Option<u32>,
     wal: &mut dyn ReadAt,
-    buf: &mut Vec<u8>,
+    bufs: (&mut Vec<u8>, &mut Vec<u8>),
 ) -> Result<FramesOutcome, CaptureError> {
-    let file_size = wal.size().map_err(crate::wal::WalError::Io)?;
+    let (buf, window) = bufs;
+    // Frames up to mxFrame are committed and present: no need to ask for the file's size, and
+    // they are read in runs. Without a wal-index, the checksum chain ends the log.
+    let (file_size, end) = match limit {
+        Some(mx) if mx > from.frame => (u64::MAX, frame_offset(mx + 1, from.page_size)),
+        Some(_) => (u64::MAX, 0),
+        None => {
+            let size = wal.size().map_err(crate::wal::WalError::Io)?;
+            (size, size)
+        }
+    };
+    let mut ahead = ReadAhead::new(wal, window, end);
+    let wal: &mut dyn ReadAt = &mut ahead;
     let mut cursor = from;
     let mut captured = 0;
-    let mut last_commit = tail.last_commit_page;
     while limit.is_none_or(|mx| cursor.frame < mx) {
         let txn_start = cursor.frame;
         let mut txn = None;

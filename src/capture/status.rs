@@ -11,7 +11,8 @@ pub struct Status {
     pub target: String,
     pub generation: Option<u64>,
     pub last_seq: Option<u64>,
-    pub head_hash: Option<String>,
+    /// Chain hash of the last transaction (hex in the JSON, formatted only when asked for).
+    pub head_hash: Option<crate::record::Hash>,
     /// Transactions captured by this process.
     pub captured_txns: u64,
     /// Generations started by this process, and why the last one was.
@@ -39,7 +40,7 @@ impl Status {
             "last_seq": self.last_seq,
             "shipped_seq": self.last_seq,
             "lag_txns": 0,
-            "head_hash": self.head_hash,
+            "head_hash": self.head_hash.as_ref().map(|h| crate::record::hex(h)),
             "captured_txns": self.captured_txns,
             "generations_started": self.generations_started,
             "last_generation_reason": self.last_generation_reason,

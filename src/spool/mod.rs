@@ -110,9 +110,26 @@ impl Spool {
     /// appended. The lock is held until the returned guard is dropped.
     pub fn lock(&mut self) -> Result<SpoolLock<'_>, SpoolError> {
         self.lock_file.lock().map_err(io_err(&self.dir.join(LOCK_NAME)))?;
+        let unchanged = self.active_segment_unchanged();
         let mut guard = SpoolLock { spool: self };
-        guard.refresh()?;
+        if !unchanged {
+            guard.refresh()?;
+        }
         Ok(guard)
+    }
+
+    /// Whether the active segment still ends where this process last saw it end, asked of the
+    /// append handle this process holds on it (no path to build and look up). Every change to
+    /// the stream by another process appends to or cuts the active segment first (a
+    /// transaction, a WAL-reset marker, a `SegmentEnd` before a new segment or generation), so
+    /// an unchanged length means an unchanged tail.
+    fn active_segment_unchanged(&self) -> bool {
+        match (&self.segment, &self.tail) {
+            (Some(file), Some(tail)) if !tail.ended => {
+                file.metadata().is_ok_and(|m| m.len() == tail.segment_len)
+            }
+            _ => false,
+        }
     }
 
     /// The tail as last seen (without locking or refreshing), for status reports.

@@ -181,9 +181,12 @@ impl StateTree {
         if self.levels.len() != heights {
             self.levels = vec![Vec::new(); heights];
         }
-        for (k, level) in self.levels.iter_mut().enumerate() {
-            let width = n.div_ceil(1 << (BLOCK_LEVEL + k));
-            level.resize(width, *empty(BLOCK_LEVEL + k));
+        // The width of every level follows from that of the blocks' level.
+        if self.levels[0].len() != n.div_ceil(BLOCK_LEAVES) {
+            for (k, level) in self.levels.iter_mut().enumerate() {
+                let width = n.div_ceil(1 << (BLOCK_LEVEL + k));
+                level.resize(width, *empty(BLOCK_LEVEL + k));
+            }
         }
         compact(&mut self.dirty);
         self.dirty_compacted = 0;
