@@ -557,9 +557,16 @@ fn continuation(
         // marker recorded it: a change without walstream would otherwise go unseen. Without a
         // marker, frames the stream captured were in this WAL and SQLite never reset it while
         // walstream watched: they are gone (a power loss before the WAL was synced), and the
-        // stream holds state the database lost.
+        // stream holds state the database lost. Unless the wal-index publishes a restart of
+        // that WAL (salt-1 one more, no frames) whose writer died before it rewrote the header,
+        // when walstream saw no reset: SQLite restarts a WAL only once every frame is in the
+        // database file, and walstream refuses it the locks while capture is behind.
+        let restart_published = shm_salts
+            .zip(tail.wal)
+            .is_some_and(|((salt1, _), w)| salt1 == w.salt1.wrapping_add(1));
         return match tail.reset.as_ref() {
             Some(r) => file_as_marked(r, db_path).unwrap_or(Continuation::Nothing),
+            None if restart_published => Continuation::Nothing,
             None if tail.wal.is_some_and(|w| w.frame > 0) => Continuation::Diverged(
                 "the WAL is empty or gone but the stream captured frames from it: the database \
                  lost committed transactions"
