@@ -82,7 +82,7 @@ test: build test-deps test-deps-clients
 	export WALSTREAM_REQUIRE_NODE=1; \
 	if [ "$$(id -u)" = 0 ]; then export WALSTREAM_REQUIRE_MOUNT=1; fi; \
 	WALSTREAM_EXT=$(CURDIR)/$(EXT_SO) WALSTREAM_CLI=$(CURDIR)/$(CLI) \
-	  $(CARGO) test --release --all-targets -- --test-threads=2
+	  $(CARGO) test --release --all-targets --no-fail-fast -- --test-threads=2
 	cd ext && $(CARGO) test --release
 	SQLITE_TESTS=quick WALSTREAM_EXT=$(CURDIR)/$(EXT_SO) ./scripts/sqlite-testsuite.sh
 

@@ -22,6 +22,12 @@ enum Continuation {
     Nothing,
     /// The stream cannot be continued; start a new generation for this reason.
     Diverged(String),
+    /// The WAL the stream followed is empty or gone and no reset marker says why: either SQLite
+    /// checkpointed everything and reset it without walstream seeing (the database file then
+    /// equals the stream's state: nothing to capture), or the captured frames were lost (a
+    /// power loss before the WAL was synced: the stream holds state the database lost).
+    /// Decided by comparing the database file with the stream's state root.
+    NothingIfFileIsTail,
 }
 
 /// Capture of one database, shared by the connections of a process.
@@ -306,6 +312,16 @@ impl Capture {
         };
         let from = match next {
             Continuation::Nothing => return Ok(()),
+            Continuation::NothingIfFileIsTail => {
+                let stream_root = lock.tail_state_root()?;
+                if file_state_root(io.db, tail_page_size)? == Some(stream_root) {
+                    return Ok(());
+                }
+                drop(lock);
+                let reason = "the WAL is empty or gone but the stream captured frames from it, and the \
+                              database file does not hold them: the database lost committed transactions";
+                return self.new_generation(io, limit, reason);
+            }
             Continuation::From(cursor) => cursor,
             Continuation::Diverged(reason) => {
                 drop(lock);
@@ -475,6 +491,24 @@ fn db_file_stat(path: &std::path::Path) -> std::io::Result<(u64, i64)> {
     Ok((m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
 }
 
+/// The state root of the database file as it is on disk (`None` if it is not a whole number of
+/// pages). Reads and hashes every page: only for the rare case of `NothingIfFileIsTail`.
+fn file_state_root(db: &mut dyn ReadAt, page_size: u32) -> Result<Option<crate::record::Hash>, CaptureError> {
+    let size = db.size().map_err(CaptureError::Db)?;
+    if page_size == 0 || size % u64::from(page_size) != 0 {
+        return Ok(None);
+    }
+    let count = (size / u64::from(page_size)) as u32;
+    let mut tree = crate::state::StateTree::new(page_size);
+    tree.resize(count);
+    let mut page = vec![0u8; page_size as usize];
+    for pgno in 1..=count {
+        db.read_exact_at(&mut page, u64::from(pgno - 1) * u64::from(page_size)).map_err(CaptureError::Db)?;
+        tree.set_page(pgno, crate::record::chain::page_hash(&page));
+    }
+    Ok(Some(tree.root()))
+}
+
 /// Whether the WAL still holds the frame the stream's position names, with the recorded salts
 /// and checksum: false when the frames were lost (power loss) or rewritten since.
 fn holds_position(wal: &mut dyn ReadAt, w: &WalCursor, buf: &mut Vec<u8>) -> bool {
@@ -556,22 +590,17 @@ fn continuation(
         // Nothing in the WAL. After a reset or close, the database file must still be as the
         // marker recorded it: a change without walstream would otherwise go unseen. Without a
         // marker, frames the stream captured were in this WAL and SQLite never reset it while
-        // walstream watched: they are gone (a power loss before the WAL was synced), and the
-        // stream holds state the database lost. Unless the wal-index publishes a restart of
-        // that WAL (salt-1 one more, no frames) whose writer died before it rewrote the header,
-        // when walstream saw no reset: SQLite restarts a WAL only once every frame is in the
-        // database file, and walstream refuses it the locks while capture is behind.
+        // walstream watched, unless the wal-index publishes a restart of that WAL (salt-1 one
+        // more, no frames) whose writer died before it rewrote the header: SQLite restarts a WAL
+        // only once every frame is in the database file, and walstream refuses it the locks
+        // while capture is behind. Otherwise the database file decides (`NothingIfFileIsTail`).
         let restart_published = shm_salts
             .zip(tail.wal)
             .is_some_and(|((salt1, _), w)| salt1 == w.salt1.wrapping_add(1));
         return match tail.reset.as_ref() {
             Some(r) => file_as_marked(r, db_path).unwrap_or(Continuation::Nothing),
             None if restart_published => Continuation::Nothing,
-            None if tail.wal.is_some_and(|w| w.frame > 0) => Continuation::Diverged(
-                "the WAL is empty or gone but the stream captured frames from it: the database \
-                 lost committed transactions"
-                    .into(),
-            ),
+            None if tail.wal.is_some_and(|w| w.frame > 0) => Continuation::NothingIfFileIsTail,
             None => Continuation::Nothing,
         };
     };

@@ -251,14 +251,7 @@ impl SpoolLock<'_> {
     /// Applies `txn` to the state tree (rebuilt from the spool first if it does not describe
     /// the tail) and returns the state root after it.
     fn next_state_root(&mut self, txn: &TxnAppender, db_size_pages: u32) -> Result<Hash, SpoolError> {
-        let tail = self.spool.tail.as_ref().expect("a generation is open");
-        let (generation, seq) = (tail.generation, tail.last_seq);
-        let current = self.spool.tree.as_ref().is_some_and(|(g, s, _)| (*g, *s) == (generation, seq));
-        if !current {
-            let tree = rebuild_tree(&self.spool.dir, generation, seq)?;
-            self.spool.tree = Some((generation, seq, tree));
-        }
-        let (_, _, tree) = self.spool.tree.as_mut().expect("set above");
+        let tree = self.tail_tree()?;
         if tree.page_size() == 0 {
             tree.set_page_size(txn.page_size);
         }
@@ -267,6 +260,24 @@ impl SpoolLock<'_> {
         }
         tree.resize(db_size_pages);
         Ok(tree.root())
+    }
+
+    /// The state tree of the tail's database image, rebuilt from the spool if the cached one
+    /// describes another point.
+    fn tail_tree(&mut self) -> Result<&mut StateTree, SpoolError> {
+        let tail = self.spool.tail.as_ref().expect("a generation is open");
+        let (generation, seq) = (tail.generation, tail.last_seq);
+        let current = self.spool.tree.as_ref().is_some_and(|(g, s, _)| (*g, *s) == (generation, seq));
+        if !current {
+            let tree = rebuild_tree(&self.spool.dir, generation, seq)?;
+            self.spool.tree = Some((generation, seq, tree));
+        }
+        Ok(&mut self.spool.tree.as_mut().expect("set above").2)
+    }
+
+    /// The state root of the database image after the tail's last transaction.
+    pub fn tail_state_root(&mut self) -> Result<Hash, SpoolError> {
+        Ok(self.tail_tree()?.root())
     }
 
     /// Cuts off whatever of `txn` was already written.
