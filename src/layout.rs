@@ -19,7 +19,10 @@ pub fn snapshot_key(generation: u64) -> String {
 }
 
 pub fn segment_key(generation: u64, first_seq: u64) -> String {
-    format!("{}/{first_seq:016x}{SEGMENT_SUFFIX}", generation_dir(generation))
+    format!(
+        "{}/{first_seq:016x}{SEGMENT_SUFFIX}",
+        generation_dir(generation)
+    )
 }
 
 /// What an object name in a target denotes.
@@ -31,7 +34,10 @@ pub enum ObjectName {
 
 /// Parses the 16-digit lower-case hex numbers used in names.
 pub fn parse_hex16(s: &str) -> Option<u64> {
-    if s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if s.len() == 16
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         u64::from_str_radix(s, 16).ok()
     } else {
         None
@@ -51,7 +57,10 @@ pub fn parse_key(key: &str) -> Option<ObjectName> {
         return Some(ObjectName::Snapshot { generation });
     }
     let first_seq = parse_hex16(file.strip_suffix(SEGMENT_SUFFIX)?)?;
-    Some(ObjectName::Segment { generation, first_seq })
+    Some(ObjectName::Segment {
+        generation,
+        first_seq,
+    })
 }
 
 #[cfg(test)]
@@ -60,10 +69,16 @@ mod tests {
 
     #[test]
     fn keys_roundtrip() {
-        assert_eq!(parse_key(&snapshot_key(3)), Some(ObjectName::Snapshot { generation: 3 }));
+        assert_eq!(
+            parse_key(&snapshot_key(3)),
+            Some(ObjectName::Snapshot { generation: 3 })
+        );
         assert_eq!(
             parse_key(&segment_key(3, 0x1f)),
-            Some(ObjectName::Segment { generation: 3, first_seq: 0x1f })
+            Some(ObjectName::Segment {
+                generation: 3,
+                first_seq: 0x1f
+            })
         );
     }
 

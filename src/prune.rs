@@ -46,25 +46,48 @@ pub enum PruneError {
 
 fn created_ms(target: &dyn Target, g: &GenerationObjects) -> Result<i64, ReadError> {
     let key = &g.snapshot.as_ref().expect("complete generation").key;
-    let rec_err = |source| ReadError::Record { key: key.clone(), source };
+    let rec_err = |source| ReadError::Record {
+        key: key.clone(),
+        source,
+    };
     let reader: Box<dyn Read + Send> = target.get(key)?;
-    let mut r = RecordReader::new(reader).and_then(|r| r.expect_kind(FileKind::Snapshot)).map_err(rec_err)?;
+    let mut r = RecordReader::new(reader)
+        .and_then(|r| r.expect_kind(FileKind::Snapshot))
+        .map_err(rec_err)?;
     match r.next_record().map_err(rec_err)? {
-        Some((_, Record { body: Some(Body::SnapshotHeader(h)) })) => Ok(h.created_ms),
-        _ => Err(ReadError::Record { key: key.clone(), source: crate::record::RecordError::TruncatedHeader }),
+        Some((
+            _,
+            Record {
+                body: Some(Body::SnapshotHeader(h)),
+            },
+        )) => Ok(h.created_ms),
+        _ => Err(ReadError::Record {
+            key: key.clone(),
+            source: crate::record::RecordError::TruncatedHeader,
+        }),
     }
 }
 
 /// Decides which generations go.
-pub fn plan(target: &dyn Target, keep: &Keep) -> Result<(PruneReport, Vec<GenerationObjects>), PruneError> {
+pub fn plan(
+    target: &dyn Target,
+    keep: &Keep,
+) -> Result<(PruneReport, Vec<GenerationObjects>), PruneError> {
     if keep.generations.is_none() && keep.days.is_none() {
         return Err(PruneError::NothingToKeep);
     }
     let inventory = reader::inventory(target)?;
-    let Some(newest) = inventory.iter().rev().find(|g| g.snapshot.is_some()).map(|g| g.generation) else {
+    let Some(newest) = inventory
+        .iter()
+        .rev()
+        .find(|g| g.snapshot.is_some())
+        .map(|g| g.generation)
+    else {
         return Err(ReadError::Empty(target.describe()).into());
     };
-    let cutoff_ms = keep.days.map(|d| crate::now_ms() - (d * 86_400_000.0) as i64);
+    let cutoff_ms = keep
+        .days
+        .map(|d| crate::now_ms() - (d * 86_400_000.0) as i64);
     let keep_count = keep.generations.map(|n| n.max(1));
     let mut report = PruneReport::default();
     let mut doomed = Vec::new();

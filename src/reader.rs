@@ -12,8 +12,8 @@ use std::io::Read;
 
 use crate::layout::{self, ObjectName};
 use crate::record::chain::{page_hash, SnapshotHasher, TxnHasher};
-use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::page::{PageDecoder, PAGE_BYTES_MAX};
+use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::{hash_field, hex, FileKind, Hash, RecordError, RecordReader};
 use crate::state::StateTree;
 use crate::target::{ObjectInfo, Target, TargetError};
@@ -32,7 +32,11 @@ pub enum ReadError {
     #[error("generation {0} does not exist or has no snapshot")]
     NoSuchGeneration(u64),
     #[error("generation {generation} has no transaction {seq} (its last is {last})")]
-    NoSuchTxn { generation: u64, seq: u64, last: u64 },
+    NoSuchTxn {
+        generation: u64,
+        seq: u64,
+        last: u64,
+    },
     #[error("output: {0}")]
     Output(std::io::Error),
 }
@@ -76,7 +80,8 @@ pub struct GenerationObjects {
 
 impl GenerationObjects {
     pub fn bytes(&self) -> u64 {
-        self.snapshot.as_ref().map_or(0, |s| s.size) + self.segments.values().map(|s| s.size).sum::<u64>()
+        self.snapshot.as_ref().map_or(0, |s| s.size)
+            + self.segments.values().map(|s| s.size).sum::<u64>()
     }
 }
 
@@ -84,14 +89,19 @@ impl GenerationObjects {
 pub fn inventory(target: &dyn Target) -> Result<Vec<GenerationObjects>, ReadError> {
     let mut map: BTreeMap<u64, GenerationObjects> = BTreeMap::new();
     for object in target.list()? {
-        let Some(name) = layout::parse_key(&object.key) else { continue };
+        let Some(name) = layout::parse_key(&object.key) else {
+            continue;
+        };
         match name {
             ObjectName::Snapshot { generation } => {
                 let g = map.entry(generation).or_default();
                 g.generation = generation;
                 g.snapshot = Some(object);
             }
-            ObjectName::Segment { generation, first_seq } => {
+            ObjectName::Segment {
+                generation,
+                first_seq,
+            } => {
                 let g = map.entry(generation).or_default();
                 g.generation = generation;
                 g.segments.insert(first_seq, object);
@@ -136,7 +146,11 @@ pub trait Visitor {
     }
     /// A `HeadSignature` record, with the chain head it follows (replay does not check
     /// signatures: a visitor that requires them does, see `verify::verify_with`).
-    fn head_signature(&mut self, _sig: &pb::HeadSignature, _at: &ChainPoint<'_>) -> Result<(), ReadError> {
+    fn head_signature(
+        &mut self,
+        _sig: &pb::HeadSignature,
+        _at: &ChainPoint<'_>,
+    ) -> Result<(), ReadError> {
         Ok(())
     }
     /// A segment's `SegmentEnd` record, with the chain head the segment ends at.
@@ -210,7 +224,13 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn fail(&self, seq: Option<u64>, pgno: Option<u32>, offset: Option<u64>, problem: String) -> ReadError {
+    fn fail(
+        &self,
+        seq: Option<u64>,
+        pgno: Option<u32>,
+        offset: Option<u64>,
+        problem: String,
+    ) -> ReadError {
         ReadError::Integrity(Box::new(Integrity {
             generation: self.generation,
             seq,
@@ -222,20 +242,47 @@ impl Ctx<'_> {
     }
 }
 
-fn open_records(target: &dyn Target, key: &str, kind: FileKind) -> Result<RecordReader<Box<dyn Read + Send>>, ReadError> {
+fn open_records(
+    target: &dyn Target,
+    key: &str,
+    kind: FileKind,
+) -> Result<RecordReader<Box<dyn Read + Send>>, ReadError> {
     RecordReader::new(target.get(key)?)
         .and_then(|r| r.expect_kind(kind))
-        .map_err(|source| ReadError::Record { key: key.to_string(), source })
+        .map_err(|source| ReadError::Record {
+            key: key.to_string(),
+            source,
+        })
 }
 
 /// True for a segment cut inside its file header: the newest segment after a power cut right
 /// after it was created. Like a torn record, it reads as the end of the stream.
 fn torn_header(e: &ReadError) -> bool {
-    matches!(e, ReadError::Record { source: RecordError::TruncatedHeader, .. })
+    matches!(
+        e,
+        ReadError::Record {
+            source: RecordError::TruncatedHeader,
+            ..
+        }
+    )
 }
 
-fn hash32(ctx: &Ctx, bytes: &[u8], seq: Option<u64>, pgno: Option<u32>, offset: u64, what: &str) -> Result<Hash, ReadError> {
-    hash_field(bytes).ok_or_else(|| ctx.fail(seq, pgno, Some(offset), format!("{what} is {} bytes, not 32", bytes.len())))
+fn hash32(
+    ctx: &Ctx,
+    bytes: &[u8],
+    seq: Option<u64>,
+    pgno: Option<u32>,
+    offset: u64,
+    what: &str,
+) -> Result<Hash, ReadError> {
+    hash_field(bytes).ok_or_else(|| {
+        ctx.fail(
+            seq,
+            pgno,
+            Some(offset),
+            format!("{what} is {} bytes, not 32", bytes.len()),
+        )
+    })
 }
 
 /// Replays one generation: the snapshot, then its transactions in order, validating all.
@@ -255,11 +302,27 @@ pub fn replay_with_tree(
     limit: ReplayLimit,
     visitor: &mut dyn Visitor,
 ) -> Result<(ReplaySummary, StateTree), ReadError> {
-    let snapshot = objects.snapshot.as_ref().ok_or(ReadError::NoSuchGeneration(objects.generation))?;
-    let (mut summary, mut tree) = replay_snapshot(target, objects.generation, &snapshot.key, visitor)?;
+    let snapshot = objects
+        .snapshot
+        .as_ref()
+        .ok_or(ReadError::NoSuchGeneration(objects.generation))?;
+    let (mut summary, mut tree) =
+        replay_snapshot(target, objects.generation, &snapshot.key, visitor)?;
     visitor.progress(snapshot.size);
-    let resume = Resume { after_seq: 0, head_hash: summary.head_hash };
-    replay_segments(target, objects, &resume, &mut summary, &mut tree, limit, visitor, snapshot.size)?;
+    let resume = Resume {
+        after_seq: 0,
+        head_hash: summary.head_hash,
+    };
+    replay_segments(
+        target,
+        objects,
+        &resume,
+        &mut summary,
+        &mut tree,
+        limit,
+        visitor,
+        snapshot.size,
+    )?;
     Ok((summary, tree))
 }
 
@@ -299,7 +362,16 @@ pub fn replay_after(
         ended: false,
         state_root: tree.root(),
     };
-    replay_segments(target, objects, resume, &mut summary, tree, limit, visitor, 0)?;
+    replay_segments(
+        target,
+        objects,
+        resume,
+        &mut summary,
+        tree,
+        limit,
+        visitor,
+        0,
+    )?;
     Ok(summary)
 }
 
@@ -315,8 +387,16 @@ fn replay_segments(
     mut consumed: u64,
 ) -> Result<(), ReadError> {
     // The segment holding the first transaction to replay, and every later one.
-    let start = objects.segments.range(..=resume.after_seq + 1).next_back().map_or(1, |(k, _)| *k);
-    let segments: Vec<(u64, &ObjectInfo)> = objects.segments.range(start..).map(|(k, v)| (*k, v)).collect();
+    let start = objects
+        .segments
+        .range(..=resume.after_seq + 1)
+        .next_back()
+        .map_or(1, |(k, _)| *k);
+    let segments: Vec<(u64, &ObjectInfo)> = objects
+        .segments
+        .range(start..)
+        .map(|(k, v)| (*k, v))
+        .collect();
     let mut expected_first = start;
     let mut dangling: Option<u64> = None;
     let mut skip = SkipTo::new(resume, start);
@@ -327,14 +407,19 @@ fn replay_segments(
         if limit == ReplayLimit::Txn(summary.last_seq) && skip.is_none() {
             break;
         }
-        let ctx = Ctx { generation: objects.generation, key: &object.key };
+        let ctx = Ctx {
+            generation: objects.generation,
+            key: &object.key,
+        };
         if *first_seq != expected_first {
             return Err(ctx.fail(Some(expected_first), None, None, format!(
                 "segment starts at txn {first_seq} but txn {expected_first} comes next (a segment is missing or extra)"
             )));
         }
         let is_last = i + 1 == segments.len();
-        let end = replay_segment(target, &ctx, *first_seq, summary, tree, &mut skip, limit, visitor, is_last)?;
+        let end = replay_segment(
+            target, &ctx, *first_seq, summary, tree, &mut skip, limit, visitor, is_last,
+        )?;
         consumed += object.size;
         visitor.progress(consumed);
         dangling = None;
@@ -345,7 +430,12 @@ fn replay_segments(
             }
             SegEnd::Stopped => break,
             SegEnd::Open | SegEnd::NewGeneration if !is_last && limit == ReplayLimit::All => {
-                return Err(ctx.fail(None, None, None, "segment is not sealed but later segments exist".into()));
+                return Err(ctx.fail(
+                    None,
+                    None,
+                    None,
+                    "segment is not sealed but later segments exist".into(),
+                ));
             }
             SegEnd::Open | SegEnd::NewGeneration => break,
         }
@@ -372,7 +462,11 @@ fn replay_segments(
     }
     if let ReplayLimit::Txn(n) = limit {
         if summary.last_seq != n {
-            return Err(ReadError::NoSuchTxn { generation: objects.generation, seq: n, last: summary.last_seq });
+            return Err(ReadError::NoSuchTxn {
+                generation: objects.generation,
+                seq: n,
+                last: summary.last_seq,
+            });
         }
     }
     Ok(())
@@ -387,7 +481,10 @@ struct SkipTo {
 
 impl SkipTo {
     fn new(resume: &Resume, first_segment_seq: u64) -> Option<Self> {
-        (resume.after_seq >= first_segment_seq).then_some(SkipTo { through: resume.after_seq, head: resume.head_hash })
+        (resume.after_seq >= first_segment_seq).then_some(SkipTo {
+            through: resume.after_seq,
+            head: resume.head_hash,
+        })
     }
 }
 
@@ -399,21 +496,53 @@ fn replay_snapshot(
 ) -> Result<(ReplaySummary, StateTree), ReadError> {
     let ctx = Ctx { generation, key };
     let mut reader = open_records(target, key, FileKind::Snapshot)?;
-    let rec_err = |source| ReadError::Record { key: key.to_string(), source };
+    let rec_err = |source| ReadError::Record {
+        key: key.to_string(),
+        source,
+    };
     let header = match reader.next_record().map_err(rec_err)? {
-        Some((_, pb::Record { body: Some(Body::SnapshotHeader(h)) })) => h,
-        _ => return Err(ctx.fail(None, None, Some(16), "snapshot does not start with its header".into())),
+        Some((
+            _,
+            pb::Record {
+                body: Some(Body::SnapshotHeader(h)),
+            },
+        )) => h,
+        _ => {
+            return Err(ctx.fail(
+                None,
+                None,
+                Some(16),
+                "snapshot does not start with its header".into(),
+            ))
+        }
     };
     if header.generation != generation {
-        return Err(ctx.fail(None, None, Some(16), format!("snapshot says generation {}", header.generation)));
+        return Err(ctx.fail(
+            None,
+            None,
+            Some(16),
+            format!("snapshot says generation {}", header.generation),
+        ));
     }
     let page_size = header.page_size;
     if header.page_count > 0 && !crate::wal::is_valid_page_size(page_size) {
-        return Err(ctx.fail(None, None, Some(16), format!("invalid page size {page_size}")));
+        return Err(ctx.fail(
+            None,
+            None,
+            Some(16),
+            format!("invalid page size {page_size}"),
+        ));
     }
     let prev = match header.prev_generation_hash.len() {
         0 => None,
-        _ => Some(hash32(&ctx, &header.prev_generation_hash, None, None, 16, "previous generation hash")?),
+        _ => Some(hash32(
+            &ctx,
+            &header.prev_generation_hash,
+            None,
+            None,
+            16,
+            "previous generation hash",
+        )?),
     };
     visitor.snapshot_header(&header)?;
     let mut hasher = SnapshotHasher::new(generation, page_size, prev.as_ref());
@@ -423,35 +552,65 @@ fn replay_snapshot(
     let mut pages = Vec::new();
     let (hash, state_root) = loop {
         let Some((offset, record)) = reader.next_record().map_err(rec_err)? else {
-            return Err(ctx.fail(None, None, Some(reader.offset()), "snapshot ends without its end record".into()));
+            return Err(ctx.fail(
+                None,
+                None,
+                Some(reader.offset()),
+                "snapshot ends without its end record".into(),
+            ));
         };
         match record.body {
             Some(Body::SnapshotChunk(c)) => {
                 if c.first_pgno != next_pgno {
-                    return Err(ctx.fail(None, Some(c.first_pgno), Some(offset), format!("chunk starts at page {} but page {next_pgno} comes next", c.first_pgno)));
+                    return Err(ctx.fail(
+                        None,
+                        Some(c.first_pgno),
+                        Some(offset),
+                        format!(
+                            "chunk starts at page {} but page {next_pgno} comes next",
+                            c.first_pgno
+                        ),
+                    ));
                 }
                 let data = if c.zstd.is_empty() {
                     &c.data
                 } else if reader.version() < 2 || !c.data.is_empty() {
-                    let problem = if c.data.is_empty() { "version 2 chunk fields in a version 1 file" } else { "chunk holds both data and zstd" };
+                    let problem = if c.data.is_empty() {
+                        "version 2 chunk fields in a version 1 file"
+                    } else {
+                        "chunk holds both data and zstd"
+                    };
                     return Err(ctx.fail(None, Some(c.first_pgno), Some(offset), problem.into()));
                 } else {
                     let len = c.hashes.len().saturating_mul(page_size as usize);
-                    crate::record::page::decompress_chunk(&c.zstd, len, &mut pages)
-                        .map_err(|problem| ctx.fail(None, Some(c.first_pgno), Some(offset), problem))?;
+                    crate::record::page::decompress_chunk(&c.zstd, len, &mut pages).map_err(
+                        |problem| ctx.fail(None, Some(c.first_pgno), Some(offset), problem),
+                    )?;
                     &pages
                 };
                 if data.len() != c.hashes.len() * page_size as usize {
-                    return Err(ctx.fail(None, Some(c.first_pgno), Some(offset), "chunk size does not match its page count".into()));
+                    return Err(ctx.fail(
+                        None,
+                        Some(c.first_pgno),
+                        Some(offset),
+                        "chunk size does not match its page count".into(),
+                    ));
                 }
                 for (i, recorded) in c.hashes.iter().enumerate() {
                     let pgno = c.first_pgno + i as u32;
                     let data = &data[i * page_size as usize..(i + 1) * page_size as usize];
                     let actual = page_hash(data);
                     if recorded.as_slice() != actual {
-                        return Err(ctx.fail(None, Some(pgno), Some(offset), format!(
-                            "page hash mismatch: recorded {}, computed {}", hex(recorded), hex(&actual)
-                        )));
+                        return Err(ctx.fail(
+                            None,
+                            Some(pgno),
+                            Some(offset),
+                            format!(
+                                "page hash mismatch: recorded {}, computed {}",
+                                hex(recorded),
+                                hex(&actual)
+                            ),
+                        ));
                     }
                     hasher.page(pgno, &actual);
                     tree.set_page(pgno, actual);
@@ -462,26 +621,61 @@ fn replay_snapshot(
             Some(Body::SnapshotEnd(end)) => {
                 let computed = hasher.finish();
                 if end.hash.as_slice() != computed {
-                    return Err(ctx.fail(None, None, Some(offset), format!(
-                        "snapshot hash mismatch: recorded {}, computed {}", hex(&end.hash), hex(&computed)
-                    )));
+                    return Err(ctx.fail(
+                        None,
+                        None,
+                        Some(offset),
+                        format!(
+                            "snapshot hash mismatch: recorded {}, computed {}",
+                            hex(&end.hash),
+                            hex(&computed)
+                        ),
+                    ));
                 }
                 let state_root = tree.root();
                 if end.state_root.as_slice() != state_root {
-                    return Err(ctx.fail(None, None, Some(offset), format!(
-                        "state root mismatch: recorded {}, computed {}", hex(&end.state_root), hex(&state_root)
-                    )));
+                    return Err(ctx.fail(
+                        None,
+                        None,
+                        Some(offset),
+                        format!(
+                            "state root mismatch: recorded {}, computed {}",
+                            hex(&end.state_root),
+                            hex(&state_root)
+                        ),
+                    ));
                 }
                 break (computed, state_root);
             }
-            other => return Err(ctx.fail(None, None, Some(offset), format!("unexpected record in snapshot: {}", kind_name(&other)))),
+            other => {
+                return Err(ctx.fail(
+                    None,
+                    None,
+                    Some(offset),
+                    format!("unexpected record in snapshot: {}", kind_name(&other)),
+                ))
+            }
         }
     };
     if next_pgno - 1 != header.page_count {
-        return Err(ctx.fail(None, None, None, format!("snapshot holds {} pages, its header says {}", next_pgno - 1, header.page_count)));
+        return Err(ctx.fail(
+            None,
+            None,
+            None,
+            format!(
+                "snapshot holds {} pages, its header says {}",
+                next_pgno - 1,
+                header.page_count
+            ),
+        ));
     }
     if reader.next_record().map_err(rec_err)?.is_some() {
-        return Err(ctx.fail(None, None, Some(reader.offset()), "records after the snapshot's end".into()));
+        return Err(ctx.fail(
+            None,
+            None,
+            Some(reader.offset()),
+            "records after the snapshot's end".into(),
+        ));
     }
     let summary = ReplaySummary {
         generation,
@@ -564,16 +758,27 @@ fn replay_segment(
                 summary.torn_tail = Some(format!("{}: {e}", ctx.key));
                 return Ok(SegEnd::Open);
             }
-            Err(source) => return Err(ReadError::Record { key: ctx.key.to_string(), source }),
+            Err(source) => {
+                return Err(ReadError::Record {
+                    key: ctx.key.to_string(),
+                    source,
+                })
+            }
         };
         let body = record.body;
         if first {
             let Some(Body::SegmentHeader(h)) = &body else {
-                return Err(ctx.fail(None, None, Some(offset), "segment does not start with its header".into()));
+                return Err(ctx.fail(
+                    None,
+                    None,
+                    Some(offset),
+                    "segment does not start with its header".into(),
+                ));
             };
             if skip.is_some() && h.first_seq == first_seq {
                 // Resuming inside this segment: its own header says where the chain stood.
-                summary.head_hash = hash32(ctx, &h.prev_hash, None, None, offset, "segment prev_hash")?;
+                summary.head_hash =
+                    hash32(ctx, &h.prev_hash, None, None, offset, "segment prev_hash")?;
             }
             check_segment_header(ctx, h, first_seq, summary, offset)?;
             first = false;
@@ -582,9 +787,15 @@ fn replay_segment(
         match (body, txn.as_mut()) {
             (Some(Body::TxnBegin(b)), None) => {
                 if b.seq != summary.last_seq + 1 {
-                    return Err(ctx.fail(Some(b.seq), None, Some(offset), format!(
-                        "txn {} follows txn {} (sequence gap or reordering)", b.seq, summary.last_seq
-                    )));
+                    return Err(ctx.fail(
+                        Some(b.seq),
+                        None,
+                        Some(offset),
+                        format!(
+                            "txn {} follows txn {} (sequence gap or reordering)",
+                            b.seq, summary.last_seq
+                        ),
+                    ));
                 }
                 txn = Some(OpenTxn {
                     seq: b.seq,
@@ -596,18 +807,38 @@ fn replay_segment(
                 if p.pgno == 0 {
                     return Err(ctx.fail(Some(t.seq), None, Some(offset), "page number 0".into()));
                 }
-                let limit = if summary.page_size == 0 { PAGE_BYTES_MAX } else { summary.page_size as usize };
-                let data = pages
-                    .decode(&p, limit)
-                    .map_err(|problem| ctx.fail(Some(t.seq), Some(p.pgno), Some(offset), problem))?;
+                let limit = if summary.page_size == 0 {
+                    PAGE_BYTES_MAX
+                } else {
+                    summary.page_size as usize
+                };
+                let data = pages.decode(&p, limit).map_err(|problem| {
+                    ctx.fail(Some(t.seq), Some(p.pgno), Some(offset), problem)
+                })?;
                 if data.len() != summary.page_size as usize && summary.page_size != 0 {
-                    return Err(ctx.fail(Some(t.seq), Some(p.pgno), Some(offset), format!("page is {} bytes, the generation's pages are {}", data.len(), summary.page_size)));
+                    return Err(ctx.fail(
+                        Some(t.seq),
+                        Some(p.pgno),
+                        Some(offset),
+                        format!(
+                            "page is {} bytes, the generation's pages are {}",
+                            data.len(),
+                            summary.page_size
+                        ),
+                    ));
                 }
                 let actual = page_hash(data);
                 if p.hash.as_slice() != actual {
-                    return Err(ctx.fail(Some(t.seq), Some(p.pgno), Some(offset), format!(
-                        "page hash mismatch: recorded {}, computed {}", hex(&p.hash), hex(&actual)
-                    )));
+                    return Err(ctx.fail(
+                        Some(t.seq),
+                        Some(p.pgno),
+                        Some(offset),
+                        format!(
+                            "page hash mismatch: recorded {}, computed {}",
+                            hex(&p.hash),
+                            hex(&actual)
+                        ),
+                    ));
                 }
                 t.hasher.page(p.pgno, &actual);
                 if skip.is_some() {
@@ -623,18 +854,42 @@ fn replay_segment(
             (Some(Body::TxnCommit(c)), Some(_)) => {
                 let t = txn.take().expect("matched Some");
                 if c.seq != t.seq {
-                    return Err(ctx.fail(Some(t.seq), None, Some(offset), format!("commit record says txn {}", c.seq)));
+                    return Err(ctx.fail(
+                        Some(t.seq),
+                        None,
+                        Some(offset),
+                        format!("commit record says txn {}", c.seq),
+                    ));
                 }
                 if c.page_count != t.hasher.pages() {
-                    return Err(ctx.fail(Some(t.seq), None, Some(offset), format!("commit counts {} pages, the stream holds {}", c.page_count, t.hasher.pages())));
+                    return Err(ctx.fail(
+                        Some(t.seq),
+                        None,
+                        Some(offset),
+                        format!(
+                            "commit counts {} pages, the stream holds {}",
+                            c.page_count,
+                            t.hasher.pages()
+                        ),
+                    ));
                 }
                 if let Some(s) = skip.as_ref() {
-                    let recorded = hash32(ctx, &c.state_root, Some(t.seq), None, offset, "state root")?;
-                    let computed = t.hasher.finish(c.db_size_pages, c.commit_time_ms, &recorded);
+                    let recorded =
+                        hash32(ctx, &c.state_root, Some(t.seq), None, offset, "state root")?;
+                    let computed = t
+                        .hasher
+                        .finish(c.db_size_pages, c.commit_time_ms, &recorded);
                     if c.hash.as_slice() != computed {
-                        return Err(ctx.fail(Some(t.seq), None, Some(offset), format!(
-                            "chain hash mismatch: recorded {}, computed {}", hex(&c.hash), hex(&computed)
-                        )));
+                        return Err(ctx.fail(
+                            Some(t.seq),
+                            None,
+                            Some(offset),
+                            format!(
+                                "chain hash mismatch: recorded {}, computed {}",
+                                hex(&c.hash),
+                                hex(&computed)
+                            ),
+                        ));
                     }
                     summary.last_seq = c.seq;
                     summary.head_hash = computed;
@@ -658,15 +913,31 @@ fn replay_segment(
                 tree.resize(c.db_size_pages);
                 let state_root = tree.root();
                 if c.state_root.as_slice() != state_root {
-                    return Err(ctx.fail(Some(t.seq), None, Some(offset), format!(
-                        "state root mismatch: recorded {}, computed {}", hex(&c.state_root), hex(&state_root)
-                    )));
+                    return Err(ctx.fail(
+                        Some(t.seq),
+                        None,
+                        Some(offset),
+                        format!(
+                            "state root mismatch: recorded {}, computed {}",
+                            hex(&c.state_root),
+                            hex(&state_root)
+                        ),
+                    ));
                 }
-                let computed = t.hasher.finish(c.db_size_pages, c.commit_time_ms, &state_root);
+                let computed = t
+                    .hasher
+                    .finish(c.db_size_pages, c.commit_time_ms, &state_root);
                 if c.hash.as_slice() != computed {
-                    return Err(ctx.fail(Some(t.seq), None, Some(offset), format!(
-                        "chain hash mismatch: recorded {}, computed {}", hex(&c.hash), hex(&computed)
-                    )));
+                    return Err(ctx.fail(
+                        Some(t.seq),
+                        None,
+                        Some(offset),
+                        format!(
+                            "chain hash mismatch: recorded {}, computed {}",
+                            hex(&c.hash),
+                            hex(&computed)
+                        ),
+                    ));
                 }
                 visitor.txn_commit(&c)?;
                 summary.last_seq = c.seq;
@@ -681,23 +952,58 @@ fn replay_segment(
             (Some(Body::WalReset(_)), None) => {}
             (Some(Body::HeadSignature(sig)), None) => {
                 if skip.is_none() {
-                    let at = ChainPoint { generation: ctx.generation, seq: summary.last_seq, head_hash: &summary.head_hash, key: ctx.key, offset };
+                    let at = ChainPoint {
+                        generation: ctx.generation,
+                        seq: summary.last_seq,
+                        head_hash: &summary.head_hash,
+                        key: ctx.key,
+                        offset,
+                    };
                     visitor.head_signature(&sig, &at)?;
                 }
             }
             (Some(Body::SegmentEnd(e)), None) => {
                 if e.next_seq != summary.last_seq + 1 {
-                    return Err(ctx.fail(None, None, Some(offset), format!("segment end names txn {} as next, expected {}", e.next_seq, summary.last_seq + 1)));
+                    return Err(ctx.fail(
+                        None,
+                        None,
+                        Some(offset),
+                        format!(
+                            "segment end names txn {} as next, expected {}",
+                            e.next_seq,
+                            summary.last_seq + 1
+                        ),
+                    ));
                 }
-                if reader.next_record().map_err(|source| ReadError::Record { key: ctx.key.to_string(), source })?.is_some() {
-                    return Err(ctx.fail(None, None, Some(reader.offset()), "records after the segment's end".into()));
+                if reader
+                    .next_record()
+                    .map_err(|source| ReadError::Record {
+                        key: ctx.key.to_string(),
+                        source,
+                    })?
+                    .is_some()
+                {
+                    return Err(ctx.fail(
+                        None,
+                        None,
+                        Some(reader.offset()),
+                        "records after the segment's end".into(),
+                    ));
                 }
                 if skip.is_none() {
-                    let at = ChainPoint { generation: ctx.generation, seq: summary.last_seq, head_hash: &summary.head_hash, key: ctx.key, offset };
+                    let at = ChainPoint {
+                        generation: ctx.generation,
+                        seq: summary.last_seq,
+                        head_hash: &summary.head_hash,
+                        key: ctx.key,
+                        offset,
+                    };
                     visitor.segment_sealed(&at)?;
                 }
                 return Ok(match e.reason() {
-                    Reason::Rolled => SegEnd::Rolled { next_seq: e.next_seq },
+                    Reason::Rolled => SegEnd::Rolled {
+                        next_seq: e.next_seq,
+                    },
                     _ => {
                         summary.ended = true;
                         SegEnd::NewGeneration
@@ -705,7 +1011,12 @@ fn replay_segment(
                 });
             }
             (other, open) => {
-                return Err(ctx.fail(open.map(|t| t.seq), None, Some(offset), format!("unexpected {} record here", kind_name(&other))));
+                return Err(ctx.fail(
+                    open.map(|t| t.seq),
+                    None,
+                    Some(offset),
+                    format!("unexpected {} record here", kind_name(&other)),
+                ));
             }
         }
     }
@@ -714,31 +1025,70 @@ fn replay_segment(
     }
     if let Some(t) = txn {
         if !is_last {
-            return Err(ctx.fail(Some(t.seq), None, None, "transaction has no commit record".into()));
+            return Err(ctx.fail(
+                Some(t.seq),
+                None,
+                None,
+                "transaction has no commit record".into(),
+            ));
         }
-        summary.torn_tail = Some(format!("{}: txn {} is incomplete (a writer stopped mid-append)", ctx.key, t.seq));
+        summary.torn_tail = Some(format!(
+            "{}: txn {} is incomplete (a writer stopped mid-append)",
+            ctx.key, t.seq
+        ));
     }
     Ok(SegEnd::Open)
 }
 
-fn check_segment_header(ctx: &Ctx, h: &pb::SegmentHeader, first_seq: u64, summary: &ReplaySummary, offset: u64) -> Result<(), ReadError> {
+fn check_segment_header(
+    ctx: &Ctx,
+    h: &pb::SegmentHeader,
+    first_seq: u64,
+    summary: &ReplaySummary,
+    offset: u64,
+) -> Result<(), ReadError> {
     if h.generation != ctx.generation {
-        return Err(ctx.fail(None, None, Some(offset), format!("segment says generation {}", h.generation)));
+        return Err(ctx.fail(
+            None,
+            None,
+            Some(offset),
+            format!("segment says generation {}", h.generation),
+        ));
     }
     if h.first_seq != first_seq {
-        return Err(ctx.fail(None, None, Some(offset), format!("segment header says it starts at txn {}, its name says {first_seq}", h.first_seq)));
+        return Err(ctx.fail(
+            None,
+            None,
+            Some(offset),
+            format!(
+                "segment header says it starts at txn {}, its name says {first_seq}",
+                h.first_seq
+            ),
+        ));
     }
     if h.prev_hash.as_slice() != summary.head_hash {
-        return Err(ctx.fail(Some(first_seq), None, Some(offset), format!(
-            "segment does not chain: it follows hash {}, the stream's head is {}", hex(&h.prev_hash), hex(&summary.head_hash)
-        )));
+        return Err(ctx.fail(
+            Some(first_seq),
+            None,
+            Some(offset),
+            format!(
+                "segment does not chain: it follows hash {}, the stream's head is {}",
+                hex(&h.prev_hash),
+                hex(&summary.head_hash)
+            ),
+        ));
     }
     Ok(())
 }
 
 /// The last complete transaction of a generation (reads only its last segment).
-pub fn last_committed_seq(target: &dyn Target, objects: &GenerationObjects) -> Result<u64, ReadError> {
-    let Some((&first_seq, object)) = objects.segments.iter().next_back() else { return Ok(0) };
+pub fn last_committed_seq(
+    target: &dyn Target,
+    objects: &GenerationObjects,
+) -> Result<u64, ReadError> {
+    let Some((&first_seq, object)) = objects.segments.iter().next_back() else {
+        return Ok(0);
+    };
     let mut last = first_seq.saturating_sub(1);
     let mut reader = match open_records(target, &object.key, FileKind::Segment) {
         Ok(r) => r,
@@ -747,11 +1097,21 @@ pub fn last_committed_seq(target: &dyn Target, objects: &GenerationObjects) -> R
     };
     loop {
         match reader.next_record() {
-            Ok(Some((_, pb::Record { body: Some(Body::TxnCommit(c)) }))) => last = c.seq,
+            Ok(Some((
+                _,
+                pb::Record {
+                    body: Some(Body::TxnCommit(c)),
+                },
+            ))) => last = c.seq,
             Ok(Some(_)) => {}
             Ok(None) => break,
             Err(e) if e.is_torn_tail() => break,
-            Err(source) => return Err(ReadError::Record { key: object.key.clone(), source }),
+            Err(source) => {
+                return Err(ReadError::Record {
+                    key: object.key.clone(),
+                    source,
+                })
+            }
         }
     }
     Ok(last)
@@ -759,7 +1119,11 @@ pub fn last_committed_seq(target: &dyn Target, objects: &GenerationObjects) -> R
 
 /// The last complete transaction committed at or before `time_ms` (0: the snapshot itself is
 /// the newest state at that time). Reads segment headers and one segment.
-pub fn seq_at_time(target: &dyn Target, objects: &GenerationObjects, time_ms: i64) -> Result<u64, ReadError> {
+pub fn seq_at_time(
+    target: &dyn Target,
+    objects: &GenerationObjects,
+    time_ms: i64,
+) -> Result<u64, ReadError> {
     let mut candidate: Option<(&u64, &ObjectInfo)> = None;
     for (i, (first_seq, object)) in objects.segments.iter().enumerate() {
         let mut reader = match open_records(target, &object.key, FileKind::Segment) {
@@ -768,21 +1132,38 @@ pub fn seq_at_time(target: &dyn Target, objects: &GenerationObjects, time_ms: i6
             Err(e) => return Err(e),
         };
         let prev_time = match reader.next_record() {
-            Ok(Some((_, pb::Record { body: Some(Body::SegmentHeader(h)) }))) => h.prev_commit_time_ms,
+            Ok(Some((
+                _,
+                pb::Record {
+                    body: Some(Body::SegmentHeader(h)),
+                },
+            ))) => h.prev_commit_time_ms,
             Ok(_) => break,
-            Err(source) => return Err(ReadError::Record { key: object.key.clone(), source }),
+            Err(source) => {
+                return Err(ReadError::Record {
+                    key: object.key.clone(),
+                    source,
+                })
+            }
         };
         if prev_time > time_ms && candidate.is_some() {
             break;
         }
         candidate = Some((first_seq, object));
     }
-    let Some((first_seq, object)) = candidate else { return Ok(0) };
+    let Some((first_seq, object)) = candidate else {
+        return Ok(0);
+    };
     let mut reader = open_records(target, &object.key, FileKind::Segment)?;
     let mut best = first_seq.saturating_sub(1);
     loop {
         match reader.next_record() {
-            Ok(Some((_, pb::Record { body: Some(Body::TxnCommit(c)) }))) => {
+            Ok(Some((
+                _,
+                pb::Record {
+                    body: Some(Body::TxnCommit(c)),
+                },
+            ))) => {
                 if c.commit_time_ms > time_ms {
                     break;
                 }
@@ -791,7 +1172,12 @@ pub fn seq_at_time(target: &dyn Target, objects: &GenerationObjects, time_ms: i6
             Ok(Some(_)) => {}
             Ok(None) => break,
             Err(e) if e.is_torn_tail() => break,
-            Err(source) => return Err(ReadError::Record { key: object.key.clone(), source }),
+            Err(source) => {
+                return Err(ReadError::Record {
+                    key: object.key.clone(),
+                    source,
+                })
+            }
         }
     }
     Ok(best)

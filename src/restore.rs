@@ -43,7 +43,10 @@ pub enum RestoreError {
     #[error("{0} exists; pass --force to replace it")]
     OutputExists(PathBuf),
     #[error("{path}: {source}")]
-    Output { path: PathBuf, source: std::io::Error },
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no generation existed at that time (the oldest starts at {oldest_ms} ms)")]
     TooEarly { oldest_ms: i64 },
 }
@@ -71,7 +74,10 @@ impl PageWriter<'_> {
         self.pages = self.pages.max(u64::from(pgno));
         let offset = u64::from(pgno - 1) * self.page_size;
         self.file.write_all_at(data, offset).map_err(|e| {
-            ReadError::Output(std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))
+            ReadError::Output(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", self.path.display()),
+            ))
         })
     }
 }
@@ -93,7 +99,9 @@ impl Visitor for PageWriter<'_> {
     fn txn_commit(&mut self, c: &pb::TxnCommit) -> Result<(), ReadError> {
         let size = u64::from(c.db_size_pages);
         if size < self.pages {
-            self.file.set_len(size * self.page_size).map_err(ReadError::Output)?;
+            self.file
+                .set_len(size * self.page_size)
+                .map_err(ReadError::Output)?;
             self.pages = size;
         }
         Ok(())
@@ -123,16 +131,35 @@ pub fn resolve(
 
 fn snapshot_created_ms(target: &dyn Target, objects: &GenerationObjects) -> Result<i64, ReadError> {
     let key = &objects.snapshot.as_ref().expect("complete generation").key;
-    let rec_err = |source| ReadError::Record { key: key.clone(), source };
-    let mut r = RecordReader::new(target.get(key)?).and_then(|r| r.expect_kind(FileKind::Snapshot)).map_err(rec_err)?;
+    let rec_err = |source| ReadError::Record {
+        key: key.clone(),
+        source,
+    };
+    let mut r = RecordReader::new(target.get(key)?)
+        .and_then(|r| r.expect_kind(FileKind::Snapshot))
+        .map_err(rec_err)?;
     match r.next_record().map_err(rec_err)? {
-        Some((_, pb::Record { body: Some(Body::SnapshotHeader(h)) })) => Ok(h.created_ms),
-        _ => Err(ReadError::Record { key: key.clone(), source: crate::record::RecordError::TruncatedHeader }),
+        Some((
+            _,
+            pb::Record {
+                body: Some(Body::SnapshotHeader(h)),
+            },
+        )) => Ok(h.created_ms),
+        _ => Err(ReadError::Record {
+            key: key.clone(),
+            source: crate::record::RecordError::TruncatedHeader,
+        }),
     }
 }
 
-fn generation_at_time(target: &dyn Target, time_ms: i64) -> Result<GenerationObjects, RestoreError> {
-    let complete: Vec<_> = reader::inventory(target)?.into_iter().filter(|g| g.snapshot.is_some()).collect();
+fn generation_at_time(
+    target: &dyn Target,
+    time_ms: i64,
+) -> Result<GenerationObjects, RestoreError> {
+    let complete: Vec<_> = reader::inventory(target)?
+        .into_iter()
+        .filter(|g| g.snapshot.is_some())
+        .collect();
     let mut oldest = None;
     for objects in complete.into_iter().rev() {
         let created = snapshot_created_ms(target, &objects)?;
@@ -172,13 +199,19 @@ pub fn restore(
             match fs::remove_file(&side) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     let _ = fs::remove_file(&tmp);
-                    return Err(RestoreError::Output { path: side, source: e });
+                    return Err(RestoreError::Output {
+                        path: side,
+                        source: e,
+                    });
                 }
                 _ => {}
             }
         }
     }
-    fs::rename(&tmp, out).map_err(|source| RestoreError::Output { path: out.to_path_buf(), source })?;
+    fs::rename(&tmp, out).map_err(|source| RestoreError::Output {
+        path: out.to_path_buf(),
+        source,
+    })?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = File::open(dir).and_then(|d| d.sync_all());
     }
@@ -192,9 +225,24 @@ fn write_restore(
     tmp: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Restored, RestoreError> {
-    let out_err = |source| RestoreError::Output { path: tmp.to_path_buf(), source };
-    let file = OpenOptions::new().create(true).truncate(true).write(true).read(true).open(tmp).map_err(out_err)?;
-    let mut writer = PageWriter { file: &file, path: tmp, page_size: 0, pages: 0, progress };
+    let out_err = |source| RestoreError::Output {
+        path: tmp.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .read(true)
+        .open(tmp)
+        .map_err(out_err)?;
+    let mut writer = PageWriter {
+        file: &file,
+        path: tmp,
+        page_size: 0,
+        pages: 0,
+        progress,
+    };
     let summary = reader::replay(target, objects, ReplayLimit::Txn(seq), &mut writer)?;
     let bytes = u64::from(summary.db_size_pages) * u64::from(summary.page_size);
     file.set_len(bytes).map_err(out_err)?;

@@ -203,15 +203,15 @@ impl PublicKey {
             [tag, ..] if *tag == SECRET_TAG => {
                 return Err("this is a secret key file; give the public key (the .pub file)".into())
             }
-            [key] => {
-                match key.len() {
-                    64 => (Algorithm::Ed25519, *key),
-                    66 => (Algorithm::Secp256k1, *key),
-                    n => return Err(format!(
+            [key] => match key.len() {
+                64 => (Algorithm::Ed25519, *key),
+                66 => (Algorithm::Secp256k1, *key),
+                n => {
+                    return Err(format!(
                         "a bare hex public key has 64 (ed25519) or 66 (secp256k1) digits, not {n}"
-                    )),
+                    ))
                 }
-            }
+            },
             _ => return Err(format!("expected `{PUBLIC_TAG} ALGORITHM HEX`")),
         };
         let bytes = parse_hex(hex_key).ok_or("the key is not hex")?;
@@ -429,7 +429,9 @@ impl Signer {
         });
         // Written into a buffer that is zeroized too, never through an intermediate string.
         let mut text = Zeroizing::new(String::with_capacity(256));
-        text.push_str("# walstream signing key: secret, keep it private. Public key in the .pub file.\n");
+        text.push_str(
+            "# walstream signing key: secret, keep it private. Public key in the .pub file.\n",
+        );
         text.push_str(SECRET_TAG);
         text.push(' ');
         text.push_str(self.public.algorithm.name());

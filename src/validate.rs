@@ -27,7 +27,10 @@ pub enum ValidateError {
     #[error("{path}: {message}")]
     Replica { path: PathBuf, message: String },
     #[error("working copy {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The first failing check: where, when, which, and what it returned.
@@ -62,9 +65,15 @@ impl CheckFailure {
 /// Runs every check on `conn`; `Ok(None)` when all pass, else the first failing check and what
 /// it returned. A check passes when it returns exactly one row whose first value is true
 /// (a non-zero number, or the text 'true').
-pub fn run_checks(conn: &Connection, checks: &[String]) -> Result<Option<(String, String)>, ValidateError> {
+pub fn run_checks(
+    conn: &Connection,
+    checks: &[String],
+) -> Result<Option<(String, String)>, ValidateError> {
     for check in checks {
-        let bad = |e: rusqlite::Error| ValidateError::BadCheck { check: check.clone(), message: e.to_string() };
+        let bad = |e: rusqlite::Error| ValidateError::BadCheck {
+            check: check.clone(),
+            message: e.to_string(),
+        };
         let mut stmt = conn.prepare(check).map_err(bad)?;
         let mut rows = stmt.query([]).map_err(bad)?;
         let mut first: Option<String> = None;
@@ -152,7 +161,9 @@ impl WorkingCopy<'_> {
             self.page_size = data.len() as u64;
         }
         self.pages = self.pages.max(u64::from(pgno));
-        self.file.write_all_at(data, u64::from(pgno - 1) * self.page_size).map_err(ReadError::Output)
+        self.file
+            .write_all_at(data, u64::from(pgno - 1) * self.page_size)
+            .map_err(ReadError::Output)
     }
 
     /// Checks run after every transaction in range; the snapshot (0) only when asked for with
@@ -167,12 +178,19 @@ impl WorkingCopy<'_> {
         }
         let uri = format!("file:{}?immutable=1", self.path.display());
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
-        let conn = Connection::open_with_flags(&uri, flags).map_err(|e| ReadError::Output(std::io::Error::other(e)))?;
+        let conn = Connection::open_with_flags(&uri, flags)
+            .map_err(|e| ReadError::Output(std::io::Error::other(e)))?;
         self.checked += 1;
         match run_checks(&conn, &self.opts.checks) {
             Ok(None) => Ok(()),
             Ok(Some((check, returned))) => {
-                self.failure = Some(CheckFailure { generation: self.generation, seq, commit_time_ms, check, returned });
+                self.failure = Some(CheckFailure {
+                    generation: self.generation,
+                    seq,
+                    commit_time_ms,
+                    check,
+                    returned,
+                });
                 // Stop the replay here; the caller reports the failure.
                 Err(ReadError::Output(std::io::Error::other("check failed")))
             }
@@ -198,7 +216,9 @@ impl Visitor for WorkingCopy<'_> {
     fn txn_commit(&mut self, c: &pb::TxnCommit) -> Result<(), ReadError> {
         let size = u64::from(c.db_size_pages);
         if size != self.pages {
-            self.file.set_len(size * self.page_size).map_err(ReadError::Output)?;
+            self.file
+                .set_len(size * self.page_size)
+                .map_err(ReadError::Output)?;
             self.pages = size;
         }
         self.replayed = c.seq;
@@ -218,7 +238,10 @@ pub fn verify_with_checks(
 ) -> Result<CheckReport, ValidateError> {
     let generations: Vec<GenerationObjects> = match opts.generation {
         Some(g) => vec![reader::generation(target, g)?],
-        None => reader::inventory(target)?.into_iter().filter(|g| g.snapshot.is_some()).collect(),
+        None => reader::inventory(target)?
+            .into_iter()
+            .filter(|g| g.snapshot.is_some())
+            .collect(),
     };
     if generations.is_empty() {
         return Err(ReadError::Empty(target.describe()).into());
@@ -228,8 +251,17 @@ pub fn verify_with_checks(
     let mut base = 0;
     for objects in &generations {
         let path = dir.join(format!("generation-{}.db", objects.generation));
-        let io = |source| ValidateError::Io { path: path.clone(), source };
-        let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).map_err(io)?;
+        let io = |source| ValidateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
         let mut copy = WorkingCopy {
             file,
             path: path.clone(),
@@ -244,7 +276,12 @@ pub fn verify_with_checks(
             progress,
             base,
         };
-        let result = reader::replay(target, objects, ReplayLimit::All, &mut SnapshotThenTxns(&mut copy));
+        let result = reader::replay(
+            target,
+            objects,
+            ReplayLimit::All,
+            &mut SnapshotThenTxns(&mut copy),
+        );
         if let Some(failure) = copy.failure.take() {
             let _ = fs::remove_dir_all(&dir);
             return Err(ValidateError::CheckFailed(Box::new(failure)));
@@ -257,7 +294,9 @@ pub fn verify_with_checks(
             let _ = fs::remove_dir_all(&dir);
             return Err(e.into());
         }
-        report.generations.push((objects.generation, copy.replayed, copy.checked));
+        report
+            .generations
+            .push((objects.generation, copy.replayed, copy.checked));
         base += objects.bytes();
         let _ = fs::remove_file(&path);
     }
@@ -272,7 +311,10 @@ impl Visitor for SnapshotThenTxns<'_, '_> {
     fn snapshot_header(&mut self, h: &pb::SnapshotHeader) -> Result<(), ReadError> {
         self.0.snapshot_header(h)?;
         self.0.pages = u64::from(h.page_count);
-        self.0.file.set_len(u64::from(h.page_count) * u64::from(h.page_size)).map_err(ReadError::Output)?;
+        self.0
+            .file
+            .set_len(u64::from(h.page_count) * u64::from(h.page_size))
+            .map_err(ReadError::Output)?;
         if h.page_count == 0 {
             return self.0.check(0, h.created_ms);
         }
@@ -298,7 +340,10 @@ impl Visitor for SnapshotThenTxns<'_, '_> {
 
 fn tempdir_for_checks() -> Result<PathBuf, ValidateError> {
     let dir = std::env::temp_dir().join(format!("walstream-check-{}", std::process::id()));
-    fs::create_dir_all(&dir).map_err(|source| ValidateError::Io { path: dir.clone(), source })?;
+    fs::create_dir_all(&dir).map_err(|source| ValidateError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     Ok(dir)
 }
 
@@ -324,14 +369,21 @@ fn load_state(replica: &Path) -> Option<FollowState> {
     for (i, byte) in head.iter_mut().enumerate() {
         *byte = u8::from_str_radix(head_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
-    Some(FollowState { generation: v["generation"].as_u64()?, seq: v["seq"].as_u64()?, head })
+    Some(FollowState {
+        generation: v["generation"].as_u64()?,
+        seq: v["seq"].as_u64()?,
+        head,
+    })
 }
 
 fn save_state(replica: &Path, s: &FollowState) -> Result<(), ValidateError> {
     let path = state_path(replica);
     let tmp = path.with_extension("tmp");
     let text = json!({"generation": s.generation, "seq": s.seq, "head": hex(&s.head)}).to_string();
-    let io = |source| ValidateError::Io { path: path.clone(), source };
+    let io = |source| ValidateError::Io {
+        path: path.clone(),
+        source,
+    };
     fs::write(&tmp, text).map_err(io)?;
     fs::rename(&tmp, &path).map_err(io)
 }
@@ -358,17 +410,26 @@ pub struct Follower {
 
 impl Follower {
     pub fn new(replica: PathBuf, checks: Vec<String>) -> Self {
-        Self { replica, checks, conn: None, tree: None }
+        Self {
+            replica,
+            checks,
+            conn: None,
+            tree: None,
+        }
     }
 
     fn replica_err(&self, message: impl std::fmt::Display) -> ValidateError {
-        ValidateError::Replica { path: self.replica.clone(), message: message.to_string() }
+        ValidateError::Replica {
+            path: self.replica.clone(),
+            message: message.to_string(),
+        }
     }
 
     fn conn(&mut self) -> Result<&Connection, ValidateError> {
         if self.conn.is_none() {
             let conn = Connection::open(&self.replica).map_err(|e| self.replica_err(e))?;
-            conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| self.replica_err(e))?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(|e| self.replica_err(e))?;
             self.conn = Some(conn);
         }
         Ok(self.conn.as_ref().expect("opened above"))
@@ -380,10 +441,14 @@ impl Follower {
             return Ok(t);
         }
         let conn = self.conn()?;
-        let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(|e| self.replica_err(e))?;
+        let page_size: u32 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| self.replica_err(e))?;
         let mut tree = StateTree::new(page_size);
         let conn = self.conn.as_ref().expect("opened");
-        let mut stmt = conn.prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno").map_err(|e| self.replica_err(e))?;
+        let mut stmt = conn
+            .prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")
+            .map_err(|e| self.replica_err(e))?;
         let mut rows = stmt.query([]).map_err(|e| self.replica_err(e))?;
         while let Some(row) = rows.next().map_err(|e| self.replica_err(e))? {
             let pgno: u32 = row.get(0).map_err(|e| self.replica_err(e))?;
@@ -409,7 +474,10 @@ impl Follower {
                 if to.seq == s.seq {
                     return Ok(FollowStep::UpToDate(to));
                 }
-                Ok(FollowStep::Advanced { from_seq: s.seq, to })
+                Ok(FollowStep::Advanced {
+                    from_seq: s.seq,
+                    to,
+                })
             }
             _ => self.seed(target, &objects, last).map(FollowStep::Seeded),
         }
@@ -423,10 +491,28 @@ impl Follower {
         last: u64,
     ) -> Result<FollowState, ValidateError> {
         let mut tree = self.tree()?;
-        let resume = Resume { after_seq: s.seq, head_hash: s.head };
+        let resume = Resume {
+            after_seq: s.seq,
+            head_hash: s.head,
+        };
         let conn = self.conn.take().expect("opened by tree()");
-        let mut applier = Applier { conn: &conn, replica: &self.replica, checks: &self.checks, generation: objects.generation, open: false, failure: None, reached: None };
-        let result = reader::replay_after(target, objects, &resume, &mut tree, ReplayLimit::Txn(last), &mut applier);
+        let mut applier = Applier {
+            conn: &conn,
+            replica: &self.replica,
+            checks: &self.checks,
+            generation: objects.generation,
+            open: false,
+            failure: None,
+            reached: None,
+        };
+        let result = reader::replay_after(
+            target,
+            objects,
+            &resume,
+            &mut tree,
+            ReplayLimit::Txn(last),
+            &mut applier,
+        );
         let failure = applier.failure.take();
         let reached = applier.reached.take();
         let open = applier.open;
@@ -453,12 +539,21 @@ impl Follower {
             (None, Ok(summary)) => summary,
         };
         self.tree = Some(tree);
-        Ok(FollowState { generation: objects.generation, seq: summary.last_seq, head: summary.head_hash })
+        Ok(FollowState {
+            generation: objects.generation,
+            seq: summary.last_seq,
+            head: summary.head_hash,
+        })
     }
 
     /// Replaces the replica with the generation's state at `last`: a new file is restored beside
     /// it and renamed over it, so readers see the old or the new database, never a mixture.
-    fn seed(&mut self, target: &dyn Target, objects: &GenerationObjects, last: u64) -> Result<FollowState, ValidateError> {
+    fn seed(
+        &mut self,
+        target: &dyn Target,
+        objects: &GenerationObjects,
+        last: u64,
+    ) -> Result<FollowState, ValidateError> {
         self.conn = None;
         self.tree = None;
         let opts = crate::restore::RestoreOptions {
@@ -467,9 +562,14 @@ impl Follower {
             force: true,
         };
         let tmp = self.replica.with_extension("walstream-seed");
-        let restored = crate::restore::restore(target, &tmp, &opts, &mut |_| {}).map_err(|e| self.replica_err(e))?;
+        let restored = crate::restore::restore(target, &tmp, &opts, &mut |_| {})
+            .map_err(|e| self.replica_err(e))?;
         fs::rename(&tmp, &self.replica).map_err(|e| self.replica_err(e))?;
-        let state = FollowState { generation: objects.generation, seq: last, head: restored.summary.head_hash };
+        let state = FollowState {
+            generation: objects.generation,
+            seq: last,
+            head: restored.summary.head_hash,
+        };
         self.conn()?;
         let conn = self.conn.as_ref().expect("opened above");
         if let Some((check, returned)) = run_checks(conn, &self.checks)? {
@@ -501,44 +601,75 @@ struct Applier<'a> {
 
 impl Applier<'_> {
     fn sql(&self, e: rusqlite::Error) -> ReadError {
-        ReadError::Output(std::io::Error::other(format!("{}: {e}", self.replica.display())))
+        ReadError::Output(std::io::Error::other(format!(
+            "{}: {e}",
+            self.replica.display()
+        )))
     }
 }
 
 impl Visitor for Applier<'_> {
     fn txn_page(&mut self, _seq: u64, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
         if !self.open {
-            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.sql(e))?;
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(|e| self.sql(e))?;
             self.open = true;
         }
         self.conn
-            .execute("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)", (pgno, data))
+            .execute(
+                "INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)",
+                (pgno, data),
+            )
             .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
     fn txn_commit(&mut self, c: &pb::TxnCommit) -> Result<(), ReadError> {
         if !self.open {
-            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.sql(e))?;
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(|e| self.sql(e))?;
             self.open = true;
         }
-        let pages: u32 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0)).map_err(|e| self.sql(e))?;
+        let pages: u32 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(|e| self.sql(e))?;
         if c.db_size_pages < pages {
             // Inserting a NULL page truncates the database to the pages before it.
             self.conn
-                .execute("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, NULL)", [c.db_size_pages + 1])
+                .execute(
+                    "INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, NULL)",
+                    [c.db_size_pages + 1],
+                )
                 .map_err(|e| self.sql(e))?;
         }
         self.conn.execute_batch("COMMIT").map_err(|e| self.sql(e))?;
         self.open = false;
-        let head: Hash = c.hash.as_slice().try_into().map_err(|_| ReadError::Output(std::io::Error::other("bad hash")))?;
-        let state = FollowState { generation: self.generation, seq: c.seq, head };
-        save_state(self.replica, &state).map_err(|e| ReadError::Output(std::io::Error::other(e.to_string())))?;
+        let head: Hash = c
+            .hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| ReadError::Output(std::io::Error::other("bad hash")))?;
+        let state = FollowState {
+            generation: self.generation,
+            seq: c.seq,
+            head,
+        };
+        save_state(self.replica, &state)
+            .map_err(|e| ReadError::Output(std::io::Error::other(e.to_string())))?;
         self.reached = Some(state);
         match run_checks(self.conn, self.checks) {
             Ok(None) => Ok(()),
             Ok(Some((check, returned))) => {
-                self.failure = Some(CheckFailure { generation: self.generation, seq: c.seq, commit_time_ms: c.commit_time_ms, check, returned });
+                self.failure = Some(CheckFailure {
+                    generation: self.generation,
+                    seq: c.seq,
+                    commit_time_ms: c.commit_time_ms,
+                    check,
+                    returned,
+                });
                 Err(ReadError::Output(std::io::Error::other("check failed")))
             }
             Err(e) => Err(ReadError::Output(std::io::Error::other(e.to_string()))),

@@ -4,8 +4,8 @@
 //! heads").
 
 use crate::reader::{self, ChainPoint, Integrity, ReadError, ReplayLimit, ReplaySummary, Visitor};
-use crate::record::pb;
 use crate::record::hex;
+use crate::record::pb;
 use crate::sign::{PublicKey, SignatureProblem};
 use crate::target::Target;
 
@@ -61,7 +61,11 @@ impl Progress<'_> {
         let problem = match (problem, self.keys) {
             (Some(SignatureProblem::OtherKey { found, .. }), [_, _, ..]) => format!(
                 "signed by another key ({found}); expected one of: {}",
-                self.keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+                self.keys
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             (Some(p), _) => p.to_string(),
             (None, _) => "no public key to check the signature with".into(),
@@ -75,7 +79,11 @@ impl Visitor for Progress<'_> {
         (self.report)(self.base + bytes)
     }
 
-    fn head_signature(&mut self, sig: &pb::HeadSignature, at: &ChainPoint<'_>) -> Result<(), ReadError> {
+    fn head_signature(
+        &mut self,
+        sig: &pb::HeadSignature,
+        at: &ChainPoint<'_>,
+    ) -> Result<(), ReadError> {
         if self.keys.is_empty() {
             return Ok(());
         }
@@ -100,17 +108,31 @@ impl Visitor for Progress<'_> {
 }
 
 fn integrity(generation: u64, key: String, problem: String) -> ReadError {
-    ReadError::Integrity(Box::new(Integrity { generation, seq: None, pgno: None, key, offset: None, problem }))
+    ReadError::Integrity(Box::new(Integrity {
+        generation,
+        seq: None,
+        pgno: None,
+        key,
+        offset: None,
+        problem,
+    }))
 }
 
 /// Verifies every generation in `target`; stops at the first failure. `progress` receives the
 /// stored bytes checked so far (the total is the sum of the inventory's sizes).
-pub fn verify(target: &dyn Target, progress: &mut dyn FnMut(u64)) -> Result<VerifyReport, ReadError> {
+pub fn verify(
+    target: &dyn Target,
+    progress: &mut dyn FnMut(u64),
+) -> Result<VerifyReport, ReadError> {
     verify_with(target, &VerifyOptions::default(), progress)
 }
 
 /// `verify`, also requiring what `opts` asks for.
-pub fn verify_with(target: &dyn Target, opts: &VerifyOptions, progress: &mut dyn FnMut(u64)) -> Result<VerifyReport, ReadError> {
+pub fn verify_with(
+    target: &dyn Target,
+    opts: &VerifyOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<VerifyReport, ReadError> {
     let generations = reader::inventory(target)?;
     if generations.is_empty() {
         return Err(ReadError::Empty(target.describe()));
@@ -122,11 +144,25 @@ pub fn verify_with(target: &dyn Target, opts: &VerifyOptions, progress: &mut dyn
     let mut covered = None;
     for objects in &generations {
         let Some(snapshot) = &objects.snapshot else {
-            let key = objects.segments.values().next().map(|s| s.key.clone()).unwrap_or_default();
-            return Err(integrity(objects.generation, key, "segments without a snapshot (the snapshot is missing)".into()));
+            let key = objects
+                .segments
+                .values()
+                .next()
+                .map(|s| s.key.clone())
+                .unwrap_or_default();
+            return Err(integrity(
+                objects.generation,
+                key,
+                "segments without a snapshot (the snapshot is missing)".into(),
+            ));
         };
-        let mut visitor =
-            Progress { base, report: progress, keys: &opts.public_keys, covered: None, signatures: 0 };
+        let mut visitor = Progress {
+            base,
+            report: progress,
+            keys: &opts.public_keys,
+            covered: None,
+            signatures: 0,
+        };
         let summary = reader::replay(target, objects, ReplayLimit::All, &mut visitor)?;
         signatures += visitor.signatures;
         covered = visitor.covered.map(|(_, seq)| (objects.generation, seq));
@@ -137,15 +173,29 @@ pub fn verify_with(target: &dyn Target, opts: &VerifyOptions, progress: &mut dyn
             if prev.generation + 1 == objects.generation {
                 let follows = summary.prev_generation_hash == Some(prev.head_hash);
                 if !follows {
-                    let recorded = summary.prev_generation_hash.map(|h| hex(&h)).unwrap_or_else(|| "nothing".into());
-                    return Err(integrity(objects.generation, snapshot.key.clone(), format!(
-                        "snapshot follows {recorded}, but generation {} ends at {}", prev.generation, hex(&prev.head_hash)
-                    )));
+                    let recorded = summary
+                        .prev_generation_hash
+                        .map(|h| hex(&h))
+                        .unwrap_or_else(|| "nothing".into());
+                    return Err(integrity(
+                        objects.generation,
+                        snapshot.key.clone(),
+                        format!(
+                            "snapshot follows {recorded}, but generation {} ends at {}",
+                            prev.generation,
+                            hex(&prev.head_hash)
+                        ),
+                    ));
                 }
                 if !prev.ended {
-                    return Err(integrity(prev.generation, snapshot.key.clone(), format!(
-                        "generation {} was not ended before generation {} began", prev.generation, objects.generation
-                    )));
+                    return Err(integrity(
+                        prev.generation,
+                        snapshot.key.clone(),
+                        format!(
+                            "generation {} was not ended before generation {} began",
+                            prev.generation, objects.generation
+                        ),
+                    ));
                 }
             }
         }
@@ -153,9 +203,16 @@ pub fn verify_with(target: &dyn Target, opts: &VerifyOptions, progress: &mut dyn
         previous = Some(summary.clone());
         done.push(summary);
     }
-    if let (false, Some(last)) = (opts.public_keys.is_empty() || opts.allow_unsigned_tail, done.last()) {
+    if let (false, Some(last)) = (
+        opts.public_keys.is_empty() || opts.allow_unsigned_tail,
+        done.last(),
+    ) {
         if covered != Some((last.generation, last.last_seq)) {
-            let key = generations.last().and_then(|g| g.segments.values().next_back()).map(|s| s.key.clone()).unwrap_or_default();
+            let key = generations
+                .last()
+                .and_then(|g| g.segments.values().next_back())
+                .map(|s| s.key.clone())
+                .unwrap_or_default();
             return Err(ReadError::Integrity(Box::new(Integrity {
                 generation: last.generation,
                 seq: Some(last.last_seq),
@@ -169,5 +226,9 @@ pub fn verify_with(target: &dyn Target, opts: &VerifyOptions, progress: &mut dyn
             })));
         }
     }
-    Ok(VerifyReport { generations: done, bytes: base, signatures })
+    Ok(VerifyReport {
+        generations: done,
+        bytes: base,
+        signatures,
+    })
 }

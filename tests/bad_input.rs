@@ -20,9 +20,11 @@ fn stream() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     let conn = open_captured(&db, "");
-    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x);").unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x);")
+        .unwrap();
     for i in 0..5 {
-        conn.execute("INSERT INTO t VALUES (randomblob(?1))", [100 + i]).unwrap();
+        conn.execute("INSERT INTO t VALUES (randomblob(?1))", [100 + i])
+            .unwrap();
     }
     drop(conn);
     let target = PathBuf::from(format!("{}-walstream", db.display()));
@@ -62,7 +64,10 @@ fn verify_fails_with(target: &Path, needles: &[&str]) {
 fn missing_target_is_named() {
     let (ok, _, err) = cli(&["ls", "/nonexistent/walstream-target"]);
     assert!(!ok);
-    assert!(err.contains("target /nonexistent/walstream-target does not exist"), "{err}");
+    assert!(
+        err.contains("target /nonexistent/walstream-target does not exist"),
+        "{err}"
+    );
     let (ok, _, err) = cli(&["restore", "/nonexistent/t", "-o", "/tmp/never-written.db"]);
     assert!(!ok);
     assert!(err.contains("does not exist"), "{err}");
@@ -120,12 +125,17 @@ fn altered_page_with_reframed_record_fails_its_page_hash() {
             image = pages.decode(p, 65536).unwrap().to_vec();
         }
     }
-    let Some(Body::Page(p)) = &mut recs[i].body else { unreachable!() };
+    let Some(Body::Page(p)) = &mut recs[i].body else {
+        unreachable!()
+    };
     image[50] ^= 0xff;
     (p.data, p.zstd, p.zstd_delta) = (image, Vec::new(), Vec::new());
     let pgno = p.pgno;
     rewrite(&segment, &recs);
-    verify_fails_with(&target, &[&format!("txn {seq}, page {pgno}"), "page hash mismatch"]);
+    verify_fails_with(
+        &target,
+        &[&format!("txn {seq}, page {pgno}"), "page hash mismatch"],
+    );
 }
 
 #[test]
@@ -189,7 +199,10 @@ fn unknown_format_version_is_named() {
     let mut bytes = fs::read(&segment).unwrap();
     bytes[8] = 7;
     fs::write(&segment, bytes).unwrap();
-    verify_fails_with(&target, &["unknown format version 7 (this build reads versions 1 and 2)"]);
+    verify_fails_with(
+        &target,
+        &["unknown format version 7 (this build reads versions 1 and 2)"],
+    );
     let (ok, _, err) = cli(&["inspect", segment.to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("unknown format version 7"), "{err}");
@@ -210,11 +223,22 @@ fn restore_refuses_to_overwrite_without_force() {
     let (d, _db, target, _segment) = stream();
     let out = d.path().join("existing.db");
     fs::write(&out, b"precious").unwrap();
-    let (ok, _, err) = cli(&["restore", target.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let (ok, _, err) = cli(&[
+        "restore",
+        target.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(!ok);
     assert!(err.contains("exists; pass --force"), "{err}");
     assert_eq!(fs::read(&out).unwrap(), b"precious");
-    let (ok, _, err) = cli(&["restore", target.to_str().unwrap(), "-o", out.to_str().unwrap(), "--force"]);
+    let (ok, _, err) = cli(&[
+        "restore",
+        target.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--force",
+    ]);
     assert!(ok, "{err}");
     assert_ne!(fs::read(&out).unwrap(), b"precious");
 }
@@ -223,23 +247,47 @@ fn restore_refuses_to_overwrite_without_force() {
 fn restore_to_a_missing_txn_names_the_last_one() {
     let (d, _db, target, _segment) = stream();
     let out = d.path().join("out.db");
-    let (ok, _, err) = cli(&["restore", target.to_str().unwrap(), "-o", out.to_str().unwrap(), "--txn", "99"]);
+    let (ok, _, err) = cli(&[
+        "restore",
+        target.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--txn",
+        "99",
+    ]);
     assert!(!ok);
-    assert!(err.contains("generation 1 has no transaction 99 (its last is 6)"), "{err}");
+    assert!(
+        err.contains("generation 1 has no transaction 99 (its last is 6)"),
+        "{err}"
+    );
     assert!(!out.exists(), "no output on failure");
-    let leftovers: Vec<_> = fs::read_dir(d.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains("walstream-restore")).collect();
+    let leftovers: Vec<_> = fs::read_dir(d.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .contains("walstream-restore")
+        })
+        .collect();
     assert!(leftovers.is_empty(), "temporary file removed");
 }
 
 fn open_error(uri_params: &str, db: &Path) -> String {
     load_extension();
     let uri = format!("file:{}?vfs=walstream{uri_params}", db.display());
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_CREATE | rusqlite::OpenFlags::SQLITE_OPEN_URI;
-    let result = rusqlite::Connection::open_with_flags(uri, flags)
-        .and_then(|c| c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x);").map(|_| c));
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+        | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+        | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+    let result = rusqlite::Connection::open_with_flags(uri, flags).and_then(|c| {
+        c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x);")
+            .map(|_| c)
+    });
     assert!(result.is_err(), "open with {uri_params} must fail");
     let other = rusqlite::Connection::open_in_memory().unwrap();
-    other.query_row("SELECT walstream_status()", [], |r| r.get::<_, String>(0)).unwrap()
+    other
+        .query_row("SELECT walstream_status()", [], |r| r.get::<_, String>(0))
+        .unwrap()
 }
 
 #[test]
@@ -265,11 +313,22 @@ fn unwritable_target_fails_the_open_and_is_reported() {
 #[test]
 fn output_to_a_closed_pipe_stops_quietly() {
     let (_dir, _db, target, segment) = stream();
-    for args in [vec!["ls", target.to_str().unwrap()], vec!["inspect", segment.to_str().unwrap()]] {
+    for args in [
+        vec!["ls", target.to_str().unwrap()],
+        vec!["inspect", segment.to_str().unwrap()],
+    ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader); // closed before the CLI writes anything
-        let out = std::process::Command::new(cli_path()).args(&args).stdout(writer).output().unwrap();
+        let out = std::process::Command::new(cli_path())
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && !stderr.contains("panicked"), "{args:?}: {:?} {stderr}", out.status);
+        assert!(
+            out.status.success() && !stderr.contains("panicked"),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
     }
 }

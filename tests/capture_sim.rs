@@ -106,7 +106,10 @@ impl ReadAt for MemFile {
                 buf.copy_from_slice(&self.0[start..end]);
                 Ok(())
             }
-            _ => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end of the WAL")),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "read past the end of the WAL",
+            )),
         }
     }
     fn size(&mut self) -> std::io::Result<u64> {
@@ -237,7 +240,13 @@ struct Config {
 
 impl Config {
     fn new(page_size: u32, seed: u64) -> Self {
-        Config { page_size, big_endian: seed % 2 == 1, seed, initial_pages: 3, procs: 2 }
+        Config {
+            page_size,
+            big_endian: seed % 2 == 1,
+            seed,
+            initial_pages: 3,
+            procs: 2,
+        }
     }
 }
 
@@ -294,9 +303,18 @@ impl Sim {
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("app.db");
         let target_dir = dir.path().join("stream");
-        let db = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&db_path).unwrap();
+        let db = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&db_path)
+            .unwrap();
         let procs = (0..cfg.procs.clamp(1, 2))
-            .map(|_| Proc { capture: None, conns: [Conn::default(), Conn::default()] })
+            .map(|_| Proc {
+                capture: None,
+                conns: [Conn::default(), Conn::default()],
+            })
             .collect();
         let mut sim = Sim {
             _dir: dir,
@@ -333,7 +351,11 @@ impl Sim {
         sim.log(format!(
             "config: page size {}, {} checksums, {} initial pages, {} processes, seed {:#x}",
             cfg.page_size,
-            if cfg.big_endian { "big-endian" } else { "little-endian" },
+            if cfg.big_endian {
+                "big-endian"
+            } else {
+                "little-endian"
+            },
             cfg.initial_pages,
             sim.procs.len(),
             cfg.seed
@@ -349,7 +371,14 @@ impl Sim {
 
     #[track_caller]
     fn fail(&self, msg: &str) -> ! {
-        let tail: Vec<&str> = self.trace.iter().rev().take(60).rev().map(String::as_str).collect();
+        let tail: Vec<&str> = self
+            .trace
+            .iter()
+            .rev()
+            .take(60)
+            .rev()
+            .map(String::as_str)
+            .collect();
         panic!("{msg}\n--- last simulator steps ---\n{}", tail.join("\n"));
     }
 
@@ -370,7 +399,11 @@ impl Sim {
         self.rng.fill(&mut p);
         if pgno == 1 {
             p[..16].copy_from_slice(b"SQLite format 3\0");
-            let raw = if self.cfg.page_size == 65536 { 1u16 } else { self.cfg.page_size as u16 };
+            let raw = if self.cfg.page_size == 65536 {
+                1u16
+            } else {
+                self.cfg.page_size as u16
+            };
             p[16..18].copy_from_slice(&raw.to_be_bytes());
             p[18] = 2; // WAL mode
             p[19] = 2;
@@ -413,11 +446,22 @@ impl Sim {
         let Sim { procs, wal, db, .. } = self;
         let capture = procs[p].capture.as_mut().expect("the process is attached");
         let errors = capture.status().errors;
-        capture.event(moment, CaptureIo { shm: shm.as_ref(), wal, db });
+        capture.event(
+            moment,
+            CaptureIo {
+                shm: shm.as_ref(),
+                wal,
+                db,
+            },
+        );
         let status = capture.status();
         let error = (status.errors != errors).then(|| status.last_error.clone());
         let gen_note = format!("gen {:?} seq {:?}", status.generation, status.last_seq);
-        let shm_note = if shm.is_some() { self.shm.describe() } else { "heap wal-index".into() };
+        let shm_note = if shm.is_some() {
+            self.shm.describe()
+        } else {
+            "heap wal-index".into()
+        };
         self.log(format!("    p{p} {moment:?} [{shm_note}] -> {gen_note}"));
         if let Some(e) = error {
             self.fail(&format!("capture reported an error at {moment:?}: {e:?}"));
@@ -430,8 +474,11 @@ impl Sim {
 
     fn ensure_capture(&mut self, p: usize) {
         if self.procs[p].capture.is_none() {
-            let capture = Capture::open(self.db_path.clone(), TargetSpec::Local(self.target_dir.clone()))
-                .unwrap_or_else(|e| self.fail(&format!("Capture::open: {e}")));
+            let capture = Capture::open(
+                self.db_path.clone(),
+                TargetSpec::Local(self.target_dir.clone()),
+            )
+            .unwrap_or_else(|e| self.fail(&format!("Capture::open: {e}")));
             self.procs[p].capture = Some(capture);
         }
     }
@@ -443,7 +490,10 @@ impl Sim {
         if self.procs[p].conns[c].open {
             return;
         }
-        self.procs[p].conns[c] = Conn { open: true, nckpt: 0 };
+        self.procs[p].conns[c] = Conn {
+            open: true,
+            nckpt: 0,
+        };
         if self.mode == Mode::Down {
             if heap {
                 self.mode = Mode::Heap(p, c);
@@ -463,7 +513,11 @@ impl Sim {
     /// walIndexRecover: the wal-index rebuilt from the WAL file.
     fn recover(&mut self, p: usize, c: usize) {
         let old = std::mem::take(&mut self.frames);
-        let mut shm = Shm { is_init: true, big_endian: self.cfg.big_endian, ..Shm::default() };
+        let mut shm = Shm {
+            is_init: true,
+            big_endian: self.cfg.big_endian,
+            ..Shm::default()
+        };
         self.published = None;
         let len = self.wal.0.len();
         if len > WAL_HEADER_BYTES {
@@ -477,10 +531,17 @@ impl Sim {
                 let mut cursor = WalCursor::at_start(&h);
                 let mut pending = Vec::new();
                 let mut buf = Vec::new();
-                while let Some(f) = cursor.next_frame(&mut self.wal, len as u64, &mut buf).unwrap() {
+                while let Some(f) = cursor
+                    .next_frame(&mut self.wal, len as u64, &mut buf)
+                    .unwrap()
+                {
                     let i = cursor.frame as usize - 1;
                     let padding = old.get(i).is_some_and(|m| m.padding && m.pgno == f.pgno);
-                    pending.push(FrameMeta { pgno: f.pgno, commit: f.db_size_after_commit, padding });
+                    pending.push(FrameMeta {
+                        pgno: f.pgno,
+                        commit: f.db_size_after_commit,
+                        padding,
+                    });
                     if f.is_commit() {
                         self.frames.append(&mut pending);
                         shm.mx_frame = cursor.frame;
@@ -508,8 +569,11 @@ impl Sim {
             return self.published.expect("mxFrame > 0 has a position");
         }
         let nckpt = self.procs[p].conns[c].nckpt;
-        let (salt1, salt2) =
-            if nckpt == 0 { (self.rng.u32(), self.rng.u32()) } else { (self.shm.salt1, self.shm.salt2) };
+        let (salt1, salt2) = if nckpt == 0 {
+            (self.rng.u32(), self.rng.u32())
+        } else {
+            (self.shm.salt1, self.shm.salt2)
+        };
         let bytes = WalHeader {
             big_endian_checksum: self.cfg.big_endian,
             page_size: self.cfg.page_size,
@@ -520,7 +584,9 @@ impl Sim {
         }
         .encode();
         let header = WalHeader::parse(&bytes).unwrap();
-        self.log(format!("    new WAL header salts={salt1:08x}/{salt2:08x} nCkpt={nckpt}"));
+        self.log(format!(
+            "    new WAL header salts={salt1:08x}/{salt2:08x} nCkpt={nckpt}"
+        ));
         self.fire(p, Moment::WalReset); // the extension reports any write at offset 0
         self.wal.write_at(&bytes, 0);
         self.wal_synced = 0;
@@ -541,7 +607,8 @@ impl Sim {
 
     fn append_frame(&mut self, cursor: &mut WalCursor, pgno: u32, commit: u32, page: &[u8]) {
         let frame = cursor.encode_frame(pgno, commit, page);
-        self.wal.write_at(&frame, frame_offset(cursor.frame, self.cfg.page_size));
+        self.wal
+            .write_at(&frame, frame_offset(cursor.frame, self.cfg.page_size));
     }
 
     // -- operations --
@@ -575,8 +642,15 @@ impl Sim {
         if shape & 0x80 != 0 && pgnos.len() >= 2 {
             pgnos.push(pgnos[0]); // a page written again later in the same transaction
         }
-        let pages = pgnos.into_iter().map(|pgno| (pgno, self.page(pgno))).collect();
-        Txn { pages, db_size: new, padding: u32::from(padding) }
+        let pages = pgnos
+            .into_iter()
+            .map(|pgno| (pgno, self.page(pgno)))
+            .collect();
+        Txn {
+            pages,
+            db_size: new,
+            padding: u32::from(padding),
+        }
     }
 
     /// A write transaction that commits. With `crash`, the writer's process dies after
@@ -591,7 +665,10 @@ impl Sim {
             txn.db_size,
             txn.padding
         ));
-        assert!(txn.pages.iter().all(|(pgno, _)| *pgno >= 1 && *pgno <= txn.db_size));
+        assert!(txn
+            .pages
+            .iter()
+            .all(|(pgno, _)| *pgno >= 1 && *pgno <= txn.db_size));
         let locked = self.mode == Mode::Shared;
         if locked {
             self.fire(p, Moment::WriteLockAcquired);
@@ -602,12 +679,20 @@ impl Sim {
         for (i, (pgno, data)) in txn.pages.iter().enumerate() {
             let commit = if i == last { txn.db_size } else { 0 };
             self.append_frame(&mut cursor, *pgno, commit, data);
-            self.frames.push(FrameMeta { pgno: *pgno, commit, padding: false });
+            self.frames.push(FrameMeta {
+                pgno: *pgno,
+                commit,
+                padding: false,
+            });
         }
         let (pgno, data) = &txn.pages[last];
         for _ in 0..txn.padding {
             self.append_frame(&mut cursor, *pgno, txn.db_size, data);
-            self.frames.push(FrameMeta { pgno: *pgno, commit: txn.db_size, padding: true });
+            self.frames.push(FrameMeta {
+                pgno: *pgno,
+                commit: txn.db_size,
+                padding: true,
+            });
         }
         self.shm.mx_frame = cursor.frame;
         self.shm.n_page = txn.db_size;
@@ -646,7 +731,10 @@ impl Sim {
     fn rollback(&mut self, who: (usize, usize), frames: u32, crash: bool) {
         let (p, c) = self.actor(who);
         self.open_conn(p, c, false);
-        self.log(format!("  p{p}c{c} spills {frames} frames then {}", if crash { "crashes" } else { "rolls back" }));
+        self.log(format!(
+            "  p{p}c{c} spills {frames} frames then {}",
+            if crash { "crashes" } else { "rolls back" }
+        ));
         let locked = self.mode == Mode::Shared;
         if locked {
             self.fire(p, Moment::WriteLockAcquired);
@@ -707,10 +795,14 @@ impl Sim {
             }
             let at = frame_offset(frame, self.cfg.page_size) + FRAME_HEADER_BYTES as u64;
             self.wal.read_exact_at(&mut page, at).unwrap();
-            self.db.write_all_at(&page, u64::from(pgno - 1) * self.ps as u64).unwrap();
+            self.db
+                .write_all_at(&page, u64::from(pgno - 1) * self.ps as u64)
+                .unwrap();
         }
         if upto == self.shm.mx_frame {
-            self.db.set_len(u64::from(self.shm.n_page) * self.ps as u64).unwrap();
+            self.db
+                .set_len(u64::from(self.shm.n_page) * self.ps as u64)
+                .unwrap();
         }
         self.shm.n_backfill = upto;
     }
@@ -761,7 +853,9 @@ impl Sim {
         }
         self.backfill(self.shm.mx_frame);
         if locked && self.reader_pins_wal {
-            self.log(format!("  p{p}c{c} TRUNCATE checkpoint: busy (a reader pins the WAL)"));
+            self.log(format!(
+                "  p{p}c{c} TRUNCATE checkpoint: busy (a reader pins the WAL)"
+            ));
         } else {
             self.log(format!("  p{p}c{c} TRUNCATE checkpoint"));
             self.restart_header(p, c);
@@ -786,7 +880,9 @@ impl Sim {
             self.procs[p].conns[c] = Conn::default();
             return;
         }
-        self.log(format!("  p{p}c{c} closes last: checkpoint, delete WAL and -shm"));
+        self.log(format!(
+            "  p{p}c{c} closes last: checkpoint, delete WAL and -shm"
+        ));
         self.backfill(self.shm.mx_frame);
         self.fire(p, Moment::Closing);
         self.procs[p].conns[c] = Conn::default();
@@ -836,7 +932,9 @@ impl Sim {
                 self.open_conn(p, c, false);
             }
         }
-        self.log(format!("  p{p}c{c} enters locking_mode=EXCLUSIVE (shared -shm)"));
+        self.log(format!(
+            "  p{p}c{c} enters locking_mode=EXCLUSIVE (shared -shm)"
+        ));
         self.mode = Mode::ExclusiveShm(p, c);
     }
 
@@ -869,7 +967,8 @@ impl Sim {
         let n = self.pages();
         let target = if n == 0 { 1 } else { 1 + self.rng.below(n) };
         let data = self.page(target);
-        self.image.resize(self.image.len().max(target as usize * self.ps), 0);
+        self.image
+            .resize(self.image.len().max(target as usize * self.ps), 0);
         let at = (target as usize - 1) * self.ps;
         self.image[at..at + self.ps].copy_from_slice(&data);
         if grow && n > 0 {
@@ -880,9 +979,13 @@ impl Sim {
         self.db.write_all_at(&self.image, 0).unwrap();
         self.db.set_len(self.image.len() as u64).unwrap();
         if !grow {
-            self.db.set_modified(before + Duration::from_millis(1500)).unwrap();
+            self.db
+                .set_modified(before + Duration::from_millis(1500))
+                .unwrap();
         }
-        self.log(format!("  the database file is modified while closed (page {target}, grow {grow})"));
+        self.log(format!(
+            "  the database file is modified while closed (page {target}, grow {grow})"
+        ));
         self.push_state(StateKind::Gap);
         self.self_check();
         true
@@ -894,9 +997,15 @@ impl Sim {
     /// lost (a gap). With a crashed writer's commit not yet captured, or nothing to lose, it
     /// is only a crash of every process.
     fn power_loss(&mut self, keep: u8, garbage: bool) -> bool {
-        let last_real = self.frames.iter().rposition(|m| m.commit != 0 && !m.padding).map(|i| i as u32 + 1);
+        let last_real = self
+            .frames
+            .iter()
+            .rposition(|m| m.commit != 0 && !m.padding)
+            .map(|i| i as u32 + 1);
         let mut candidates = Vec::new();
-        if let (Some(last_real), None, false) = (last_real, self.uncaptured, self.mode == Mode::Down) {
+        if let (Some(last_real), None, false) =
+            (last_real, self.uncaptured, self.mode == Mode::Down)
+        {
             let nb = self.wal_synced;
             if nb == 0 {
                 candidates.push(0);
@@ -919,7 +1028,11 @@ impl Sim {
             return false;
         }
         let b = candidates[keep as usize % candidates.len()];
-        let keep_len = if b == 0 { WAL_HEADER_BYTES as u64 } else { frame_offset(b + 1, self.cfg.page_size) };
+        let keep_len = if b == 0 {
+            WAL_HEADER_BYTES as u64
+        } else {
+            frame_offset(b + 1, self.cfg.page_size)
+        };
         self.wal.0.truncate(keep_len as usize);
         if garbage {
             let n = 1 + self.rng.below(2 * (FRAME_HEADER_BYTES + self.ps) as u32) as usize;
@@ -928,9 +1041,15 @@ impl Sim {
             self.wal.0.extend(junk);
         }
         self.frames.truncate(b as usize);
-        let n_page = if b == 0 { 0 } else { self.frames[b as usize - 1].commit };
+        let n_page = if b == 0 {
+            0
+        } else {
+            self.frames[b as usize - 1].commit
+        };
         self.image = self.derive(b, n_page);
-        self.log(format!("  power loss: the WAL keeps {b} frames (garbage {garbage})"));
+        self.log(format!(
+            "  power loss: the WAL keeps {b} frames (garbage {garbage})"
+        ));
         self.push_state(StateKind::Gap);
         true
     }
@@ -957,7 +1076,9 @@ impl Sim {
             }
             let at = (pgno as usize - 1) * self.ps;
             let off = frame_offset(frame, self.cfg.page_size) + FRAME_HEADER_BYTES as u64;
-            self.wal.read_exact_at(&mut image[at..at + self.ps], off).unwrap();
+            self.wal
+                .read_exact_at(&mut image[at..at + self.ps], off)
+                .unwrap();
         }
         image
     }
@@ -1018,9 +1139,15 @@ impl Sim {
         for (gi, objects) in inventory.iter().enumerate() {
             let mut replayed = Replayed::default();
             if let Err(e) = reader::replay(&target, objects, ReplayLimit::All, &mut replayed) {
-                self.fail(&format!("replay of generation {} failed: {e}", objects.generation));
+                self.fail(&format!(
+                    "replay of generation {} failed: {e}",
+                    objects.generation
+                ));
             }
-            let snapshot = replayed.snapshot.clone().unwrap_or_else(|| replayed.image.clone());
+            let snapshot = replayed
+                .snapshot
+                .clone()
+                .unwrap_or_else(|| replayed.image.clone());
             let last_gen = gi + 1 == inventory.len();
             let start = self.match_generation(next, &snapshot, &replayed.txns, last_gen);
             let Some(start) = start else {
@@ -1033,7 +1160,12 @@ impl Sim {
                 );
                 let like = |img: &[u8]| -> Vec<usize> {
                     let h = blake3::hash(img);
-                    hashes.iter().enumerate().filter(|(_, x)| **x == h).map(|(i, _)| i).collect()
+                    hashes
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, x)| **x == h)
+                        .map(|(i, _)| i)
+                        .collect()
                 };
                 let _ = writeln!(msg, "  snapshot equals states {:?}", like(&snapshot));
                 for (i, t) in replayed.txns.iter().enumerate() {
@@ -1043,7 +1175,11 @@ impl Sim {
                 self.fail(&msg);
             };
             next = start + replayed.txns.len() + 1;
-            out.push(GenMatch { reason: replayed.reason.clone(), start, txns: replayed.txns.len() });
+            out.push(GenMatch {
+                reason: replayed.reason.clone(),
+                start,
+                txns: replayed.txns.len(),
+            });
         }
         if next != self.history.len() {
             self.fail(&format!(
@@ -1055,7 +1191,11 @@ impl Sim {
         }
         // A restore of the newest state equals the final image (truncated after a shrink).
         let out_path = self._dir.path().join("restored.db");
-        let opts = RestoreOptions { point: Point::Latest, generation: None, force: true };
+        let opts = RestoreOptions {
+            point: Point::Latest,
+            generation: None,
+            force: true,
+        };
         if let Err(e) = restore::restore(&target, &out_path, &opts, &mut |_| {}) {
             self.fail(&format!("restore failed: {e}"));
         }
@@ -1074,7 +1214,13 @@ impl Sim {
     /// history, if it can: the states before its start (from `next`) are gaps, it starts at a
     /// gap or right after one, its transactions are the following commits one for one, and it
     /// ends just before the next gap (the last generation: at the end of the history).
-    fn match_generation(&self, next: usize, snapshot: &[u8], txns: &[Vec<u8>], last_gen: bool) -> Option<usize> {
+    fn match_generation(
+        &self,
+        next: usize,
+        snapshot: &[u8],
+        txns: &[Vec<u8>],
+        last_gen: bool,
+    ) -> Option<usize> {
         let boundary = |i: usize| self.kinds[i] == StateKind::Gap || self.soft[i];
         let len = self.history.len();
         for s in next..len {
@@ -1089,7 +1235,11 @@ impl Sim {
                 && txns.iter().enumerate().all(|(i, t)| {
                     self.kinds[s + 1 + i] == StateKind::Commit && self.history[s + 1 + i] == *t
                 })
-                && if last_gen { end == len - 1 } else { end + 1 < len && boundary(end + 1) };
+                && if last_gen {
+                    end == len - 1
+                } else {
+                    end + 1 < len && boundary(end + 1)
+                };
             if fits {
                 return Some(s);
             }
@@ -1113,7 +1263,11 @@ impl Sim {
     fn apply(&mut self, op: &Op) {
         let who = |w: u8| (usize::from(w & 1), usize::from((w >> 1) & 1));
         match *op {
-            Op::Commit { who: w, shape, padding } => self.commit(who(w), shape, padding),
+            Op::Commit {
+                who: w,
+                shape,
+                padding,
+            } => self.commit(who(w), shape, padding),
             Op::Rollback { who: w, frames } => self.rollback(who(w), u32::from(frames), false),
             Op::EmptyTxn { who: w } => self.empty_txn(who(w)),
             Op::CheckpointPassive { who: w, partial } => self.checkpoint_passive(who(w), partial),
@@ -1121,7 +1275,14 @@ impl Sim {
             Op::CheckpointTruncate { who: w } => self.checkpoint_truncate(who(w)),
             Op::ToggleReader => {
                 self.reader_pins_wal = !self.reader_pins_wal;
-                self.log(format!("  a reader {} the WAL", if self.reader_pins_wal { "pins" } else { "unpins" }));
+                self.log(format!(
+                    "  a reader {} the WAL",
+                    if self.reader_pins_wal {
+                        "pins"
+                    } else {
+                        "unpins"
+                    }
+                ));
             }
             Op::Close { who: w } => {
                 let (p, c) = self.actor(who(w));
@@ -1198,7 +1359,8 @@ impl Visitor for Replayed {
     }
     fn txn_commit(&mut self, c: &pb::TxnCommit) -> Result<(), ReadError> {
         self.snapshot_done();
-        self.image.resize(c.db_size_pages as usize * self.page_size, 0);
+        self.image
+            .resize(c.db_size_pages as usize * self.page_size, 0);
         self.txns.push(self.image.clone());
         Ok(())
     }
@@ -1208,25 +1370,63 @@ impl Visitor for Replayed {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Commit { who: u8, shape: u8, padding: u8 },
-    Rollback { who: u8, frames: u8 },
-    EmptyTxn { who: u8 },
-    CheckpointPassive { who: u8, partial: bool },
-    CheckpointFull { who: u8 },
-    CheckpointTruncate { who: u8 },
+    Commit {
+        who: u8,
+        shape: u8,
+        padding: u8,
+    },
+    Rollback {
+        who: u8,
+        frames: u8,
+    },
+    EmptyTxn {
+        who: u8,
+    },
+    CheckpointPassive {
+        who: u8,
+        partial: bool,
+    },
+    CheckpointFull {
+        who: u8,
+    },
+    CheckpointTruncate {
+        who: u8,
+    },
     ToggleReader,
-    Close { who: u8 },
-    CloseAll { who: u8 },
-    CrashAfterCommit { who: u8, shape: u8 },
-    CrashMidTxn { who: u8, frames: u8 },
-    CrashProcess { who: u8 },
-    OpenHeap { who: u8 },
-    EnterExclusive { who: u8 },
+    Close {
+        who: u8,
+    },
+    CloseAll {
+        who: u8,
+    },
+    CrashAfterCommit {
+        who: u8,
+        shape: u8,
+    },
+    CrashMidTxn {
+        who: u8,
+        frames: u8,
+    },
+    CrashProcess {
+        who: u8,
+    },
+    OpenHeap {
+        who: u8,
+    },
+    EnterExclusive {
+        who: u8,
+    },
     LeaveExclusive,
     /// A gap: the database file changes while closed.
-    ModifyWhileClosed { who: u8, grow: bool },
+    ModifyWhileClosed {
+        who: u8,
+        grow: bool,
+    },
     /// A gap when it drops committed frames.
-    PowerLoss { keep: u8, garbage: bool },
+    PowerLoss {
+        keep: u8,
+        garbage: bool,
+    },
 }
 
 fn op(with_gaps: bool) -> BoxedStrategy<Op> {
@@ -1260,14 +1460,30 @@ fn op(with_gaps: bool) -> BoxedStrategy<Op> {
 }
 
 fn config() -> impl Strategy<Value = Config> {
-    (prop::sample::select(vec![512u32, 4096]), any::<bool>(), any::<u64>(), 0u32..4, 1usize..=2).prop_map(
-        |(page_size, big_endian, seed, initial_pages, procs)| Config { page_size, big_endian, seed, initial_pages, procs },
+    (
+        prop::sample::select(vec![512u32, 4096]),
+        any::<bool>(),
+        any::<u64>(),
+        0u32..4,
+        1usize..=2,
     )
+        .prop_map(
+            |(page_size, big_endian, seed, initial_pages, procs)| Config {
+                page_size,
+                big_endian,
+                seed,
+                initial_pages,
+                procs,
+            },
+        )
 }
 
 /// 64 cases per property, or `PROPTEST_CASES` for a longer run.
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
 }
 
 proptest! {
@@ -1329,7 +1545,10 @@ fn commits_are_captured_one_transaction_each() {
 
 #[test]
 fn an_empty_database_file_is_snapshotted_at_its_first_commit() {
-    let mut s = Sim::new(Config { initial_pages: 0, ..Config::new(4096, 2) });
+    let mut s = Sim::new(Config {
+        initial_pages: 0,
+        ..Config::new(4096, 2)
+    });
     s.commit(A, 9, 0);
     s.commit(A, 1, 0);
     let gens = s.finish();
@@ -1344,9 +1563,17 @@ fn writer_crash_after_commit_is_caught_up_by_next_writer() {
     s.empty_txn(B); // process B has the database open, so the -shm survives A's death
     let txn = s.random_txn(9, 0);
     s.commit_txn(A, txn, true);
-    assert_eq!(s.newest_seq(), 1, "the crashed commit was not captured by its writer");
+    assert_eq!(
+        s.newest_seq(),
+        1,
+        "the crashed commit was not captured by its writer"
+    );
     s.fire(1, Moment::WriteLockAcquired);
-    assert_eq!(s.newest_seq(), 2, "the next writer's lock acquisition catches it up");
+    assert_eq!(
+        s.newest_seq(),
+        2,
+        "the next writer's lock acquisition catches it up"
+    );
     s.fire(1, Moment::WriteLockReleasing);
     s.commit(B, 1, 0);
     assert_eq!(s.finish().len(), 1);
@@ -1482,15 +1709,25 @@ fn database_changed_while_closed_starts_a_new_generation() {
         s.commit(A, 1, 0);
         let gens = s.finish();
         assert_eq!(gens.len(), 2, "grow {grow}");
-        assert!(gens[1].reason.contains("changed"), "reason: {}", gens[1].reason);
+        assert!(
+            gens[1].reason.contains("changed"),
+            "reason: {}",
+            gens[1].reason
+        );
         // Generation 2 starts from the modified file (its snapshot holds it, or it with the
         // first commit after it, when the change shows only once a new WAL is written).
-        assert!(gens[1].start == gap || gens[1].start == gap + 1, "grow {grow}");
+        assert!(
+            gens[1].start == gap || gens[1].start == gap + 1,
+            "grow {grow}"
+        );
         let target = s.target();
         let g2 = reader::generation(&target, 2).unwrap();
         let mut r = Replayed::default();
         reader::replay(&target, &g2, ReplayLimit::Txn(0), &mut r).unwrap();
-        assert!(r.image == s.history[gap] || r.image == s.history[gap + 1], "grow {grow}");
+        assert!(
+            r.image == s.history[gap] || r.image == s.history[gap + 1],
+            "grow {grow}"
+        );
     }
 }
 
@@ -1522,7 +1759,11 @@ fn wal_lost_frames_starts_a_new_generation() {
     s.commit(B, 1, 0);
     let gens = s.finish();
     assert_eq!(gens.len(), 2);
-    assert!(gens[1].reason.contains("lost"), "reason: {}", gens[1].reason);
+    assert!(
+        gens[1].reason.contains("lost"),
+        "reason: {}",
+        gens[1].reason
+    );
 }
 
 #[test]
@@ -1551,11 +1792,19 @@ fn wal_lost_every_unbackfilled_frame_then_rewritten_to_the_same_length_starts_a_
     let mut s = sim(4096, 22);
     s.commit(A, 1, 0);
     s.checkpoint_full(A);
-    let lost = Txn { pages: vec![(2, s.page(2)), (1, s.page(1))], db_size: 3, padding: 0 };
+    let lost = Txn {
+        pages: vec![(2, s.page(2)), (1, s.page(1))],
+        db_size: 3,
+        padding: 0,
+    };
     s.commit_txn(A, lost, false);
     assert_eq!(s.restarts, 1);
     assert!(s.power_loss(0, true)); // torn bytes after the header: recovery reads the header
-    let again = Txn { pages: vec![(3, s.page(3)), (1, s.page(1))], db_size: 3, padding: 0 };
+    let again = Txn {
+        pages: vec![(3, s.page(3)), (1, s.page(1))],
+        db_size: 3,
+        padding: 0,
+    };
     s.commit_txn(A, again, false);
     s.checkpoint_full(A);
     s.commit(A, 1, 0); // a restart: the WAL that holds `again` is about to be overwritten
@@ -1610,7 +1859,10 @@ fn sector_padding_then_wal_restart_continues_the_generation() {
 
 #[test]
 fn shrinking_commits_truncate_the_restored_database() {
-    let mut s = Sim::new(Config { initial_pages: 0, ..Config::new(4096, 18) });
+    let mut s = Sim::new(Config {
+        initial_pages: 0,
+        ..Config::new(4096, 18)
+    });
     s.commit(A, 8 * 3 + 1, 0); // grows to 4 pages
     s.commit(A, 8 * 3 + 1, 0); // 7 pages
     s.commit(A, 0, 0); // shrinks

@@ -64,12 +64,14 @@ fn setup() -> impl Strategy<Value = Setup> {
         prop::sample::select(vec![0u32, 5, 50, 1000]),
         prop::sample::select(vec![-1i64, 0, 65536]),
     )
-        .prop_map(|(page_size, incremental_vacuum, autocheckpoint, journal_size_limit)| Setup {
-            page_size,
-            incremental_vacuum,
-            autocheckpoint,
-            journal_size_limit,
-        })
+        .prop_map(
+            |(page_size, incremental_vacuum, autocheckpoint, journal_size_limit)| Setup {
+                page_size,
+                incremental_vacuum,
+                autocheckpoint,
+                journal_size_limit,
+            },
+        )
 }
 
 fn configure(conn: &Connection, s: &Setup) {
@@ -90,14 +92,23 @@ struct Primary {
 impl Primary {
     fn new(setup: Setup) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut p = Primary { dir, setup, conn: None, next_id: 0 };
+        let mut p = Primary {
+            dir,
+            setup,
+            conn: None,
+            next_id: 0,
+        };
         let conn = p.open();
         conn.execute_batch(&format!(
             "PRAGMA page_size={}; PRAGMA auto_vacuum={}; PRAGMA journal_mode=WAL;
              CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, v BLOB);
              CREATE INDEX t_k ON t(k);",
             p.setup.page_size,
-            if p.setup.incremental_vacuum { "INCREMENTAL" } else { "NONE" },
+            if p.setup.incremental_vacuum {
+                "INCREMENTAL"
+            } else {
+                "NONE"
+            },
         ))
         .unwrap();
         p.conn = Some(conn);
@@ -119,10 +130,13 @@ impl Primary {
     }
 
     fn insert(&mut self, conn: &Connection, rows: u32, blob: usize) {
-        let mut stmt = conn.prepare_cached("INSERT INTO t(id, k, v) VALUES (?1, ?2, zeroblob(?3))").unwrap();
+        let mut stmt = conn
+            .prepare_cached("INSERT INTO t(id, k, v) VALUES (?1, ?2, zeroblob(?3))")
+            .unwrap();
         for _ in 0..rows {
             self.next_id += 1;
-            stmt.execute((self.next_id, self.next_id * 7919 % 1000, blob as i64)).unwrap();
+            stmt.execute((self.next_id, self.next_id * 7919 % 1000, blob as i64))
+                .unwrap();
         }
     }
 
@@ -138,7 +152,8 @@ impl Primary {
                 conn.execute(&format!("UPDATE t SET v = randomblob(length(v)/2+1), k = k + 1 WHERE id % {modulo} = 0"), []).unwrap();
             }
             Op::Delete { modulo } => {
-                conn.execute(&format!("DELETE FROM t WHERE id % {modulo} = 1"), []).unwrap();
+                conn.execute(&format!("DELETE FROM t WHERE id % {modulo} = 1"), [])
+                    .unwrap();
             }
             Op::BigTxn { rows } => {
                 conn.execute_batch("BEGIN").unwrap();
@@ -165,14 +180,19 @@ impl Primary {
             }
             Op::Checkpoint(mode) => {
                 let _: (i64, i64, i64) = conn
-                    .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
                     .unwrap();
             }
             Op::Vacuum => conn.execute_batch("VACUUM").unwrap(),
             Op::IncrementalVacuum => conn.execute_batch("PRAGMA incremental_vacuum").unwrap(),
             Op::Reopen => {
                 drop(conn);
-                assert!(!self.dir.path().join("app.db-wal").exists(), "last close deletes the WAL");
+                assert!(
+                    !self.dir.path().join("app.db-wal").exists(),
+                    "last close deletes the WAL"
+                );
                 self.conn = Some(self.open());
                 return;
             }
@@ -200,9 +220,17 @@ fn run_workload(setup: Setup, ops: Vec<Op>) {
         let after = image_hash(p.conn());
         let (generation, seq) = stream_head(target.as_ref());
         assert_eq!(generation, 1, "after {op:?}: no new generation expected");
-        assert!(seq <= last_seq + 1, "after {op:?}: {} txns captured for one operation", seq - last_seq);
+        assert!(
+            seq <= last_seq + 1,
+            "after {op:?}: {} txns captured for one operation",
+            seq - last_seq
+        );
         if before != after {
-            assert_eq!(seq, last_seq + 1, "after {op:?}: the primary changed but no txn was captured");
+            assert_eq!(
+                seq,
+                last_seq + 1,
+                "after {op:?}: the primary changed but no txn was captured"
+            );
         }
         last_seq = seq;
         points.push((seq, after, format!("{op:?}")));
@@ -210,15 +238,27 @@ fn run_workload(setup: Setup, ops: Vec<Op>) {
     let replayed = replay_hashes(target.as_ref(), 1);
     let expected: BTreeMap<u64, blake3::Hash> = points.iter().map(|(s, h, _)| (*s, *h)).collect();
     for (seq, hash, what) in &points {
-        assert_eq!(replayed.get(seq), Some(hash), "txn {seq} (after {what}) restores to a different image");
+        assert_eq!(
+            replayed.get(seq),
+            Some(hash),
+            "txn {seq} (after {what}) restores to a different image"
+        );
     }
     assert_eq!(replayed.keys().next_back(), expected.keys().next_back());
     // The file-producing restore agrees with the primary at the end.
     let out = p.dir.path().join("restored.db");
-    let opts = walstream::restore::RestoreOptions { point: walstream::restore::Point::Latest, generation: None, force: false };
+    let opts = walstream::restore::RestoreOptions {
+        point: walstream::restore::Point::Latest,
+        generation: None,
+        force: false,
+    };
     walstream::restore::restore(target.as_ref(), &out, &opts, &mut |_| {}).unwrap();
     let restored = std::fs::read(&out).unwrap();
-    assert_eq!(blake3::hash(&restored), points.last().unwrap().1, "restored file differs from the primary");
+    assert_eq!(
+        blake3::hash(&restored),
+        points.last().unwrap().1,
+        "restored file differs from the primary"
+    );
     walstream::verify::verify(target.as_ref(), &mut |_| {}).unwrap();
 }
 
@@ -233,7 +273,10 @@ proptest! {
 #[test]
 fn checkpoints_restarts_and_reopen_in_a_fixed_order() {
     let ops = vec![
-        Op::Insert { rows: 10, blob: 500 },
+        Op::Insert {
+            rows: 10,
+            blob: 500,
+        },
         Op::Checkpoint("PASSIVE"),
         Op::Insert { rows: 1, blob: 10 },
         Op::Checkpoint("RESTART"),
@@ -244,7 +287,10 @@ fn checkpoints_restarts_and_reopen_in_a_fixed_order() {
         Op::Delete { modulo: 2 },
         Op::Vacuum,
         Op::Reopen,
-        Op::Insert { rows: 3, blob: 3000 },
+        Op::Insert {
+            rows: 3,
+            blob: 3000,
+        },
         Op::SecondConnection { rows: 4 },
         Op::Checkpoint("FULL"),
         Op::Reopen,
@@ -252,7 +298,12 @@ fn checkpoints_restarts_and_reopen_in_a_fixed_order() {
         Op::Update { modulo: 3 },
     ];
     for page_size in [512, 4096, 65536] {
-        let setup = Setup { page_size, incremental_vacuum: true, autocheckpoint: 5, journal_size_limit: 0 };
+        let setup = Setup {
+            page_size,
+            incremental_vacuum: true,
+            autocheckpoint: 5,
+            journal_size_limit: 0,
+        };
         run_workload(setup, ops.clone());
     }
 }

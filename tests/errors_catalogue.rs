@@ -478,7 +478,9 @@ fn missing_pieces_of_a_stream_are_named() {
     eprintln!("missing segment: {err}");
     // Where segments roll depends on how many bytes each transaction stores (compressed since
     // format v2): name the missing one and its successor by their first transactions.
-    let first_seq = |p: &std::path::Path| u64::from_str_radix(p.file_stem().unwrap().to_str().unwrap(), 16).unwrap();
+    let first_seq = |p: &std::path::Path| {
+        u64::from_str_radix(p.file_stem().unwrap().to_str().unwrap(), 16).unwrap()
+    };
     let (missing, next) = (first_seq(&segments[1]), first_seq(&segments[2]));
     assert!(
         err.contains(&format!(

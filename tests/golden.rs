@@ -17,10 +17,10 @@
 //!   expected image after every transaction.
 //! * the remaining tests damage a copy of the golden files and assert the exact error text.
 
-use walstream::state::root_of_image;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
+use walstream::state::root_of_image;
 
 use walstream::reader::{Integrity, ReadError};
 use walstream::record::chain::{page_hash, SnapshotHasher, TxnHasher};
@@ -232,9 +232,22 @@ fn generate() -> Golden {
 
 /// The `Page` record of a page in format `version`: raw in version 1; in version 2 as the
 /// spool's writer stores it (`record::page::PageEncoder`, which keeps the segment's page versions).
-fn page_record(version: u32, encoder: &mut PageEncoder, pgno: u32, data: Vec<u8>, hash: Hash) -> pb::Record {
+fn page_record(
+    version: u32,
+    encoder: &mut PageEncoder,
+    pgno: u32,
+    data: Vec<u8>,
+    hash: Hash,
+) -> pb::Record {
     if version == 1 {
-        let page = pb::Page { pgno, data, hash: hash.to_vec(), zstd: Vec::new(), zstd_delta: Vec::new(), kept: false };
+        let page = pb::Page {
+            pgno,
+            data,
+            hash: hash.to_vec(),
+            zstd: Vec::new(),
+            zstd_delta: Vec::new(),
+            kept: false,
+        };
         return rec(Body::Page(page));
     }
     let mut framed = Vec::new();
@@ -266,7 +279,10 @@ fn generate_version(version: u32) -> Golden {
             zstd: Vec::new(),
         };
         if version >= 2 {
-            assert!(walstream::record::page::compress_chunk(&c.data, &mut c.zstd));
+            assert!(walstream::record::page::compress_chunk(
+                &c.data,
+                &mut c.zstd
+            ));
             c.data.clear();
         }
         rec(Body::SnapshotChunk(c))
@@ -695,7 +711,11 @@ fn golden_hashes_follow_the_documented_layout() {
                     assert_eq!(c.hash, hash.to_vec(), "recorded hash of txn {seq}");
                     // Truncate a copy only: replaying to txn N truncates once, at the end.
                     let at_n = image_at(&image, c.db_size_pages);
-                    assert_eq!(c.state_root, root_of_image(PAGE_SIZE, &at_n).to_vec(), "root of txn {seq}");
+                    assert_eq!(
+                        c.state_root,
+                        root_of_image(PAGE_SIZE, &at_n).to_vec(),
+                        "root of txn {seq}"
+                    );
                     seen.push((seq, c.db_size_pages, hex(&hash), hex(&hash_bytes(&at_n))));
                     prev = hash;
                 }
@@ -794,7 +814,15 @@ fn fuzz_seeds() -> Vec<(String, Vec<u8>)> {
     };
     let (snapshot, segment1, segment4) = (get(SNAPSHOT_KEY), get(SEGMENT1_KEY), get(SEGMENT4_KEY));
     let golden_v2 = generate_version(2);
-    let v2 = |key: &str| golden_v2.files.iter().find(|(k, _)| *k == key).unwrap().1.clone();
+    let v2 = |key: &str| {
+        golden_v2
+            .files
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap()
+            .1
+            .clone()
+    };
     let mut seeds = vec![
         (
             "record_decode/golden-snapshot.wsnap".to_string(),
@@ -1188,13 +1216,25 @@ fn golden_v2_holds_compressed_pages_deltas_and_the_v1_hashes() {
         .iter()
         .filter_map(|(_, r)| page_of(r).cloned())
         .collect();
-    assert!(pages.iter().all(|p| p.data.is_empty() && p.kept), "every page compressed and kept");
-    assert!(pages.iter().any(|p| !p.zstd.is_empty()), "a standalone page");
-    assert!(pages.iter().any(|p| !p.zstd_delta.is_empty()), "a delta page");
+    assert!(
+        pages.iter().all(|p| p.data.is_empty() && p.kept),
+        "every page compressed and kept"
+    );
+    assert!(
+        pages.iter().any(|p| !p.zstd.is_empty()),
+        "a standalone page"
+    );
+    assert!(
+        pages.iter().any(|p| !p.zstd_delta.is_empty()),
+        "a delta page"
+    );
     // Hashes cover the uncompressed pages, so both versions have the same chain and images.
     let v1 = fs::read_to_string(golden_dir_version(1).join("expected.json")).unwrap();
     let v2 = fs::read_to_string(golden_dir_version(2).join("expected.json")).unwrap();
-    assert_eq!(v2.replace("\"format_version\": 2", "\"format_version\": 1"), v1);
+    assert_eq!(
+        v2.replace("\"format_version\": 2", "\"format_version\": 1"),
+        v1
+    );
 }
 
 #[test]
@@ -1219,7 +1259,9 @@ fn flipped_byte_in_a_delta_page_is_named_with_its_place() {
         for bit in [0x01u8, 0x80] {
             let (_tmp, root) = golden_copy_version(2);
             let mut damaged = recs.clone();
-            let Some(Body::Page(p)) = &mut damaged[at].1.body else { unreachable!() };
+            let Some(Body::Page(p)) = &mut damaged[at].1.body else {
+                unreachable!()
+            };
             p.zstd_delta[byte] ^= bit;
             rewrite(&root.join(SEGMENT1_KEY), 2, &damaged);
             let e = verify_error(&root);
@@ -1238,7 +1280,10 @@ fn delta_page_without_a_kept_base_is_refused() {
     let (_tmp, root) = golden_copy_version(2);
     let path = root.join(SEGMENT1_KEY);
     let mut recs = records(&path);
-    let delta = recs.iter().position(|(_, r)| page_of(r).is_some_and(|p| !p.zstd_delta.is_empty())).unwrap();
+    let delta = recs
+        .iter()
+        .position(|(_, r)| page_of(r).is_some_and(|p| !p.zstd_delta.is_empty()))
+        .unwrap();
     let pgno = page_of(&recs[delta].1).unwrap().pgno;
     for (_, r) in recs[..delta].iter_mut() {
         if let Some(Body::Page(p)) = &mut r.body {
@@ -1250,7 +1295,11 @@ fn delta_page_without_a_kept_base_is_refused() {
     rewrite(&path, 2, &recs);
     let e = verify_error(&root);
     assert_eq!(integrity(&e).pgno, Some(pgno), "{e}");
-    assert!(e.to_string().contains("delta page with no kept version of the page earlier in the segment"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("delta page with no kept version of the page earlier in the segment"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -1260,27 +1309,53 @@ fn version_2_page_fields_in_a_version_1_file_are_refused() {
     let recs = records(&path);
     rewrite(&path, 1, &recs);
     let e = verify_error(&root);
-    assert!(e.to_string().contains("version 2 page fields in a version 1 file"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("version 2 page fields in a version 1 file"),
+        "{e}"
+    );
 }
 
 #[test]
 fn flipped_byte_in_a_compressed_snapshot_chunk_is_named() {
     let src = golden_dir_version(2).join(SNAPSHOT_KEY);
     let recs = records(&src);
-    let at = recs.iter().position(|(_, r)| matches!(&r.body, Some(Body::SnapshotChunk(c)) if !c.zstd.is_empty())).unwrap();
-    let Some(Body::SnapshotChunk(c)) = &recs[at].1.body else { unreachable!() };
+    let at = recs
+        .iter()
+        .position(|(_, r)| matches!(&r.body, Some(Body::SnapshotChunk(c)) if !c.zstd.is_empty()))
+        .unwrap();
+    let Some(Body::SnapshotChunk(c)) = &recs[at].1.body else {
+        unreachable!()
+    };
     assert!(c.data.is_empty(), "a compressed chunk holds no raw pages");
-    let (first, last, len) = (c.first_pgno, c.first_pgno + c.hashes.len() as u32 - 1, c.zstd.len());
+    let (first, last, len) = (
+        c.first_pgno,
+        c.first_pgno + c.hashes.len() as u32 - 1,
+        c.zstd.len(),
+    );
     for byte in 0..len {
         let (_tmp, root) = golden_copy_version(2);
         let mut damaged = recs.clone();
-        let Some(Body::SnapshotChunk(c)) = &mut damaged[at].1.body else { unreachable!() };
+        let Some(Body::SnapshotChunk(c)) = &mut damaged[at].1.body else {
+            unreachable!()
+        };
         c.zstd[byte] ^= 0x01;
         let records: Vec<pb::Record> = damaged.into_iter().map(|(_, r)| r).collect();
-        fs::write(root.join(SNAPSHOT_KEY), file(FileKind::Snapshot, 2, &records)).unwrap();
+        fs::write(
+            root.join(SNAPSHOT_KEY),
+            file(FileKind::Snapshot, 2, &records),
+        )
+        .unwrap();
         let e = verify_error(&root);
         let i = integrity(&e);
-        assert_eq!((i.generation, i.key.as_str()), (GENERATION, SNAPSHOT_KEY), "byte {byte}: {e}");
-        assert!(i.pgno.is_some_and(|p| (first..=last).contains(&p)), "byte {byte}: {e}");
+        assert_eq!(
+            (i.generation, i.key.as_str()),
+            (GENERATION, SNAPSHOT_KEY),
+            "byte {byte}: {e}"
+        );
+        assert!(
+            i.pgno.is_some_and(|p| (first..=last).contains(&p)),
+            "byte {byte}: {e}"
+        );
     }
 }

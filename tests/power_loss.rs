@@ -199,7 +199,8 @@ fn power_cut_at_random_io_events() {
             // and walstream, which judges continuity after a close by size and mtime (not by
             // content), starts a new generation (seed 1795621148027687460, round 143).
             // Allowed and counted; see docs/GUARANTEES.md.
-            let changed_after_close = reason.starts_with("the database file changed since the WAL was closed");
+            let changed_after_close =
+                reason.starts_with("the database file changed since the WAL was closed");
             assert!(
                 sync == "NORMAL" || changed_after_close,
                 "{ctx}: a new generation after a power cut with synchronous=FULL: {reason}"

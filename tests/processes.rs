@@ -38,7 +38,11 @@ fn python(db: &Path, body: &str) -> Command {
 
 fn run_ok(mut cmd: Command) -> String {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -46,7 +50,11 @@ fn restore_latest(db: &Path) -> Vec<u8> {
     let out = db.with_extension("restored");
     let _ = std::fs::remove_file(&out);
     let target = default_target(db);
-    let opts = walstream::restore::RestoreOptions { point: walstream::restore::Point::Latest, generation: None, force: false };
+    let opts = walstream::restore::RestoreOptions {
+        point: walstream::restore::Point::Latest,
+        generation: None,
+        force: false,
+    };
     walstream::restore::restore(target.as_ref(), &out, &opts, &mut |_| {}).unwrap();
     std::fs::read(out).unwrap()
 }
@@ -56,7 +64,8 @@ fn two_processes_writing_in_turn_are_captured_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     let conn = open_captured(&db, "");
-    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(who TEXT, n INTEGER);").unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(who TEXT, n INTEGER);")
+        .unwrap();
     let target = default_target(&db);
     let mut expected = Vec::new();
     for round in 0..4 {
@@ -64,7 +73,8 @@ fn two_processes_writing_in_turn_are_captured_in_order() {
             "for i in range(5):\n    conn.execute(\"INSERT INTO t VALUES ('py', ?)\", ({round} * 10 + i,))"
         )));
         for i in 0..3 {
-            conn.execute("INSERT INTO t VALUES ('rust', ?1)", [round * 10 + i]).unwrap();
+            conn.execute("INSERT INTO t VALUES ('rust', ?1)", [round * 10 + i])
+                .unwrap();
         }
         let (generation, seq) = stream_head(target.as_ref());
         expected.push((seq, image_hash(&conn)));
@@ -75,7 +85,11 @@ fn two_processes_writing_in_turn_are_captured_in_order() {
         assert_eq!(replayed[&seq], hash, "txn {seq}");
     }
     let (_, last) = stream_head(target.as_ref());
-    assert_eq!(last, 1 + 4 * (5 + 3), "every commit of both processes is one txn");
+    assert_eq!(
+        last,
+        1 + 4 * (5 + 3),
+        "every commit of both processes is one txn"
+    );
 }
 
 #[test]
@@ -104,16 +118,27 @@ fn writer_killed_right_after_commit_loses_nothing() {
         // The next open through walstream recovers the WAL and catches up with anything the
         // killed writer committed but had not finished capturing.
         let reopened = open_captured(&db, "");
-        let max: i64 = reopened.query_row("SELECT max(n) FROM t", [], |r| r.get(0)).unwrap();
+        let max: i64 = reopened
+            .query_row("SELECT max(n) FROM t", [], |r| r.get(0))
+            .unwrap();
         assert!(max >= acknowledged);
         let primary = image(&reopened);
         drop(reopened);
         let restored = restore_latest(&db);
-        assert_eq!(blake3::hash(&restored), blake3::hash(&primary), "kill after {kill_after}: restored database differs");
+        assert_eq!(
+            blake3::hash(&restored),
+            blake3::hash(&primary),
+            "kill after {kill_after}: restored database differs"
+        );
         let out = db.with_extension("restored");
         let check = open_plain(&out);
-        let restored_max: i64 = check.query_row("SELECT max(n) FROM t", [], |r| r.get(0)).unwrap();
-        assert!(restored_max >= acknowledged, "acknowledged txn {acknowledged} missing from the stream");
+        let restored_max: i64 = check
+            .query_row("SELECT max(n) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            restored_max >= acknowledged,
+            "acknowledged txn {acknowledged} missing from the stream"
+        );
     }
 }
 
@@ -132,12 +157,29 @@ fn sqlite3_shell_session_restores_byte_identical() {
         ext = ext_path().with_extension("").display(),
         db = db.display()
     );
-    let mut child = Command::new(SQLITE3).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let mut child = Command::new(SQLITE3)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.lines().any(|l| l.trim() == "4"), "status reports 4 captured txns: {stdout}");
+    assert!(
+        stdout.lines().any(|l| l.trim() == "4"),
+        "status reports 4 captured txns: {stdout}"
+    );
     // The shell closed the database: the WAL is checkpointed and gone, so the file is the image.
     assert!(!Path::new(&format!("{}-wal", db.display())).exists());
     let primary = std::fs::read(&db).unwrap();

@@ -39,9 +39,17 @@ struct Server {
 
 impl Server {
     fn start(env: &S3Env) -> Server {
-        let mut s = Server { dir: tempfile::tempdir().unwrap(), endpoint: String::new(), env: env.clone() };
+        let mut s = Server {
+            dir: tempfile::tempdir().unwrap(),
+            endpoint: String::new(),
+            env: env.clone(),
+        };
         s.run("start");
-        let out = Command::new(script()).arg("env").arg(s.dir.path()).output().unwrap();
+        let out = Command::new(script())
+            .arg("env")
+            .arg(s.dir.path())
+            .output()
+            .unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
         let endpoint = text
             .lines()
@@ -70,7 +78,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = Command::new(script()).arg("stop").arg(self.dir.path()).status();
+        let _ = Command::new(script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -114,10 +125,18 @@ impl Writer {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut w = Writer { child, stdin, stdout };
+        let mut w = Writer {
+            child,
+            stdin,
+            stdout,
+        };
         w.line();
         w
     }
@@ -152,7 +171,11 @@ impl Writer {
                 && s["shipped_seq"] == s["last_seq"]
                 && s["shipped_generation"] == s["generation"]
                 && s["ship_error"].is_null();
-            if done { Ok(s) } else { Err(s.to_string()) }
+            if done {
+                Ok(s)
+            } else {
+                Err(s.to_string())
+            }
         })
     }
 }
@@ -177,8 +200,16 @@ fn aws_env(env: &S3Env, endpoint: &str, target: &str) -> Vec<(&'static str, Stri
 
 /// Runs the CLI with an explicit endpoint.
 fn cli_at(endpoint: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(cli_path()).args(args).env("AWS_ENDPOINT_URL", endpoint).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(cli_path())
+        .args(args)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The primary's committed image, read with plain SQLite.
@@ -207,7 +238,8 @@ fn restore_from_s3_equals_the_primary_at_latest_random_txns_and_random_times() {
     let db = dir.path().join("app.db");
     let uri = format!("s3://{}/{}", env.bucket, unique_prefix("restore"));
     let conn = open_captured(&db, &format!("&walstream_target={uri}"));
-    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT);").unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT);")
+        .unwrap();
     let mut images = std::collections::BTreeMap::new();
     let mut lags = Vec::new();
     let mut seed = 0x9e3779b97f4a7c15u64;
@@ -221,7 +253,11 @@ fn restore_from_s3_equals_the_primary_at_latest_random_txns_and_random_times() {
         let tx = conn.unchecked_transaction().unwrap();
         for _ in 0..(1 + rnd() % 5) {
             let k = rnd() % 200;
-            conn.execute("INSERT OR REPLACE INTO t VALUES (?1, ?2)", rusqlite::params![k as i64, "x".repeat((rnd() % 3000) as usize)]).unwrap();
+            conn.execute(
+                "INSERT OR REPLACE INTO t VALUES (?1, ?2)",
+                rusqlite::params![k as i64, "x".repeat((rnd() % 3000) as usize)],
+            )
+            .unwrap();
         }
         if i % 7 == 3 {
             conn.execute("DELETE FROM t WHERE k % 3 = 0", []).unwrap();
@@ -234,19 +270,32 @@ fn restore_from_s3_equals_the_primary_at_latest_random_txns_and_random_times() {
             let t0 = Instant::now();
             poll("shipping", WAIT, || {
                 let s = status(&conn);
-                if s["shipped_seq"].as_u64() == Some(seq) { Ok(()) } else { Err(s.to_string()) }
+                if s["shipped_seq"].as_u64() == Some(seq) {
+                    Ok(())
+                } else {
+                    Err(s.to_string())
+                }
             });
             lags.push(t0.elapsed());
         }
     }
     lags.sort();
-    eprintln!("ship lag after a commit (local SeaweedFS): median {:?}, max {:?}", lags[lags.len() / 2], lags.last().unwrap());
-    assert!(lags[lags.len() / 2] < Duration::from_millis(500), "median lag {:?}", lags[lags.len() / 2]);
+    eprintln!(
+        "ship lag after a commit (local SeaweedFS): median {:?}, max {:?}",
+        lags[lags.len() / 2],
+        lags.last().unwrap()
+    );
+    assert!(
+        lags[lags.len() / 2] < Duration::from_millis(500),
+        "median lag {:?}",
+        lags[lags.len() / 2]
+    );
     let s = status(&conn);
     assert!(s["ship_error"].is_null(), "{s}");
     assert_eq!(s["lag_txns"], 0);
 
-    let target = walstream::target::open(&walstream::target::TargetSpec::parse(&uri).unwrap()).unwrap();
+    let target =
+        walstream::target::open(&walstream::target::TargetSpec::parse(&uri).unwrap()).unwrap();
     let (generation, last) = stream_head(target.as_ref());
     assert_eq!(generation, 1);
     let replayed = replay_hashes(target.as_ref(), generation);
@@ -260,35 +309,78 @@ fn restore_from_s3_equals_the_primary_at_latest_random_txns_and_random_times() {
     let seqs: Vec<u64> = images.keys().copied().collect();
     for i in 0..5 {
         let seq = seqs[(rnd() % seqs.len() as u64) as usize];
-        let got = restore_via_cli(&endpoint, &uri, &["--txn", &seq.to_string()], dir.path(), &format!("txn{i}.db"));
+        let got = restore_via_cli(
+            &endpoint,
+            &uri,
+            &["--txn", &seq.to_string()],
+            dir.path(),
+            &format!("txn{i}.db"),
+        );
         assert_eq!(blake3::hash(&got), images[&seq], "restore --txn {seq}");
     }
     // Commit times from the stream; --time T restores the last txn committed at or before T.
     let mut times = Vec::new();
     struct Times<'a>(&'a mut Vec<(u64, i64)>);
     impl reader::Visitor for Times<'_> {
-        fn txn_commit(&mut self, c: &walstream::record::pb::TxnCommit) -> Result<(), reader::ReadError> {
+        fn txn_commit(
+            &mut self,
+            c: &walstream::record::pb::TxnCommit,
+        ) -> Result<(), reader::ReadError> {
             self.0.push((c.seq, c.commit_time_ms));
             Ok(())
         }
     }
     let objects = reader::generation(target.as_ref(), generation).unwrap();
-    reader::replay(target.as_ref(), &objects, reader::ReplayLimit::All, &mut Times(&mut times)).unwrap();
+    reader::replay(
+        target.as_ref(),
+        &objects,
+        reader::ReplayLimit::All,
+        &mut Times(&mut times),
+    )
+    .unwrap();
     assert_eq!(times.len() as u64, last);
     for i in 0..4 {
         let (_, t) = times[(rnd() % times.len() as u64) as usize];
-        let expected = times.iter().filter(|(_, ct)| *ct <= t).map(|(s, _)| *s).max().unwrap();
+        let expected = times
+            .iter()
+            .filter(|(_, ct)| *ct <= t)
+            .map(|(s, _)| *s)
+            .max()
+            .unwrap();
         let when = humantime_rfc3339(t);
-        let got = restore_via_cli(&endpoint, &uri, &["--time", &when], dir.path(), &format!("time{i}.db"));
-        assert_eq!(blake3::hash(&got), images[&expected], "restore --time {when} (txn {expected})");
+        let got = restore_via_cli(
+            &endpoint,
+            &uri,
+            &["--time", &when],
+            dir.path(),
+            &format!("time{i}.db"),
+        );
+        assert_eq!(
+            blake3::hash(&got),
+            images[&expected],
+            "restore --time {when} (txn {expected})"
+        );
     }
     verify_ok(&endpoint, &uri);
     let (ok, stdout, stderr) = cli_at(&endpoint, &["ls", &uri]);
-    assert!(ok && stdout.contains("generation 1") && stdout.contains("segment"), "{stdout}{stderr}");
+    assert!(
+        ok && stdout.contains("generation 1") && stdout.contains("segment"),
+        "{stdout}{stderr}"
+    );
     // inspect takes an object URL too.
-    let key = reader::generation(target.as_ref(), 1).unwrap().segments.values().next().unwrap().key.clone();
+    let key = reader::generation(target.as_ref(), 1)
+        .unwrap()
+        .segments
+        .values()
+        .next()
+        .unwrap()
+        .key
+        .clone();
     let (ok, stdout, stderr) = cli_at(&endpoint, &["inspect", &format!("{uri}/{key}")]);
-    assert!(ok && stdout.contains("segment header") && stdout.contains("commit"), "{stdout}{stderr}");
+    assert!(
+        ok && stdout.contains("segment header") && stdout.contains("commit"),
+        "{stdout}{stderr}"
+    );
 }
 
 /// Formats ms since the epoch as RFC 3339 with milliseconds (UTC).
@@ -317,7 +409,10 @@ fn humantime_rfc3339(ms: i64) -> String {
 /// How long the server stays down: 30 s (`WALSTREAM_TEST_OUTAGE_S` to change it when running by
 /// hand); shipping fails and backs off many times meanwhile.
 fn outage() -> Duration {
-    let s = std::env::var("WALSTREAM_TEST_OUTAGE_S").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let s = std::env::var("WALSTREAM_TEST_OUTAGE_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
     Duration::from_secs(s)
 }
 
@@ -327,15 +422,28 @@ fn write_through_outage(w: &mut Writer) -> Value {
     let mut last;
     loop {
         last = w.txns(5);
-        assert!(last["worst_commit_ms"].as_f64().unwrap() < 1000.0, "a commit waited for S3: {last}");
-        let failed = last["ship_errors"].as_u64().unwrap_or(0) >= 3 && last["ship_error"].is_string();
+        assert!(
+            last["worst_commit_ms"].as_f64().unwrap() < 1000.0,
+            "a commit waited for S3: {last}"
+        );
+        let failed =
+            last["ship_errors"].as_u64().unwrap_or(0) >= 3 && last["ship_error"].is_string();
         if failed && start.elapsed() >= outage() {
             break;
         }
-        assert!(start.elapsed() < outage() + WAIT, "shipping never reported the outage: {last}");
+        assert!(
+            start.elapsed() < outage() + WAIT,
+            "shipping never reported the outage: {last}"
+        );
     }
-    assert!(last["unshipped_bytes"].as_u64().unwrap() > 0, "the spool holds what waits: {last}");
-    assert!(last["shipped_seq"].as_u64() < last["last_seq"].as_u64(), "{last}");
+    assert!(
+        last["unshipped_bytes"].as_u64().unwrap() > 0,
+        "the spool holds what waits: {last}"
+    );
+    assert!(
+        last["shipped_seq"].as_u64() < last["last_seq"].as_u64(),
+        "{last}"
+    );
     last
 }
 
@@ -384,14 +492,19 @@ fn application_killed_during_an_outage_loses_nothing_and_ships_once() {
     let mut w2 = Writer::spawn(&db, &aws);
     let t = srv.target("killed");
     poll("the killed writer's transactions in S3", WAIT, || {
-        let head = reader::latest_generation(&t).and_then(|g| Ok((g.generation, reader::last_committed_seq(&t, &g)?)));
+        let head = reader::latest_generation(&t)
+            .and_then(|g| Ok((g.generation, reader::last_committed_seq(&t, &g)?)));
         match head {
             Ok(h) if h == (1, committed) => Ok(()),
             other => Err(format!("{other:?}")),
         }
     });
     let s = w2.txns(7);
-    assert_eq!(s["last_seq"].as_u64(), Some(committed + 7), "no txn lost or repeated: {s}");
+    assert_eq!(
+        s["last_seq"].as_u64(),
+        Some(committed + 7),
+        "no txn lost or repeated: {s}"
+    );
     w2.wait_shipped();
     assert_eq!(stream_head(&t), (1, committed + 7));
     verify_ok(&srv.endpoint, &uri);
@@ -409,11 +522,19 @@ fn wrong_credentials_missing_bucket_and_unreachable_endpoint_are_clear_and_lose_
         (
             "wrong-credentials",
             {
-                let mut e = aws_env(&env, &env.endpoint, &format!("s3://{}/{}", env.bucket, unique_prefix("creds")));
+                let mut e = aws_env(
+                    &env,
+                    &env.endpoint,
+                    &format!("s3://{}/{}", env.bucket, unique_prefix("creds")),
+                );
                 e.push(("AWS_SECRET_ACCESS_KEY", "not-the-secret".into()));
                 e
             },
-            &["SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied"],
+            &[
+                "SignatureDoesNotMatch",
+                "InvalidAccessKeyId",
+                "AccessDenied",
+            ],
         ),
         (
             "missing-bucket",
@@ -422,7 +543,11 @@ fn wrong_credentials_missing_bucket_and_unreachable_endpoint_are_clear_and_lose_
         ),
         (
             "unreachable",
-            aws_env(&env, "http://127.0.0.1:1", &format!("s3://{}/p", env.bucket)),
+            aws_env(
+                &env,
+                "http://127.0.0.1:1",
+                &format!("s3://{}/p", env.bucket),
+            ),
             &["cannot reach the S3 endpoint"],
         ),
     ];
@@ -432,22 +557,41 @@ fn wrong_credentials_missing_bucket_and_unreachable_endpoint_are_clear_and_lose_
         w.txns(12);
         let s = poll("a shipping error", WAIT, || {
             let s = w.status();
-            if s["ship_error"].is_string() { Ok(s) } else { Err(s.to_string()) }
+            if s["ship_error"].is_string() {
+                Ok(s)
+            } else {
+                Err(s.to_string())
+            }
         });
         let msg = s["ship_error"].as_str().unwrap();
         assert!(needles.iter().any(|n| msg.contains(n)), "{name}: {msg}");
         let s = w.txns(3);
-        assert_eq!(s["last_seq"].as_u64(), Some(16), "{name}: commits go on: {s}");
+        assert_eq!(
+            s["last_seq"].as_u64(),
+            Some(16),
+            "{name}: commits go on: {s}"
+        );
         // Nothing is lost: the spool holds every transaction.
-        let spool = walstream::target::open(&walstream::target::TargetSpec::default_for(&db)).unwrap();
+        let spool =
+            walstream::target::open(&walstream::target::TargetSpec::default_for(&db)).unwrap();
         assert_eq!(stream_head(spool.as_ref()), (1, 16), "{name}");
         drop(w);
         let out = dir.path().join(format!("{name}.restored"));
-        let (ok, o, e) = cli(&["restore", &format!("{}-walstream", db.display()), "-o", out.to_str().unwrap()]);
+        let (ok, o, e) = cli(&[
+            "restore",
+            &format!("{}-walstream", db.display()),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
         assert!(ok, "{o}{e}");
         assert_eq!(std::fs::read(&out).unwrap(), primary_image(&db), "{name}");
         // The CLI names the problem too.
-        let uri = aws.iter().find(|(k, _)| *k == "WALSTREAM_TARGET").unwrap().1.clone();
+        let uri = aws
+            .iter()
+            .find(|(k, _)| *k == "WALSTREAM_TARGET")
+            .unwrap()
+            .1
+            .clone();
         let mut cmd = Command::new(cli_path());
         cmd.args(["ls", &uri]);
         for (k, v) in &aws {
@@ -456,7 +600,10 @@ fn wrong_credentials_missing_bucket_and_unreachable_endpoint_are_clear_and_lose_
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name}: ls succeeded");
-        assert!(needles.iter().any(|n| stderr.contains(n)), "{name}: {stderr}");
+        assert!(
+            needles.iter().any(|n| stderr.contains(n)),
+            "{name}: {stderr}"
+        );
     }
 }
 
@@ -475,7 +622,11 @@ fn a_second_writer_on_the_same_prefix_is_refused() {
     b.txns(5);
     let s = poll("the second writer's refusal", WAIT, || {
         let s = b.status();
-        if s["ship_conflict"] == true { Ok(s) } else { Err(s.to_string()) }
+        if s["ship_conflict"] == true {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
     });
     let msg = s["ship_error"].as_str().unwrap();
     assert!(msg.contains("another writer uses"), "{msg}");
@@ -483,14 +634,22 @@ fn a_second_writer_on_the_same_prefix_is_refused() {
     // A goes on; the prefix holds A's history only.
     a.txns(4);
     let s = a.wait_shipped();
-    let target = walstream::target::open(&walstream::target::TargetSpec::parse(&uri).unwrap()).unwrap();
-    assert_eq!(stream_head(target.as_ref()), (1, s["last_seq"].as_u64().unwrap()));
+    let target =
+        walstream::target::open(&walstream::target::TargetSpec::parse(&uri).unwrap()).unwrap();
+    assert_eq!(
+        stream_head(target.as_ref()),
+        (1, s["last_seq"].as_u64().unwrap())
+    );
     verify_ok(&env.endpoint, &uri);
     let restored = restore_via_cli(&env.endpoint, &uri, &[], dir.path(), "restored.db");
     assert_eq!(restored, primary_image(&a_db));
     // B lost nothing either: its spool holds all of its transactions.
-    let spool = walstream::target::open(&walstream::target::TargetSpec::default_for(&b_db)).unwrap();
-    assert_eq!(stream_head(spool.as_ref()).1, b.status()["last_seq"].as_u64().unwrap());
+    let spool =
+        walstream::target::open(&walstream::target::TargetSpec::default_for(&b_db)).unwrap();
+    assert_eq!(
+        stream_head(spool.as_ref()).1,
+        b.status()["last_seq"].as_u64().unwrap()
+    );
 }
 
 #[test]
@@ -503,20 +662,34 @@ fn scheduled_snapshots_and_retention_keep_the_newest_restore_point() {
     aws.push(("WALSTREAM_SNAPSHOT_BYTES", "48K".into()));
     aws.push(("WALSTREAM_KEEP_GENERATIONS", "2".into()));
     let mut w = Writer::spawn(&db, &aws);
-    let target = walstream::target::open(&walstream::target::TargetSpec::parse(&uri).unwrap()).unwrap();
+    let target =
+        walstream::target::open(&walstream::target::TargetSpec::parse(&uri).unwrap()).unwrap();
     poll("four generations", WAIT, || {
         let s = w.txns(10);
-        if s["generation"].as_u64().unwrap_or(0) >= 4 { Ok(()) } else { Err(s.to_string()) }
+        if s["generation"].as_u64().unwrap_or(0) >= 4 {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
     });
     let s = w.wait_shipped();
     let generation = s["generation"].as_u64().unwrap();
     let inv = reader::inventory(target.as_ref()).unwrap();
-    let complete: Vec<u64> = inv.iter().filter(|g| g.snapshot.is_some()).map(|g| g.generation).collect();
-    assert!(complete.len() <= 2, "automatic retention keeps 2 generations: {complete:?}");
+    let complete: Vec<u64> = inv
+        .iter()
+        .filter(|g| g.snapshot.is_some())
+        .map(|g| g.generation)
+        .collect();
+    assert!(
+        complete.len() <= 2,
+        "automatic retention keeps 2 generations: {complete:?}"
+    );
     assert_eq!(complete.last(), Some(&generation));
     assert!(s["objects_pruned"].as_u64().unwrap() > 0, "{s}");
     // The spool let go of the shipped older generations.
-    let spool_gens = std::fs::read_dir(format!("{}-walstream/generations", db.display())).unwrap().count();
+    let spool_gens = std::fs::read_dir(format!("{}-walstream/generations", db.display()))
+        .unwrap()
+        .count();
     assert!(spool_gens <= 2, "spool holds {spool_gens} generations");
     verify_ok(&env.endpoint, &uri);
     // Manual prune: even --keep-generations 1 keeps what the newest restore point needs.
@@ -525,7 +698,11 @@ fn scheduled_snapshots_and_retention_keep_the_newest_restore_point() {
     let (ok, stdout, stderr) = cli(&["prune", &uri, "--keep-days", "0"]);
     assert!(ok, "{stdout}{stderr}");
     let inv = reader::inventory(target.as_ref()).unwrap();
-    assert_eq!(inv.iter().map(|g| g.generation).collect::<Vec<_>>(), vec![generation], "{stdout}");
+    assert_eq!(
+        inv.iter().map(|g| g.generation).collect::<Vec<_>>(),
+        vec![generation],
+        "{stdout}"
+    );
     let restored = restore_via_cli(&env.endpoint, &uri, &[], dir.path(), "restored.db");
     assert_eq!(restored, primary_image(&db));
     verify_ok(&env.endpoint, &uri);
@@ -550,17 +727,29 @@ fn spool_limit_pauses_capture_without_losing_anything() {
     let s = poll("the spool limit", WAIT, || {
         let s = w.txns(20);
         let msg = s["last_error"].as_str().unwrap_or("");
-        if s["behind"] == true && msg.contains("limit") { Ok(s) } else { Err(s.to_string()) }
+        if s["behind"] == true && msg.contains("limit") {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
     });
     let paused_at = s["last_seq"].as_u64().unwrap();
     let s = w.txns(30);
-    assert_eq!(s["last_seq"].as_u64(), Some(paused_at), "capture paused at the limit: {s}");
+    assert_eq!(
+        s["last_seq"].as_u64(),
+        Some(paused_at),
+        "capture paused at the limit: {s}"
+    );
     assert!(s["worst_commit_ms"].as_f64().unwrap() < 1000.0);
     srv.run("start");
     // Shipping frees the spool; the next commit captures everything the WAL kept.
     let s = poll("capture resumes", WAIT, || {
         let s = w.txns(1);
-        if s["behind"] == false { Ok(s) } else { Err(s.to_string()) }
+        if s["behind"] == false {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
     });
     assert!(s["last_seq"].as_u64().unwrap() > paused_at + 30);
     let s = w.wait_shipped();
@@ -621,21 +810,38 @@ fn a_forked_child_ships_with_its_own_shipper_after_the_parent_exits() {
     let db = dir.path().join("app.db");
     let uri = format!("s3://{}/{}", env.bucket, unique_prefix("fork"));
     let mut cmd = Command::new(PYTHON);
-    cmd.arg("-W").arg("ignore").arg("-c").arg(FORKER).arg(ext_path()).arg(&db);
+    cmd.arg("-W")
+        .arg("ignore")
+        .arg("-c")
+        .arg(FORKER)
+        .arg(ext_path())
+        .arg(&db);
     for (k, v) in aws_env(&env, &env.endpoint, &uri) {
         cmd.env(k, v);
     }
     // The parent exits at once; the child keeps stdout open until it is done.
-    let out = cmd.stdout(Stdio::piped()).spawn().unwrap().wait_with_output().unwrap();
+    let out = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let s: Value = serde_json::from_str(text.lines().last().expect("the child reported")).unwrap();
     assert_eq!(s["last_seq"], 11, "CREATE TABLE, 4 + 6 inserts: {s}");
     assert_eq!(s["shipped_seq"], 11, "{s}");
-    assert_eq!(s["shipping"], true, "the child ships itself once the parent is gone: {s}");
-    let target = walstream::target::open(&walstream::target::TargetSpec::parse(&uri).unwrap()).unwrap();
+    assert_eq!(
+        s["shipping"], true,
+        "the child ships itself once the parent is gone: {s}"
+    );
+    let target =
+        walstream::target::open(&walstream::target::TargetSpec::parse(&uri).unwrap()).unwrap();
     assert_eq!(stream_head(target.as_ref()), (1, 11));
     verify_ok(&env.endpoint, &uri);
-    assert_eq!(restore_via_cli(&env.endpoint, &uri, &[], dir.path(), "r.db"), primary_image(&db));
+    assert_eq!(
+        restore_via_cli(&env.endpoint, &uri, &[], dir.path(), "r.db"),
+        primary_image(&db)
+    );
 }
 
 /// Issue 5 on S3: `walstream follow s3://...` keeps a replica that readers never see torn,
@@ -657,7 +863,13 @@ fn follow_keeps_a_replica_of_an_s3_stream_through_a_restart() {
     };
     let log = dir.path().join("follow.log");
     let spawn_with = |checks: &[&str]| {
-        let mut args = vec!["follow", &uri, replica.to_str().unwrap(), "--interval-ms", "20"];
+        let mut args = vec![
+            "follow",
+            &uri,
+            replica.to_str().unwrap(),
+            "--interval-ms",
+            "20",
+        ];
         for c in checks {
             args.extend(["--check", c]);
         }
@@ -665,19 +877,31 @@ fn follow_keeps_a_replica_of_an_s3_stream_through_a_restart() {
             .args(args)
             .env("AWS_ENDPOINT_URL", &env.endpoint)
             .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         KillOnDrop(child)
     };
     let spawn = || spawn_with(&[INVARIANT]);
-    let wait_replica = |seq: u64| poll(&format!("the replica at txn {seq}"), WAIT, || {
-        if replica_seq() == Some(seq) {
-            Ok(())
-        } else {
-            Err(format!("at {:?}; the follower said: {}", replica_seq(), std::fs::read_to_string(&log).unwrap_or_default()))
-        }
-    });
+    let wait_replica = |seq: u64| {
+        poll(&format!("the replica at txn {seq}"), WAIT, || {
+            if replica_seq() == Some(seq) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "at {:?}; the follower said: {}",
+                    replica_seq(),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ))
+            }
+        })
+    };
     // Started before the primary exists: it waits for the first generation. (Without the
     // check: the invariant cannot run before its table exists.)
     let mut follower = spawn_with(&[]);
@@ -685,15 +909,28 @@ fn follow_keeps_a_replica_of_an_s3_stream_through_a_restart() {
     conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);").unwrap();
     conn.execute_batch("BEGIN").unwrap();
     for i in 0..ACCOUNTS {
-        let balance = if i == 0 { TOTAL - (ACCOUNTS - 1) * 100 } else { 100 };
-        conn.execute("INSERT INTO accounts VALUES (?1, ?2)", (i, balance)).unwrap();
+        let balance = if i == 0 {
+            TOTAL - (ACCOUNTS - 1) * 100
+        } else {
+            100
+        };
+        conn.execute("INSERT INTO accounts VALUES (?1, ?2)", (i, balance))
+            .unwrap();
     }
     conn.execute_batch("COMMIT").unwrap();
     let transfer = |i: i64| {
         let (from, to) = (i % ACCOUNTS, (i * 7 + 3) % ACCOUNTS);
         conn.execute_batch("BEGIN").unwrap();
-        conn.execute("UPDATE accounts SET balance = balance - 5 WHERE id = ?1", [from]).unwrap();
-        conn.execute("UPDATE accounts SET balance = balance + 5 WHERE id = ?1", [to]).unwrap();
+        conn.execute(
+            "UPDATE accounts SET balance = balance - 5 WHERE id = ?1",
+            [from],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE accounts SET balance = balance + 5 WHERE id = ?1",
+            [to],
+        )
+        .unwrap();
         conn.execute_batch("COMMIT").unwrap();
     };
     let shipped = || {
@@ -715,12 +952,22 @@ fn follow_keeps_a_replica_of_an_s3_stream_through_a_restart() {
         std::thread::spawn(move || {
             let mut reads = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = rusqlite::Connection::open_with_flags(&replica, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+                let r = rusqlite::Connection::open_with_flags(
+                    &replica,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .unwrap();
                 r.busy_timeout(Duration::from_secs(5)).unwrap();
                 let (sum, count): (i64, i64) = r
-                    .query_row("SELECT sum(balance), count(*) FROM accounts", [], |x| Ok((x.get(0)?, x.get(1)?)))
+                    .query_row("SELECT sum(balance), count(*) FROM accounts", [], |x| {
+                        Ok((x.get(0)?, x.get(1)?))
+                    })
                     .unwrap();
-                assert_eq!((sum, count), (TOTAL, ACCOUNTS), "the replica showed a torn transaction");
+                assert_eq!(
+                    (sum, count),
+                    (TOTAL, ACCOUNTS),
+                    "the replica showed a torn transaction"
+                );
                 reads += 1;
             }
             reads
@@ -740,8 +987,15 @@ fn follow_keeps_a_replica_of_an_s3_stream_through_a_restart() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(reader.join().unwrap() > 0);
     drop(follower);
-    assert_eq!(image(&open_plain(&replica)), image(&conn), "the replica equals the primary");
-    let (ok, out, err) = cli_at(&env.endpoint, &["follow", &uri, replica.to_str().unwrap(), "--once"]);
+    assert_eq!(
+        image(&open_plain(&replica)),
+        image(&conn),
+        "the replica equals the primary"
+    );
+    let (ok, out, err) = cli_at(
+        &env.endpoint,
+        &["follow", &uri, replica.to_str().unwrap(), "--once"],
+    );
     assert!(ok, "{out}{err}");
 }
 

@@ -15,10 +15,18 @@ use common::*;
 use rusqlite::Connection;
 
 /// Runs `n` single-row commits and returns (stream head, image) after each.
-fn commits(conn: &Connection, target: &dyn walstream::target::Target, n: usize) -> Vec<(u64, blake3::Hash)> {
+fn commits(
+    conn: &Connection,
+    target: &dyn walstream::target::Target,
+    n: usize,
+) -> Vec<(u64, blake3::Hash)> {
     (0..n)
         .map(|i| {
-            conn.execute("INSERT INTO t(v) VALUES (randomblob(?1))", [(50 + (i * 37) % 900) as i64]).unwrap();
+            conn.execute(
+                "INSERT INTO t(v) VALUES (randomblob(?1))",
+                [(50 + (i * 37) % 900) as i64],
+            )
+            .unwrap();
             (stream_head(target).1, image_hash(conn))
         })
         .collect()
@@ -41,7 +49,8 @@ fn exclusive_locking_mode_from_the_start_is_captured() {
     conn.execute_batch("PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=4; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);").unwrap();
     let target = default_target(&db);
     let mut points = commits(&conn, target.as_ref(), 30);
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
     points.extend(commits(&conn, target.as_ref(), 10));
     for w in points.windows(2) {
         assert_eq!(w[1].0, w[0].0 + 1, "one txn per commit");
@@ -55,10 +64,12 @@ fn exclusive_locking_mode_set_later_is_captured() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     let conn = open_captured(&db, "");
-    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);").unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);")
+        .unwrap();
     let target = default_target(&db);
     let mut points = commits(&conn, target.as_ref(), 5);
-    conn.execute_batch("PRAGMA locking_mode=EXCLUSIVE;").unwrap();
+    conn.execute_batch("PRAGMA locking_mode=EXCLUSIVE;")
+        .unwrap();
     points.extend(commits(&conn, target.as_ref(), 20));
     for w in points.windows(2) {
         assert_eq!(w[1].0, w[0].0 + 1, "one txn per commit");
@@ -97,10 +108,19 @@ fn leaving_wal_mode_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     let conn = open_captured(&db, "");
-    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(v);").unwrap();
-    let err = conn.execute_batch("PRAGMA journal_mode=DELETE").unwrap_err().to_string();
-    assert!(err.contains("journal_mode=DELETE would stop capture"), "{err}");
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(v);")
+        .unwrap();
+    let err = conn
+        .execute_batch("PRAGMA journal_mode=DELETE")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("journal_mode=DELETE would stop capture"),
+        "{err}"
+    );
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "wal");
     conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
 }
@@ -110,8 +130,11 @@ fn status_reports_the_stream_as_json() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     let conn = open_captured(&db, "");
-    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(v); INSERT INTO t VALUES (1);").unwrap();
-    let status: String = conn.query_row("SELECT walstream_status()", [], |r| r.get(0)).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(v); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let status: String = conn
+        .query_row("SELECT walstream_status()", [], |r| r.get(0))
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(v["captured"], true);
     assert_eq!(v["generation"], 1);
@@ -120,7 +143,9 @@ fn status_reports_the_stream_as_json() {
     assert_eq!(v["target"], format!("{}-walstream", db.display()));
     assert!(v["last_error"].is_null());
     let plain = Connection::open_in_memory().unwrap();
-    let status: String = plain.query_row("SELECT walstream_status()", [], |r| r.get(0)).unwrap();
+    let status: String = plain
+        .query_row("SELECT walstream_status()", [], |r| r.get(0))
+        .unwrap();
     assert!(status.contains("\"captured\":false"), "{status}");
 }
 
@@ -136,7 +161,8 @@ fn loading_twice_is_harmless() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     let c = open_captured(&db, "");
-    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(v); INSERT INTO t VALUES (1);").unwrap();
+    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(v); INSERT INTO t VALUES (1);")
+        .unwrap();
     assert_eq!(stream_head(default_target(&db).as_ref()), (1, 2));
 }
 
@@ -155,13 +181,29 @@ fn default_vfs_setting_captures_plain_file_names() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let target = default_target(&db);
     assert_eq!(stream_head(target.as_ref()), (1, 2));
     let restored = dir.path().join("restored.db");
-    let opts = walstream::restore::RestoreOptions { point: walstream::restore::Point::Latest, generation: None, force: false };
+    let opts = walstream::restore::RestoreOptions {
+        point: walstream::restore::Point::Latest,
+        generation: None,
+        force: false,
+    };
     walstream::restore::restore(target.as_ref(), &restored, &opts, &mut |_| {}).unwrap();
-    assert_eq!(std::fs::read(&restored).unwrap(), std::fs::read(&db).unwrap());
+    assert_eq!(
+        std::fs::read(&restored).unwrap(),
+        std::fs::read(&db).unwrap()
+    );
 }

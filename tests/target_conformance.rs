@@ -25,7 +25,12 @@ fn read_all(t: &dyn Target, key: &str) -> Vec<u8> {
 }
 
 fn keys(t: &dyn Target) -> Vec<(String, u64)> {
-    let mut v: Vec<_> = t.list().unwrap().into_iter().map(|o| (o.key, o.size)).collect();
+    let mut v: Vec<_> = t
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.key, o.size))
+        .collect();
     v.sort();
     v
 }
@@ -57,7 +62,12 @@ fn suite(t: &dyn Target, scratch: &Path) {
     // content hashes identify an object's bytes
     let hash_a = blake3::hash(b"first object").to_hex().to_string();
     assert_eq!(t.content_hash(k3).unwrap(), hash_a);
-    assert_eq!(t.content_hash(k1).unwrap(), blake3::hash(b"second, different object").to_hex().to_string());
+    assert_eq!(
+        t.content_hash(k1).unwrap(),
+        blake3::hash(b"second, different object")
+            .to_hex()
+            .to_string()
+    );
 
     // missing objects
     let missing = "generations/0000000000000009/snapshot.wsnap";
@@ -72,7 +82,17 @@ fn suite(t: &dyn Target, scratch: &Path) {
     assert_eq!(keys(t).len(), 2);
 
     // key safety: nothing outside the root, on every operation
-    for bad in ["", "/abs", "../escape", "generations/../../x", "a//b", "a/./b", "trailing/", "nul\0byte", "back\\slash"] {
+    for bad in [
+        "",
+        "/abs",
+        "../escape",
+        "generations/../../x",
+        "a//b",
+        "a/./b",
+        "trailing/",
+        "nul\0byte",
+        "back\\slash",
+    ] {
         let msg = t.put_file(bad, &a).unwrap_err().to_string();
         assert!(msg.contains("refusing key"), "{bad:?}: {msg}");
         assert!(t.put_file_if_absent(bad, &a).is_err(), "{bad:?}");
@@ -82,11 +102,17 @@ fn suite(t: &dyn Target, scratch: &Path) {
 
     // a large object: multipart on S3 (threshold 5 MiB here), streamed back
     let big = scratch.join("big");
-    let data: Vec<u8> = (0..(13u32 << 20) / 4).flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes()).collect();
+    let data: Vec<u8> = (0..(13u32 << 20) / 4)
+        .flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes())
+        .collect();
     write(&big, &data);
     let kb = "generations/0000000000000003/snapshot.wsnap";
     assert_eq!(t.put_file_if_absent(kb, &big).unwrap(), PutOutcome::Created);
-    assert_eq!(t.put_file_if_absent(kb, &a).unwrap(), PutOutcome::Exists, "multipart uploads are conditional too");
+    assert_eq!(
+        t.put_file_if_absent(kb, &a).unwrap(),
+        PutOutcome::Exists,
+        "multipart uploads are conditional too"
+    );
     let mut reader = t.get(kb).unwrap();
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 100_000];
@@ -101,7 +127,10 @@ fn suite(t: &dyn Target, scratch: &Path) {
     }
     assert_eq!(total, data.len());
     assert_eq!(hasher.finalize(), blake3::hash(&data));
-    assert_eq!(t.content_hash(kb).unwrap(), blake3::hash(&data).to_hex().to_string());
+    assert_eq!(
+        t.content_hash(kb).unwrap(),
+        blake3::hash(&data).to_hex().to_string()
+    );
 
     for (k, _) in keys(t) {
         t.delete(&k).unwrap();
@@ -132,7 +161,12 @@ fn s3_target() {
     init_env();
     let Some(env) = s3_env() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let spec = TargetSpec::parse(&format!("s3://{}/{}", env.bucket, unique_prefix("conformance"))).unwrap();
+    let spec = TargetSpec::parse(&format!(
+        "s3://{}/{}",
+        env.bucket,
+        unique_prefix("conformance")
+    ))
+    .unwrap();
     let t = target::open(&spec).unwrap();
     suite(t.as_ref(), dir.path());
 }
@@ -143,12 +177,19 @@ fn s3_prefix_is_a_boundary() {
     let Some(env) = s3_env() else { return };
     let dir = tempfile::tempdir().unwrap();
     let base = unique_prefix("boundary");
-    let a = target::open(&TargetSpec::parse(&format!("s3://{}/{base}/a", env.bucket)).unwrap()).unwrap();
-    let ab = target::open(&TargetSpec::parse(&format!("s3://{}/{base}/ab", env.bucket)).unwrap()).unwrap();
+    let a = target::open(&TargetSpec::parse(&format!("s3://{}/{base}/a", env.bucket)).unwrap())
+        .unwrap();
+    let ab = target::open(&TargetSpec::parse(&format!("s3://{}/{base}/ab", env.bucket)).unwrap())
+        .unwrap();
     let f = dir.path().join("f");
     write(&f, b"x");
-    a.put_file("generations/0000000000000001/snapshot.wsnap", &f).unwrap();
-    assert_eq!(ab.list().unwrap(), vec![], "prefix a/ does not see a sibling prefix ab/");
+    a.put_file("generations/0000000000000001/snapshot.wsnap", &f)
+        .unwrap();
+    assert_eq!(
+        ab.list().unwrap(),
+        vec![],
+        "prefix a/ does not see a sibling prefix ab/"
+    );
     assert_eq!(a.list().unwrap().len(), 1);
 }
 
@@ -159,7 +200,12 @@ fn s3_missing_bucket_and_bad_endpoint_are_clear_errors() {
     let t = target::open(&TargetSpec::parse("s3://walstream-no-such-bucket/p").unwrap()).unwrap();
     let msg = t.list().unwrap_err().to_string();
     assert!(msg.contains("does not exist"), "{msg}");
-    let t = walstream::target::s3::S3Target::open_at(&env.bucket, "p", Some("http://127.0.0.1:1".into())).unwrap();
+    let t = walstream::target::s3::S3Target::open_at(
+        &env.bucket,
+        "p",
+        Some("http://127.0.0.1:1".into()),
+    )
+    .unwrap();
     let msg = t.list().unwrap_err().to_string();
     assert!(msg.contains("cannot reach the S3 endpoint"), "{msg}");
 }

@@ -25,8 +25,13 @@ fn bank(db: &Path, accounts: i64) -> Connection {
     conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);").unwrap();
     conn.execute_batch("BEGIN").unwrap();
     for i in 0..accounts {
-        let balance = if i == 0 { TOTAL - (accounts - 1) * 100 } else { 100 };
-        conn.execute("INSERT INTO accounts VALUES (?1, ?2)", (i, balance)).unwrap();
+        let balance = if i == 0 {
+            TOTAL - (accounts - 1) * 100
+        } else {
+            100
+        };
+        conn.execute("INSERT INTO accounts VALUES (?1, ?2)", (i, balance))
+            .unwrap();
     }
     conn.execute_batch("COMMIT").unwrap();
     conn
@@ -35,8 +40,16 @@ fn bank(db: &Path, accounts: i64) -> Connection {
 fn transfer(conn: &Connection, i: i64, accounts: i64) {
     let (from, to) = (i % accounts, (i * 7 + 3) % accounts);
     conn.execute_batch("BEGIN").unwrap();
-    conn.execute("UPDATE accounts SET balance = balance - 5 WHERE id = ?1", [from]).unwrap();
-    conn.execute("UPDATE accounts SET balance = balance + 5 WHERE id = ?1", [to]).unwrap();
+    conn.execute(
+        "UPDATE accounts SET balance = balance - 5 WHERE id = ?1",
+        [from],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE accounts SET balance = balance + 5 WHERE id = ?1",
+        [to],
+    )
+    .unwrap();
     conn.execute_batch("COMMIT").unwrap();
 }
 
@@ -53,9 +66,11 @@ fn check_names_the_one_transaction_that_breaks_an_invariant() {
     let mut broken_at = 0;
     for i in 0..2000 {
         if i == 1234 {
-            conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = 7", []).unwrap();
+            conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = 7", [])
+                .unwrap();
             broken_at = stream_head(target.as_ref()).1;
-            conn.execute("UPDATE accounts SET balance = balance - 1 WHERE id = 7", []).unwrap();
+            conn.execute("UPDATE accounts SET balance = balance - 1 WHERE id = 7", [])
+                .unwrap();
         } else {
             transfer(&conn, i, 50);
         }
@@ -64,19 +79,39 @@ fn check_names_the_one_transaction_that_breaks_an_invariant() {
     let t = target_str(&db);
     let (ok, out, err) = cli(&["verify", &t, "--check", INVARIANT, "--json"]);
     assert!(!ok, "the broken invariant must fail verification");
-    assert!(err.contains(&format!("generation 1, txn {broken_at} ")), "names txn {broken_at}: {err}");
+    assert!(
+        err.contains(&format!("generation 1, txn {broken_at} ")),
+        "names txn {broken_at}: {err}"
+    );
     assert!(err.contains("returned 0"), "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["failure"]["txn"], broken_at);
     // Outside the broken transaction the invariant holds.
-    let (ok, _, err) = cli(&["verify", &t, "--check", INVARIANT, "--to", &(broken_at - 1).to_string()]);
+    let (ok, _, err) = cli(&[
+        "verify",
+        &t,
+        "--check",
+        INVARIANT,
+        "--to",
+        &(broken_at - 1).to_string(),
+    ]);
     assert!(ok, "{err}");
-    let (ok, _, err) = cli(&["verify", &t, "--check", INVARIANT, "--from", &(broken_at + 1).to_string()]);
+    let (ok, _, err) = cli(&[
+        "verify",
+        &t,
+        "--check",
+        INVARIANT,
+        "--from",
+        &(broken_at + 1).to_string(),
+    ]);
     assert!(ok, "{err}");
     // A check that is not valid SQL is a clear error too.
     let (ok, _, err) = cli(&["verify", &t, "--check", "SELECT nonsense FROM nowhere"]);
     assert!(!ok);
-    assert!(err.contains("cannot run") && err.contains("no such table"), "{err}");
+    assert!(
+        err.contains("cannot run") && err.contains("no such table"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -87,7 +122,8 @@ fn root_of_a_restored_file_equals_the_recorded_root() {
     for i in 0..200 {
         transfer(&conn, i, 300);
     }
-    conn.execute_batch("DELETE FROM accounts WHERE id > 250; VACUUM;").unwrap();
+    conn.execute_batch("DELETE FROM accounts WHERE id > 250; VACUUM;")
+        .unwrap();
     let t = target_str(&db);
     for txn in ["5", "150", "203"] {
         let out = dir.path().join(format!("at-{txn}.db"));
@@ -108,7 +144,10 @@ fn root_of_a_restored_file_equals_the_recorded_root() {
     std::fs::write(&out, bytes).unwrap();
     let (_, changed, _) = cli(&["root", "--db", out.to_str().unwrap()]);
     let (_, recorded, _) = cli(&["root", &t, "--txn", "150"]);
-    assert_ne!(changed.split_whitespace().next(), recorded.split_whitespace().next());
+    assert_ne!(
+        changed.split_whitespace().next(),
+        recorded.split_whitespace().next()
+    );
 }
 
 struct KillOnDrop(Child);
@@ -123,7 +162,15 @@ impl Drop for KillOnDrop {
 fn spawn_follower(target: &str, replica: &Path) -> KillOnDrop {
     KillOnDrop(
         Command::new(cli_path())
-            .args(["follow", target, replica.to_str().unwrap(), "--interval-ms", "20", "--check", INVARIANT])
+            .args([
+                "follow",
+                target,
+                replica.to_str().unwrap(),
+                "--interval-ms",
+                "20",
+                "--check",
+                INVARIANT,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -139,7 +186,11 @@ fn replica_seq(replica: &Path) -> Option<u64> {
 fn wait_for_seq(replica: &Path, seq: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while replica_seq(replica) != Some(seq) {
-        assert!(Instant::now() < deadline, "follower did not reach txn {seq} (at {:?})", replica_seq(replica));
+        assert!(
+            Instant::now() < deadline,
+            "follower did not reach txn {seq} (at {:?})",
+            replica_seq(replica)
+        );
         std::thread::yield_now();
     }
 }
@@ -161,10 +212,22 @@ fn follower_replica_never_shows_a_torn_transaction() {
         std::thread::spawn(move || {
             let mut reads = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = Connection::open_with_flags(&replica, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+                let r = Connection::open_with_flags(
+                    &replica,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .unwrap();
                 r.busy_timeout(Duration::from_secs(5)).unwrap();
-                let (sum, count): (i64, i64) = r.query_row("SELECT sum(balance), count(*) FROM accounts", [], |x| Ok((x.get(0)?, x.get(1)?))).unwrap();
-                assert_eq!((sum, count), (TOTAL, 40), "the replica showed a torn transaction");
+                let (sum, count): (i64, i64) = r
+                    .query_row("SELECT sum(balance), count(*) FROM accounts", [], |x| {
+                        Ok((x.get(0)?, x.get(1)?))
+                    })
+                    .unwrap();
+                assert_eq!(
+                    (sum, count),
+                    (TOTAL, 40),
+                    "the replica showed a torn transaction"
+                );
                 reads += 1;
             }
             reads
@@ -206,14 +269,20 @@ fn follower_reseeds_from_a_new_generation() {
     // Change the database without walstream: the next capture starts generation 2.
     let plain = open_plain(&db);
     plain.execute_batch("UPDATE accounts SET balance = balance + 1 WHERE id = 1; UPDATE accounts SET balance = balance - 1 WHERE id = 2;").unwrap();
-    plain.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    plain
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
     drop(plain);
     let conn = open_captured(&db, "");
     for i in 0..5 {
         transfer(&conn, i, 20);
     }
     let target = default_target(&db);
-    assert_eq!(stream_head(target.as_ref()).0, 2, "a change without walstream starts a new generation");
+    assert_eq!(
+        stream_head(target.as_ref()).0,
+        2,
+        "a change without walstream starts a new generation"
+    );
     let (ok, out, err) = cli(&["follow", &t, replica.to_str().unwrap(), "--once"]);
     assert!(ok, "{err}");
     assert!(out.contains("generation 2: seeded"), "{out}");

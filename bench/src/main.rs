@@ -34,7 +34,11 @@ fn main() {
             let mut opts = run::Options::default();
             let mut it = args[1..].iter();
             while let Some(a) = it.next() {
-                let mut val = || it.next().cloned().unwrap_or_else(|| panic!("{a} needs a value"));
+                let mut val = || {
+                    it.next()
+                        .cloned()
+                        .unwrap_or_else(|| panic!("{a} needs a value"))
+                };
                 match a.as_str() {
                     "--quick" => opts.quick = true,
                     "--reps" => opts.reps = val().parse().expect("--reps N"),
@@ -65,7 +69,8 @@ fn changesets(job: &run::Job) -> i32 {
     use rusqlite::session::Session;
     let db = job.dir.join("changesets.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        .unwrap();
     workload::setup(&conn, job.workload, &job.scale).unwrap();
     let mut ob = workload::OrderBook::new(&conn).unwrap();
     let mut sizes = Vec::new();

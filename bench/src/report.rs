@@ -12,7 +12,8 @@ use std::time::Instant;
 use crate::run::{measure, Changesets, Driver, Mode, Results, TxnBytes, WorkerOut, ZSTD_LEVEL};
 use crate::workload::{Scale, Workload};
 
-pub const ANALYSIS_MARKER: &str = "<!-- Everything below this line is kept by `make bench`; edit it by hand. -->";
+pub const ANALYSIS_MARKER: &str =
+    "<!-- Everything below this line is kept by `make bench`; edit it by hand. -->";
 
 // ---- statistics ---------------------------------------------------------------------------
 
@@ -30,8 +31,16 @@ pub fn stat(v: &[f64]) -> Option<Stat> {
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-    Some(Stat { median, min: v[0], max: v[n - 1] })
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some(Stat {
+        median,
+        min: v[0],
+        max: v[n - 1],
+    })
 }
 
 fn ratio_cell(s: Option<Stat>) -> String {
@@ -43,7 +52,10 @@ fn ratio_cell(s: Option<Stat>) -> String {
 
 fn num_cell(s: Option<Stat>, digits: usize, unit: &str) -> String {
     match s {
-        Some(s) => format!("{:.*}{unit} [{:.*}–{:.*}]", digits, s.median, digits, s.min, digits, s.max),
+        Some(s) => format!(
+            "{:.*}{unit} [{:.*}–{:.*}]",
+            digits, s.median, digits, s.min, digits, s.max
+        ),
         None => "–".into(),
     }
 }
@@ -54,7 +66,9 @@ fn mib(kb: i64) -> f64 {
 
 // ---- bytes per transaction ------------------------------------------------------------------
 
-pub fn measure_bytes(d: &mut Driver) -> (TxnBytes, Option<Changesets>, Option<String>, Option<u64>) {
+pub fn measure_bytes(
+    d: &mut Driver,
+) -> (TxnBytes, Option<Changesets>, Option<String>, Option<u64>) {
     eprintln!("bytes per transaction (order book)");
     let job = d.job(Mode::Walstream, Workload::OrderBook, d.scale, true);
     let (out, _) = d.run_worker(&job);
@@ -63,7 +77,11 @@ pub fn measure_bytes(d: &mut Driver) -> (TxnBytes, Option<Changesets>, Option<St
     let (cs, why) = match (d.opts.session_bin.clone(), d.opts.session_missing.clone()) {
         (Some(bin), _) => {
             let job = d.job(Mode::Plain, Workload::OrderBook, d.scale, false);
-            let u = measure(Command::new(&bin).arg("changesets").arg(serde_json::to_string(&job).unwrap()));
+            let u = measure(
+                Command::new(&bin)
+                    .arg("changesets")
+                    .arg(serde_json::to_string(&job).unwrap()),
+            );
             let _ = fs::remove_dir_all(&job.dir);
             match serde_json::from_str::<Changesets>(u.stdout.trim()) {
                 Ok(c) if c.fingerprint == bytes.fingerprint => (Some(c), None),
@@ -74,7 +92,13 @@ pub fn measure_bytes(d: &mut Driver) -> (TxnBytes, Option<Changesets>, Option<St
                         c.fingerprint, bytes.fingerprint
                     )),
                 ),
-                Err(e) => (None, Some(format!("the session build failed: {e}: {}", u.stderr.trim()))),
+                Err(e) => (
+                    None,
+                    Some(format!(
+                        "the session build failed: {e}: {}",
+                        u.stderr.trim()
+                    )),
+                ),
             }
         }
         (None, why) => (None, Some(why.unwrap_or_else(|| "no session build".into()))),
@@ -129,11 +153,22 @@ fn scaled(base: Scale, w: Workload, n: u64) -> Scale {
 pub fn measure_syscalls(d: &mut Driver, errors: &mut Vec<String>) -> Option<Syscalls> {
     let strace = Path::new("/usr/bin/strace");
     if !strace.exists() {
-        return Some(Syscalls { error: Some("strace is not installed".into()), ..Default::default() });
+        return Some(Syscalls {
+            error: Some("strace is not installed".into()),
+            ..Default::default()
+        });
     }
     let (n1, n2) = (100u64, 300u64);
-    let mut out = Syscalls { counts: (n1, n2), ..Default::default() };
-    for w in [Workload::Txn1Normal, Workload::Txn1Full, Workload::Txn100, Workload::OrderBook] {
+    let mut out = Syscalls {
+        counts: (n1, n2),
+        ..Default::default()
+    };
+    for w in [
+        Workload::Txn1Normal,
+        Workload::Txn1Full,
+        Workload::Txn100,
+        Workload::OrderBook,
+    ] {
         for mode in [Mode::Plain, Mode::Walstream] {
             eprintln!("strace {w:?} {mode:?}");
             let mut calls = Vec::new();
@@ -149,10 +184,13 @@ pub fn measure_syscalls(d: &mut Driver, errors: &mut Vec<String>) -> Option<Sysc
                 if !u.ok {
                     errors.push(format!("strace {w:?} {mode:?}: {}", u.stderr.trim()));
                 }
-                calls.push(parse_strace_summary(&fs::read_to_string(&file).unwrap_or_default()));
+                calls.push(parse_strace_summary(
+                    &fs::read_to_string(&file).unwrap_or_default(),
+                ));
                 let _ = fs::remove_dir_all(&job.dir);
             }
-            let names: std::collections::BTreeSet<&String> = calls[0].keys().chain(calls[1].keys()).collect();
+            let names: std::collections::BTreeSet<&String> =
+                calls[0].keys().chain(calls[1].keys()).collect();
             let per: BTreeMap<String, f64> = names
                 .into_iter()
                 .map(|k| {
@@ -161,7 +199,8 @@ pub fn measure_syscalls(d: &mut Driver, errors: &mut Vec<String>) -> Option<Sysc
                     (k.clone(), (b - a) / (n2 - n1) as f64)
                 })
                 .collect();
-            out.per_commit.insert((format!("{w:?}"), format!("{mode:?}")), per);
+            out.per_commit
+                .insert((format!("{w:?}"), format!("{mode:?}")), per);
         }
     }
     Some(out)
@@ -244,7 +283,10 @@ pub fn measure_big(d: &mut Driver, errors: &mut Vec<String>) -> Option<Big> {
     let db = job.dir.join("bench.db");
     let spool = PathBuf::from(format!("{}-walstream", db.display()));
     big.db_bytes = fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
-    big.stream_bytes = stream_files(&spool).iter().map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    big.stream_bytes = stream_files(&spool)
+        .iter()
+        .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
     let out = job.dir.join("restored.db");
     let copy = job.dir.join("copy.db");
     for rep in 0..d.opts.reps {
@@ -254,7 +296,13 @@ pub fn measure_big(d: &mut Driver, errors: &mut Vec<String>) -> Option<Big> {
             match s {
                 0 => {
                     eprintln!("restore {}/{}", rep + 1, d.opts.reps);
-                    let u = measure(Command::new(&d.opts.cli).arg("restore").arg(&spool).arg("-o").arg(&out));
+                    let u = measure(
+                        Command::new(&d.opts.cli)
+                            .arg("restore")
+                            .arg(&spool)
+                            .arg("-o")
+                            .arg(&out),
+                    );
                     if u.ok {
                         big.restore_secs.push(u.wall);
                         big.restore_rss_kb.push(u.maxrss_kb);
@@ -327,13 +375,19 @@ pub struct Profile {
 fn callgrind_total(file: &Path) -> Option<u64> {
     let text = fs::read_to_string(file).ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 fn annotate(file: &Path, inclusive: bool) -> Vec<(u64, String)> {
     let out = Command::new("callgrind_annotate")
-        .arg(format!("--inclusive={}", if inclusive { "yes" } else { "no" }))
+        .arg(format!(
+            "--inclusive={}",
+            if inclusive { "yes" } else { "no" }
+        ))
         .arg("--auto=no")
         .arg("--threshold=99")
         .arg(file)
@@ -344,9 +398,15 @@ fn annotate(file: &Path, inclusive: bool) -> Vec<(u64, String)> {
     for line in text.lines() {
         let line = line.trim();
         // "1,234,567 (12.34%)  file:function [object]"
-        let Some((num, rest)) = line.split_once(' ') else { continue };
-        let Ok(ir) = num.replace(',', "").parse::<u64>() else { continue };
-        let Some((_, rest)) = rest.split_once(')') else { continue };
+        let Some((num, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(ir) = num.replace(',', "").parse::<u64>() else {
+            continue;
+        };
+        let Some((_, rest)) = rest.split_once(')') else {
+            continue;
+        };
         let rest = rest.trim();
         if rest.starts_with("PROGRAM TOTALS") {
             continue;
@@ -369,10 +429,18 @@ fn annotate(file: &Path, inclusive: bool) -> Vec<(u64, String)> {
 
 pub fn measure_profile(d: &mut Driver, errors: &mut Vec<String>) -> Option<Profile> {
     if Command::new("valgrind").arg("--version").output().is_err() {
-        return Some(Profile { error: Some("valgrind is not installed".into()), ..Default::default() });
+        return Some(Profile {
+            error: Some("valgrind is not installed".into()),
+            ..Default::default()
+        });
     }
     let mut p = Profile::default();
-    for (w, n) in [(Workload::Txn1Normal, 300u64), (Workload::OrderBook, 30), (Workload::Txn100, 30), (Workload::Read, 3000)] {
+    for (w, n) in [
+        (Workload::Txn1Normal, 300u64),
+        (Workload::OrderBook, 30),
+        (Workload::Txn100, 30),
+        (Workload::Read, 3000),
+    ] {
         for mode in [Mode::Plain, Mode::Walstream] {
             eprintln!("callgrind {w:?} {mode:?}");
             let job = d.job(mode, w, scaled(d.scale, w, n), false);
@@ -387,7 +455,10 @@ pub fn measure_profile(d: &mut Driver, errors: &mut Vec<String>) -> Option<Profi
                     .args(worker.get_args()),
             );
             if !u.ok {
-                errors.push(format!("callgrind {w:?} {mode:?}: {}", u.stderr.lines().last().unwrap_or("")));
+                errors.push(format!(
+                    "callgrind {w:?} {mode:?}: {}",
+                    u.stderr.lines().last().unwrap_or("")
+                ));
             }
             if let Some(total) = callgrind_total(&file) {
                 p.ir_per_commit
@@ -417,7 +488,15 @@ pub fn measure_profile(d: &mut Driver, errors: &mut Vec<String>) -> Option<Profi
         let db_bytes = fs::metadata(&db).map(|m| m.len()).unwrap_or(1);
         let spool = format!("{}-walstream", db.display());
         for (name, args) in [
-            ("restore", vec!["restore".to_string(), spool.clone(), "-o".into(), job.dir.join("r.db").display().to_string()]),
+            (
+                "restore",
+                vec![
+                    "restore".to_string(),
+                    spool.clone(),
+                    "-o".into(),
+                    job.dir.join("r.db").display().to_string(),
+                ],
+            ),
             ("verify", vec!["verify".to_string(), spool.clone()]),
         ] {
             let file = job.dir.join(format!("callgrind-{name}.out"));
@@ -429,15 +508,30 @@ pub fn measure_profile(d: &mut Driver, errors: &mut Vec<String>) -> Option<Profi
                     .args(&args),
             );
             if !u.ok {
-                errors.push(format!("callgrind {name}: {}", u.stderr.lines().last().unwrap_or("")));
+                errors.push(format!(
+                    "callgrind {name}: {}",
+                    u.stderr.lines().last().unwrap_or("")
+                ));
             }
             let total = callgrind_total(&file).unwrap_or(0);
-            p.per_byte.insert(name.to_string(), total as f64 / db_bytes as f64);
+            p.per_byte
+                .insert(name.to_string(), total as f64 / db_bytes as f64);
             let per_mb = |rows: Vec<(u64, String)>| -> Vec<(u64, String)> {
-                rows.into_iter().map(|(ir, f)| (ir * (1 << 20) / db_bytes, f)).collect()
+                rows.into_iter()
+                    .map(|(ir, f)| (ir * (1 << 20) / db_bytes, f))
+                    .collect()
             };
-            p.top.insert(format!("walstream {name}, per MiB of database"), (per_mb(annotate(&file, true)), per_mb(annotate(&file, false))));
-            p.totals.insert(format!("walstream {name}, per MiB of database"), total as f64 * (1u64 << 20) as f64 / db_bytes as f64);
+            p.top.insert(
+                format!("walstream {name}, per MiB of database"),
+                (
+                    per_mb(annotate(&file, true)),
+                    per_mb(annotate(&file, false)),
+                ),
+            );
+            p.totals.insert(
+                format!("walstream {name}, per MiB of database"),
+                total as f64 * (1u64 << 20) as f64 / db_bytes as f64,
+            );
         }
     }
     let _ = fs::remove_dir_all(&job.dir);
@@ -469,11 +563,21 @@ fn machine(d: &Driver) -> String {
     let _ = writeln!(
         s,
         "| disk (benchmark directory) | {} |",
-        sh(&format!("df -hT '{work}' | awk 'NR==2{{print $1\", \"$2\", \"$3\" total, \"$5\" free\"}}'"))
+        sh(&format!(
+            "df -hT '{work}' | awk 'NR==2{{print $1\", \"$2\", \"$3\" total, \"$5\" free\"}}'"
+        ))
     );
-    let _ = writeln!(s, "| block device | {} |", sh("lsblk -dno NAME,MODEL,ROTA,SIZE 2>/dev/null | head -3 | tr '\\n' ';'"));
+    let _ = writeln!(
+        s,
+        "| block device | {} |",
+        sh("lsblk -dno NAME,MODEL,ROTA,SIZE 2>/dev/null | head -3 | tr '\\n' ';'")
+    );
     let _ = writeln!(s, "| SQLite (host process: rusqlite bundled) | {sqlite} |");
-    let _ = writeln!(s, "| SQLite (system `sqlite3` shell, not used for timing) | {} |", sh("sqlite3 --version 2>/dev/null | cut -d' ' -f1"));
+    let _ = writeln!(
+        s,
+        "| SQLite (system `sqlite3` shell, not used for timing) | {} |",
+        sh("sqlite3 --version 2>/dev/null | cut -d' ' -f1")
+    );
     let ls = match (&d.opts.litestream, &d.opts.litestream_missing) {
         (Some(b), _) => sh(&format!("'{}' version", b.display())),
         (None, Some(why)) => format!("not run: {why}"),
@@ -481,14 +585,26 @@ fn machine(d: &Driver) -> String {
     };
     let _ = writeln!(s, "| Litestream | {ls} |");
     let _ = writeln!(s, "| rustc | {} |", sh("rustc --version"));
-    let _ = writeln!(s, "| walstream | {} |", sh("git rev-parse --short HEAD 2>/dev/null"));
-    let _ = writeln!(s, "| load average at the end | {} |", sh("cut -d' ' -f1-3 /proc/loadavg"));
+    let _ = writeln!(
+        s,
+        "| walstream | {} |",
+        sh("git rev-parse --short HEAD 2>/dev/null")
+    );
+    let _ = writeln!(
+        s,
+        "| load average at the end | {} |",
+        sh("cut -d' ' -f1-3 /proc/loadavg")
+    );
     s
 }
 
 fn ratios(res: &Results, w: &str, mode: &str, f: impl Fn(&WorkerOut) -> Option<f64>) -> Vec<f64> {
-    let Some(m) = res.timed.get(w) else { return Vec::new() };
-    let (Some(base), Some(other)) = (m.get("Plain"), m.get(mode)) else { return Vec::new() };
+    let Some(m) = res.timed.get(w) else {
+        return Vec::new();
+    };
+    let (Some(base), Some(other)) = (m.get("Plain"), m.get(mode)) else {
+        return Vec::new();
+    };
     base.iter()
         .zip(other)
         .filter(|(a, b)| a.error.is_none() && b.error.is_none())
@@ -532,7 +648,10 @@ pub fn render(d: &Driver, res: &Results) -> String {
     let _ = writeln!(s, "## Machine\n\n{}", machine(d));
 
     // Commit overhead.
-    let _ = writeln!(s, "## Commit overhead (time of the workload ÷ plain SQLite)\n");
+    let _ = writeln!(
+        s,
+        "## Commit overhead (time of the workload ÷ plain SQLite)\n"
+    );
     let _ = writeln!(
         s,
         "Workloads: {} × 1-row txns at NORMAL, {} at FULL, {} × 100-row txns, one txn of {} rows \
@@ -545,7 +664,10 @@ pub fn render(d: &Driver, res: &Results) -> String {
          replicate` runs beside it on the same 2 cores.\n",
         sc.txn1, sc.txn1_full, sc.txn100, sc.bulk_rows, sc.reads, sc.read_rows, sc.orderbook_txns
     );
-    let _ = writeln!(s, "| workload | walstream | target | | Litestream | plain SQLite, per txn (context) |");
+    let _ = writeln!(
+        s,
+        "| workload | walstream | target | | Litestream | plain SQLite, per txn (context) |"
+    );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
     for w in [
         Workload::Txn1Normal,
@@ -562,7 +684,12 @@ pub fn render(d: &Driver, res: &Results) -> String {
             .timed
             .get(&key)
             .and_then(|m| m.get("Plain"))
-            .map(|v| v.iter().filter(|o| o.error.is_none()).map(|o| o.secs / o.commits.max(1) as f64).collect())
+            .map(|v| {
+                v.iter()
+                    .filter(|o| o.error.is_none())
+                    .map(|o| o.secs / o.commits.max(1) as f64)
+                    .collect()
+            })
             .unwrap_or_default();
         let ctx = match (w, stat(&plain)) {
             (Workload::Read, Some(p)) => format!("{:.2} s per {} queries", p.median, sc.reads),
@@ -579,7 +706,11 @@ pub fn render(d: &Driver, res: &Results) -> String {
             w.label(),
             ratio_cell(ws),
             verdict(ws, t, 0.005),
-            if d.opts.litestream.is_some() { ratio_cell(ls) } else { "not run".into() }
+            if d.opts.litestream.is_some() {
+                ratio_cell(ls)
+            } else {
+                "not run".into()
+            }
         );
     }
     let _ = writeln!(s);
@@ -587,13 +718,23 @@ pub fn render(d: &Driver, res: &Results) -> String {
     let _ = writeln!(s, "Peak RSS of the host process (getrusage, whole process including setup), walstream − plain, MiB:\n");
     let _ = writeln!(s, "| workload | plain | walstream | growth |");
     let _ = writeln!(s, "|---|---|---|---|");
-    for w in [Workload::Txn1Normal, Workload::Txn100, Workload::Bulk, Workload::OrderBook] {
+    for w in [
+        Workload::Txn1Normal,
+        Workload::Txn100,
+        Workload::Bulk,
+        Workload::OrderBook,
+    ] {
         let key = format!("{w:?}");
         let get = |mode: &str| -> Vec<f64> {
             res.timed
                 .get(&key)
                 .and_then(|m| m.get(mode))
-                .map(|v| v.iter().filter(|o| o.error.is_none()).map(|o| mib(o.maxrss_kb)).collect())
+                .map(|v| {
+                    v.iter()
+                        .filter(|o| o.error.is_none())
+                        .map(|o| mib(o.maxrss_kb))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let (p, ws) = (stat(&get("Plain")), stat(&get("Walstream")));
@@ -601,7 +742,13 @@ pub fn render(d: &Driver, res: &Results) -> String {
             (Some(p), Some(ws)) => format!("{:+.1}", ws.median - p.median),
             _ => "–".into(),
         };
-        let _ = writeln!(s, "| {} | {} | {} | {growth} |", w.label(), num_cell(p, 1, ""), num_cell(ws, 1, ""));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {growth} |",
+            w.label(),
+            num_cell(p, 1, ""),
+            num_cell(ws, 1, "")
+        );
     }
     let _ = writeln!(s);
     // Stream completeness and lag.
@@ -635,7 +782,13 @@ pub fn render(d: &Driver, res: &Results) -> String {
         );
         let _ = writeln!(s, "| workload | Litestream lag, ms | replica bytes per txn | daemon peak RSS, MiB | daemon CPU ÷ app time |");
         let _ = writeln!(s, "|---|---|---|---|---|");
-        for w in [Workload::Txn1Normal, Workload::Txn1Full, Workload::Txn100, Workload::Bulk, Workload::OrderBook] {
+        for w in [
+            Workload::Txn1Normal,
+            Workload::Txn1Full,
+            Workload::Txn100,
+            Workload::Bulk,
+            Workload::OrderBook,
+        ] {
             let key = format!("{w:?}");
             let runs: Vec<&WorkerOut> = res
                 .timed
@@ -643,21 +796,38 @@ pub fn render(d: &Driver, res: &Results) -> String {
                 .and_then(|m| m.get("Litestream"))
                 .map(|v| v.iter().filter(|o| o.error.is_none()).collect())
                 .unwrap_or_default();
-            let lag: Vec<f64> = runs.iter().filter_map(|o| o.litestream.as_ref()?.lag_ms).collect();
-            let missing = runs.iter().filter(|o| o.litestream.as_ref().is_none_or(|l| l.lag_ms.is_none())).count();
+            let lag: Vec<f64> = runs
+                .iter()
+                .filter_map(|o| o.litestream.as_ref()?.lag_ms)
+                .collect();
+            let missing = runs
+                .iter()
+                .filter(|o| o.litestream.as_ref().is_none_or(|l| l.lag_ms.is_none()))
+                .count();
             let bytes: Vec<f64> = runs
                 .iter()
-                .filter_map(|o| Some(o.litestream.as_ref()?.replica_bytes_body as f64 / o.commits.max(1) as f64))
+                .filter_map(|o| {
+                    Some(o.litestream.as_ref()?.replica_bytes_body as f64 / o.commits.max(1) as f64)
+                })
                 .collect();
-            let rss: Vec<f64> = runs.iter().filter_map(|o| Some(mib(o.litestream.as_ref()?.daemon_maxrss_kb))).collect();
-            let cpu: Vec<f64> =
-                runs.iter().filter_map(|o| Some(o.litestream.as_ref()?.daemon_cpu_secs / o.secs)).collect();
+            let rss: Vec<f64> = runs
+                .iter()
+                .filter_map(|o| Some(mib(o.litestream.as_ref()?.daemon_maxrss_kb)))
+                .collect();
+            let cpu: Vec<f64> = runs
+                .iter()
+                .filter_map(|o| Some(o.litestream.as_ref()?.daemon_cpu_secs / o.secs))
+                .collect();
             let _ = writeln!(
                 s,
                 "| {} | {}{} | {} | {} | {} |",
                 w.label(),
                 num_cell(stat(&lag), 0, ""),
-                if missing > 0 { format!(" ({missing} runs: not within 60 s)") } else { String::new() },
+                if missing > 0 {
+                    format!(" ({missing} runs: not within 60 s)")
+                } else {
+                    String::new()
+                },
                 num_cell(stat(&bytes), 0, ""),
                 num_cell(stat(&rss), 1, ""),
                 num_cell(stat(&cpu), 2, ""),
@@ -667,7 +837,10 @@ pub fn render(d: &Driver, res: &Results) -> String {
     }
     // Small restores.
     if !res.restore_small.is_empty() {
-        let _ = writeln!(s, "## Restoring the order-book database (time ÷ `cp` + `sync` of the same database)\n");
+        let _ = writeln!(
+            s,
+            "## Restoring the order-book database (time ÷ `cp` + `sync` of the same database)\n"
+        );
         let _ = writeln!(
             s,
             "The database after the order-book run (a few MB: process start-up weighs a lot); each \
@@ -681,14 +854,23 @@ pub fn render(d: &Driver, res: &Results) -> String {
                 .filter_map(|m| Some(m.get(mode)? / m.get("Plain")?))
                 .collect();
             if !v.is_empty() {
-                let _ = writeln!(s, "| {} restore | {} |", mode.to_lowercase(), ratio_cell(stat(&v)));
+                let _ = writeln!(
+                    s,
+                    "| {} restore | {} |",
+                    mode.to_lowercase(),
+                    ratio_cell(stat(&v))
+                );
             }
         }
         let _ = writeln!(s);
     }
     // Big.
     if let Some(b) = &res.big {
-        let _ = writeln!(s, "## A database of {:.2} GiB\n", b.db_bytes as f64 / (1u64 << 30) as f64);
+        let _ = writeln!(
+            s,
+            "## A database of {:.2} GiB\n",
+            b.db_bytes as f64 / (1u64 << 30) as f64
+        );
         let _ = writeln!(
             s,
             "Written in transactions of 10,000 rows of 1000 random bytes (≈10 MB each) at NORMAL, once \
@@ -713,10 +895,21 @@ pub fn render(d: &Driver, res: &Results) -> String {
             if growth <= 8.0 { "met" } else { "**not met**" }
         );
         if let (Some(p), Some(w)) = (b.build_secs.get("Plain"), b.build_secs.get("Walstream")) {
-            let _ = writeln!(s, "| writing it, walstream ÷ plain (one run each) | {:.3}× | | |", w / p);
+            let _ = writeln!(
+                s,
+                "| writing it, walstream ÷ plain (one run each) | {:.3}× | | |",
+                w / p
+            );
         }
-        let tput = |secs: &[f64]| -> Vec<f64> { secs.iter().map(|t| b.db_bytes as f64 / t / 1e6).collect() };
-        let rt: Vec<f64> = b.restore_secs.iter().zip(&b.cp_secs).map(|(r, c)| c / r).collect();
+        let tput = |secs: &[f64]| -> Vec<f64> {
+            secs.iter().map(|t| b.db_bytes as f64 / t / 1e6).collect()
+        };
+        let rt: Vec<f64> = b
+            .restore_secs
+            .iter()
+            .zip(&b.cp_secs)
+            .map(|(r, c)| c / r)
+            .collect();
         let rs = stat(&rt);
         let _ = writeln!(
             s,
@@ -745,9 +938,22 @@ pub fn render(d: &Driver, res: &Results) -> String {
                 None => "–",
             }
         );
-        let vt: Vec<f64> = b.verify_secs.iter().zip(&b.blake3_secs).map(|(v, h)| h / v).collect();
-        let _ = writeln!(s, "| verify throughput ÷ BLAKE3 throughput over the same bytes | {} | | |", ratio_cell(stat(&vt)));
-        let st = |secs: &[f64]| -> Vec<f64> { secs.iter().map(|t| b.stream_bytes as f64 / t / 1e6).collect() };
+        let vt: Vec<f64> = b
+            .verify_secs
+            .iter()
+            .zip(&b.blake3_secs)
+            .map(|(v, h)| h / v)
+            .collect();
+        let _ = writeln!(
+            s,
+            "| verify throughput ÷ BLAKE3 throughput over the same bytes | {} | | |",
+            ratio_cell(stat(&vt))
+        );
+        let st = |secs: &[f64]| -> Vec<f64> {
+            secs.iter()
+                .map(|t| b.stream_bytes as f64 / t / 1e6)
+                .collect()
+        };
         let _ = writeln!(
             s,
             "| (context) verify, BLAKE3 throughput, MB/s | {} ; {} | | |",
@@ -757,7 +963,11 @@ pub fn render(d: &Driver, res: &Results) -> String {
         let _ = writeln!(
             s,
             "| `walstream verify` peak RSS | {} MiB | | |\n",
-            num_cell(stat(&b.verify_rss_kb.iter().map(|k| mib(*k)).collect::<Vec<_>>()), 1, "")
+            num_cell(
+                stat(&b.verify_rss_kb.iter().map(|k| mib(*k)).collect::<Vec<_>>()),
+                1,
+                ""
+            )
         );
     }
     // Syscalls.
@@ -779,7 +989,12 @@ pub fn render(d: &Driver, res: &Results) -> String {
             let syncs = ["fsync", "fdatasync", "sync_file_range", "syncfs", "msync"];
             let _ = writeln!(s, "| workload | fsync+fdatasync, plain | walstream | added | all syscalls, plain | walstream | added by walstream (largest) |");
             let _ = writeln!(s, "|---|---|---|---|---|---|---|");
-            for w in [Workload::Txn1Normal, Workload::Txn1Full, Workload::Txn100, Workload::OrderBook] {
+            for w in [
+                Workload::Txn1Normal,
+                Workload::Txn1Full,
+                Workload::Txn100,
+                Workload::OrderBook,
+            ] {
                 let key = format!("{w:?}");
                 let (Some(p), Some(ws)) = (
                     sy.per_commit.get(&(key.clone(), "Plain".into())),
@@ -788,7 +1003,10 @@ pub fn render(d: &Driver, res: &Results) -> String {
                     continue;
                 };
                 let sum = |m: &BTreeMap<String, f64>, only: Option<&[&str]>| -> f64 {
-                    m.iter().filter(|(k, _)| only.is_none_or(|o| o.contains(&k.as_str()))).map(|(_, v)| v).sum()
+                    m.iter()
+                        .filter(|(k, _)| only.is_none_or(|o| o.contains(&k.as_str())))
+                        .map(|(_, v)| v)
+                        .sum()
                 };
                 let (fp, fw) = (sum(p, Some(&syncs)), sum(ws, Some(&syncs)));
                 let mut added: Vec<(String, f64)> = ws
@@ -797,7 +1015,11 @@ pub fn render(d: &Driver, res: &Results) -> String {
                     .filter(|(_, v)| v.abs() >= 0.05)
                     .collect();
                 added.sort_by(|a, b| b.1.abs().partial_cmp(&a.1.abs()).unwrap());
-                let added: Vec<String> = added.iter().take(8).map(|(k, v)| format!("{k} {v:+.2}")).collect();
+                let added: Vec<String> = added
+                    .iter()
+                    .take(8)
+                    .map(|(k, v)| format!("{k} {v:+.2}"))
+                    .collect();
                 let _ = writeln!(
                     s,
                     "| {} | {fp:.2} | {fw:.2} | **{:+.2}** | {:.1} | {:.1} | {} |",
@@ -815,7 +1037,11 @@ pub fn render(d: &Driver, res: &Results) -> String {
     if let Some((b, cs, why, _)) = &res.bytes {
         let n = b.stream.len().max(1) as f64;
         let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / n;
-        let _ = writeln!(s, "## Bytes shipped per transaction (order book, {} txns of 100 operations)\n", b.stream.len());
+        let _ = writeln!(
+            s,
+            "## Bytes shipped per transaction (order book, {} txns of 100 operations)\n",
+            b.stream.len()
+        );
         let _ = writeln!(
             s,
             "Mean bytes per transaction. zstd level {ZSTD_LEVEL}, each transaction compressed on its own \
@@ -829,7 +1055,10 @@ pub fn render(d: &Driver, res: &Results) -> String {
              transaction, from the same seeded workload replayed by a build with the session extension \
              (checked to end in the same state).\n"
         );
-        let _ = writeln!(s, "| what | raw | zstd per txn | zstd, whole run ÷ txns | ÷ changeset (zstd per txn) |");
+        let _ = writeln!(
+            s,
+            "| what | raw | zstd per txn | zstd, whole run ÷ txns | ÷ changeset (zstd per txn) |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|");
         let csz = cs.as_ref().map(|c| c.zstd.iter().sum::<u64>() as f64 / n);
         let rel = |x: f64| csz.map_or("–".into(), |c| format!("{:.1}×", x / c));
@@ -862,7 +1091,11 @@ pub fn render(d: &Driver, res: &Results) -> String {
                 );
             }
             None => {
-                let _ = writeln!(s, "| session changesets | not measured: {} | | | |", why.clone().unwrap_or_default());
+                let _ = writeln!(
+                    s,
+                    "| session changesets | not measured: {} | | | |",
+                    why.clone().unwrap_or_default()
+                );
             }
         }
         let ls: Vec<f64> = res
@@ -871,7 +1104,12 @@ pub fn render(d: &Driver, res: &Results) -> String {
             .and_then(|m| m.get("Litestream"))
             .map(|v| {
                 v.iter()
-                    .filter_map(|o| Some(o.litestream.as_ref()?.replica_bytes_body as f64 / o.commits.max(1) as f64))
+                    .filter_map(|o| {
+                        Some(
+                            o.litestream.as_ref()?.replica_bytes_body as f64
+                                / o.commits.max(1) as f64,
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -922,19 +1160,40 @@ pub fn render(d: &Driver, res: &Results) -> String {
                     .or_else(|| p.totals.get(w))
                     .copied()
                     .unwrap_or(1.0);
-                let unit = if p.totals.contains_key(w) { "" } else if w == "Read" { ", instructions per query" } else { ", instructions per txn" };
+                let unit = if p.totals.contains_key(w) {
+                    ""
+                } else if w == "Read" {
+                    ", instructions per query"
+                } else {
+                    ", instructions per txn"
+                };
                 let _ = writeln!(s, "<details><summary>{w}: top functions{unit}</summary>\n");
                 let _ = writeln!(s, "Inclusive (walstream's own frames and BLAKE3):\n\n| Ir | % | function |\n|---|---|---|");
                 let interesting = |f: &str| {
-                    (f.starts_with("walstream::") || f.contains("<impl walstream::") || f.contains("blake3"))
+                    (f.starts_with("walstream::")
+                        || f.contains("<impl walstream::")
+                        || f.contains("blake3"))
                         && !f.contains("api::guard")
                 };
                 for (ir, f) in inc.iter().filter(|(_, f)| interesting(f)).take(25) {
-                    let _ = writeln!(s, "| {ir} | {:.1} | `{}` |", *ir as f64 * 100.0 / total, short(f));
+                    let _ = writeln!(
+                        s,
+                        "| {ir} | {:.1} | `{}` |",
+                        *ir as f64 * 100.0 / total,
+                        short(f)
+                    );
                 }
-                let _ = writeln!(s, "\nExclusive (everything):\n\n| Ir | % | function |\n|---|---|---|");
+                let _ = writeln!(
+                    s,
+                    "\nExclusive (everything):\n\n| Ir | % | function |\n|---|---|---|"
+                );
                 for (ir, f) in exc.iter().take(20) {
-                    let _ = writeln!(s, "| {ir} | {:.1} | `{}` |", *ir as f64 * 100.0 / total, short(f));
+                    let _ = writeln!(
+                        s,
+                        "| {ir} | {:.1} | `{}` |",
+                        *ir as f64 * 100.0 / total,
+                        short(f)
+                    );
                 }
                 let _ = writeln!(s, "\n</details>\n");
             }
@@ -953,14 +1212,19 @@ pub fn render(d: &Driver, res: &Results) -> String {
 fn short(f: &str) -> String {
     let f = f.replace('|', "\\|");
     if f.len() > 110 {
-        format!("{}…", &f[..f.char_indices().nth(110).map_or(f.len(), |(i, _)| i)])
+        format!(
+            "{}…",
+            &f[..f.char_indices().nth(110).map_or(f.len(), |(i, _)| i)]
+        )
     } else {
         f
     }
 }
 
 pub fn kept_analysis(existing: &str) -> Option<String> {
-    existing.rfind(ANALYSIS_MARKER).map(|i| existing[i..].to_string())
+    existing
+        .rfind(ANALYSIS_MARKER)
+        .map(|i| existing[i..].to_string())
 }
 
 pub fn default_analysis() -> String {

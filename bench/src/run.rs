@@ -93,7 +93,8 @@ fn load_extension(ext: &Path) {
     unsafe {
         conn.load_extension_enable().unwrap();
         // The entry point by name: a copy of the library under another name still loads.
-        conn.load_extension(ext, Some("sqlite3_walstream_init")).unwrap();
+        conn.load_extension(ext, Some("sqlite3_walstream_init"))
+            .unwrap();
         conn.load_extension_disable().unwrap();
     }
 }
@@ -103,14 +104,16 @@ fn open(job: &Job, db: &Path) -> Connection {
         Mode::Walstream => {
             load_extension(&job.ext);
             let uri = format!("file:{}?vfs=walstream", db.display());
-            let flags =
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI;
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_URI;
             Connection::open_with_flags(uri, flags).unwrap()
         }
         Mode::Plain | Mode::Litestream => Connection::open(db).unwrap(),
     };
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-    conn.pragma_update(None, "synchronous", job.workload.synchronous()).unwrap();
+    conn.pragma_update(None, "synchronous", job.workload.synchronous())
+        .unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
     conn
 }
@@ -136,7 +139,9 @@ pub fn worker(job: &Job) -> WorkerOut {
     let conn = open(job, &db);
     workload::setup(&conn, job.workload, &job.scale).unwrap();
     let setup_fp = workload::fingerprint(&conn, job.workload).unwrap();
-    let seq_before = (job.mode == Mode::Walstream).then(|| stream_seq(&db)).flatten();
+    let seq_before = (job.mode == Mode::Walstream)
+        .then(|| stream_seq(&db))
+        .flatten();
     let mut ls = match job.mode {
         Mode::Litestream => Some(Litestream::start(job, &db, setup_fp)),
         _ => None,
@@ -154,7 +159,12 @@ pub fn worker(job: &Job) -> WorkerOut {
     let fp = workload::run(&conn, job.workload, &job.scale, after).unwrap();
     let secs = t0.elapsed().as_secs_f64();
     let last_commit = SystemTime::now();
-    let mut out = WorkerOut { secs, commits, fingerprint: fp, ..Default::default() };
+    let mut out = WorkerOut {
+        secs,
+        commits,
+        fingerprint: fp,
+        ..Default::default()
+    };
     if let Some(l) = ls.as_mut() {
         if job.workload != Workload::Read {
             out.litestream = Some(l.lag(fp, last_commit));
@@ -213,7 +223,12 @@ impl StreamTap {
         let mut out = Vec::new();
         for g in gens {
             let mut segs: Vec<PathBuf> = fs::read_dir(&g)
-                .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "wseg")).collect())
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "wseg"))
+                        .collect()
+                })
                 .unwrap_or_default();
             segs.sort();
             out.extend(segs);
@@ -245,14 +260,24 @@ impl StreamTap {
                     Err(_) => continue,
                 }
             } else {
-                let version = self.decoders.get(&seg).map_or(walstream::record::FORMAT_VERSION, |d| d.0);
+                let version = self
+                    .decoders
+                    .get(&seg)
+                    .map_or(walstream::record::FORMAT_VERSION, |d| d.0);
                 RecordReader::resume(&buf[from as usize..], FileKind::Segment, version, from)
             };
             let version = reader.version();
-            let (_, decoder) = self.decoders.entry(seg).or_insert_with(|| (version, PageDecoder::new(version)));
+            let (_, decoder) = self
+                .decoders
+                .entry(seg)
+                .or_insert_with(|| (version, PageDecoder::new(version)));
             while let Ok(Some((_, r))) = reader.next_record() {
                 if let Some(Body::Page(p)) = r.body {
-                    pages.extend_from_slice(decoder.decode(&p, PAGE_BYTES_MAX).expect("the stream decodes"));
+                    pages.extend_from_slice(
+                        decoder
+                            .decode(&p, PAGE_BYTES_MAX)
+                            .expect("the stream decodes"),
+                    );
                 }
             }
         }
@@ -297,7 +322,11 @@ fn listing(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
             if m.is_dir() {
                 stack.push(e.path());
             } else {
-                out.push((e.path(), m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+                out.push((
+                    e.path(),
+                    m.len(),
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                ));
             }
         }
     }
@@ -308,7 +337,11 @@ fn listing(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
 /// Bytes of Litestream's level-0 files (one per sync: what it ships as transactions arrive;
 /// snapshots and compactions are written on their own schedules).
 fn l0_bytes(files: &[(PathBuf, u64, SystemTime)], since: SystemTime) -> u64 {
-    files.iter().filter(|f| f.0.to_string_lossy().contains("/ltx/0/") && f.2 >= since).map(|f| f.1).sum()
+    files
+        .iter()
+        .filter(|f| f.0.to_string_lossy().contains("/ltx/0/") && f.2 >= since)
+        .map(|f| f.1)
+        .sum()
 }
 
 impl Litestream {
@@ -327,10 +360,20 @@ impl Litestream {
             .stderr(log)
             .spawn()
             .expect("start litestream");
-        let mut ls = Litestream { bin, child, replica, scratch, workload: job.workload, body_start: SystemTime::now() };
+        let mut ls = Litestream {
+            bin,
+            child,
+            replica,
+            scratch,
+            workload: job.workload,
+            body_start: SystemTime::now(),
+        };
         // Timing starts once the replica holds the set-up state.
         if ls.lag(setup_fp, SystemTime::now()).lag_ms.is_none() {
-            eprintln!("litestream did not replicate the initial state; see {}", job.dir.join("litestream.log").display());
+            eprintln!(
+                "litestream did not replicate the initial state; see {}",
+                job.dir.join("litestream.log").display()
+            );
         }
         ls.body_start = SystemTime::now();
         ls
@@ -533,7 +576,10 @@ impl Driver {
                 ..Default::default()
             })
         } else {
-            WorkerOut { error: Some(format!("worker failed: {}", u.stderr.trim())), ..Default::default() }
+            WorkerOut {
+                error: Some(format!("worker failed: {}", u.stderr.trim())),
+                ..Default::default()
+            }
         };
         (out, u)
     }
@@ -563,7 +609,11 @@ pub struct Results {
 
 pub fn driver(opts: Options) -> i32 {
     let t_start = Instant::now();
-    let scale = if opts.quick { Scale::quick() } else { Scale::full() };
+    let scale = if opts.quick {
+        Scale::quick()
+    } else {
+        Scale::full()
+    };
     let _ = fs::remove_dir_all(&opts.work);
     fs::create_dir_all(&opts.work).unwrap();
     let opts = Options {
@@ -572,7 +622,12 @@ pub fn driver(opts: Options) -> i32 {
         work: fs::canonicalize(&opts.work).unwrap(),
         ..opts
     };
-    let mut d = Driver { opts, scale, exe: std::env::current_exe().unwrap(), counter: 0 };
+    let mut d = Driver {
+        opts,
+        scale,
+        exe: std::env::current_exe().unwrap(),
+        counter: 0,
+    };
     let mut res = Results::default();
     let only = d.opts.only.clone();
     let want = |name: &str| d_only(&only, name);
@@ -636,7 +691,9 @@ pub fn driver(opts: Options) -> i32 {
     let md = report::render(&d, &res);
     match &d.opts.out {
         Some(path) => {
-            let kept = fs::read_to_string(path).ok().and_then(|s| report::kept_analysis(&s));
+            let kept = fs::read_to_string(path)
+                .ok()
+                .and_then(|s| report::kept_analysis(&s));
             let full = format!("{md}{}", kept.unwrap_or_else(report::default_analysis));
             fs::write(path, full).unwrap();
             eprintln!("wrote {}", path.display());
@@ -651,7 +708,8 @@ pub fn driver(opts: Options) -> i32 {
 }
 
 fn d_only(only: &Option<String>, name: &str) -> bool {
-    only.as_ref().is_none_or(|o| o.split(',').any(|x| x == name))
+    only.as_ref()
+        .is_none_or(|o| o.split(',').any(|x| x == name))
 }
 
 /// After an order-book run: restore its replica (walstream or Litestream), or copy the
@@ -679,7 +737,10 @@ fn small_restores(d: &Driver, job: &Job) -> BTreeMap<String, f64> {
                 .arg("restore")
                 .arg("-o")
                 .arg(&out)
-                .arg(format!("file://{}", job.dir.join("litestream-replica").display())),
+                .arg(format!(
+                    "file://{}",
+                    job.dir.join("litestream-replica").display()
+                )),
         ),
     };
     if u.ok {

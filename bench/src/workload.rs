@@ -160,15 +160,18 @@ pub fn setup(conn: &Connection, w: Workload, scale: &Scale) -> rusqlite::Result<
             {
                 let mut ins = tx.prepare("INSERT INTO t(k, v) VALUES (?1, ?2)")?;
                 for i in 0..scale.read_rows {
-                    ins.execute(params![(i * 7919 % scale.read_rows) as i64, rng.payload(100)])?;
+                    ins.execute(params![
+                        (i * 7919 % scale.read_rows) as i64,
+                        rng.payload(100)
+                    ])?;
                 }
             }
             tx.commit()
         }
         Workload::OrderBook => orderbook_setup(conn),
-        Workload::Big => conn.execute_batch(
-            "CREATE TABLE big(id INTEGER PRIMARY KEY, v BLOB NOT NULL);",
-        ),
+        Workload::Big => {
+            conn.execute_batch("CREATE TABLE big(id INTEGER PRIMARY KEY, v BLOB NOT NULL);")
+        }
     }
 }
 
@@ -183,7 +186,11 @@ pub fn run(
 ) -> rusqlite::Result<i64> {
     match w {
         Workload::Txn1Normal | Workload::Txn1Full => {
-            let n = if w == Workload::Txn1Full { scale.txn1_full } else { scale.txn1 };
+            let n = if w == Workload::Txn1Full {
+                scale.txn1_full
+            } else {
+                scale.txn1
+            };
             let mut rng = Rng::new(10);
             let mut ins = conn.prepare_cached("INSERT INTO t(k, v) VALUES (?1, ?2)")?;
             for _ in 0..n {
@@ -222,15 +229,16 @@ pub fn run(
             let mut rng = Rng::new(13);
             let mut point = conn.prepare_cached("SELECT v FROM t WHERE id = ?1")?;
             let mut by_k = conn.prepare_cached("SELECT id, v FROM t WHERE k = ?1")?;
-            let mut range =
-                conn.prepare_cached("SELECT count(*), sum(length(v)) FROM t WHERE k BETWEEN ?1 AND ?2")?;
+            let mut range = conn.prepare_cached(
+                "SELECT count(*), sum(length(v)) FROM t WHERE k BETWEEN ?1 AND ?2",
+            )?;
             let mut acc = 0i64;
             for i in 0..scale.reads {
                 match i % 10 {
                     0 => {
                         let lo = rng.below(scale.read_rows) as i64;
-                        let (c, s): (i64, Option<i64>) =
-                            range.query_row(params![lo, lo + 50], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                        let (c, s): (i64, Option<i64>) = range
+                            .query_row(params![lo, lo + 50], |r| Ok((r.get(0)?, r.get(1)?)))?;
                         acc += c + s.unwrap_or(0);
                     }
                     1..=3 => {
@@ -242,7 +250,8 @@ pub fn run(
                     }
                     _ => {
                         let id = 1 + rng.below(scale.read_rows) as i64;
-                        let v: Option<String> = point.query_row(params![id], |r| r.get(0)).optional()?;
+                        let v: Option<String> =
+                            point.query_row(params![id], |r| r.get(0)).optional()?;
                         acc += v.map_or(0, |v| v.len() as i64);
                     }
                 }
@@ -312,13 +321,20 @@ fn orderbook_setup(conn: &Connection) -> rusqlite::Result<()> {
         let mut user = tx.prepare("INSERT INTO users(id, name, created_ms) VALUES (?1, ?2, ?3)")?;
         let mut bal = tx.prepare("INSERT INTO balances VALUES (?1, ?2, ?3, 0)")?;
         for id in 1..=USERS as i64 {
-            user.execute(params![id, format!("user-{}", rng.payload(12)), 1_700_000_000_000i64 + id])?;
+            user.execute(params![
+                id,
+                format!("user-{}", rng.payload(12)),
+                1_700_000_000_000i64 + id
+            ])?;
             bal.execute(params![id, BASE, 1_000_000_000i64])?;
             bal.execute(params![id, QUOTE, 1_000_000_000_000i64])?;
         }
     }
     tx.commit()?;
-    let mut ob = OrderBook { rng: Rng::new(101), ts: 1_700_000_000_000 };
+    let mut ob = OrderBook {
+        rng: Rng::new(101),
+        ts: 1_700_000_000_000,
+    };
     let tx = conn.unchecked_transaction()?;
     for _ in 0..OPEN_ORDERS {
         ob.place(&tx)?;
@@ -335,7 +351,10 @@ pub struct OrderBook {
 
 impl OrderBook {
     pub fn new(_conn: &Connection) -> rusqlite::Result<Self> {
-        Ok(OrderBook { rng: Rng::new(7), ts: 1_800_000_000_000 })
+        Ok(OrderBook {
+            rng: Rng::new(7),
+            ts: 1_800_000_000_000,
+        })
     }
 
     /// One transaction of `ops` operations, committed.
@@ -362,15 +381,23 @@ impl OrderBook {
         self.ts += 1;
         let user = 1 + self.rng.below(USERS) as i64;
         let side = self.rng.below(2) as i64; // 0 buy, 1 sell
-        // Buys below the mid price, sells above, with some overlap so that matches happen.
+                                             // Buys below the mid price, sells above, with some overlap so that matches happen.
         let offset = self.rng.below(200) as i64 - 20;
-        let price = if side == 0 { MID_PRICE - offset } else { MID_PRICE + offset };
+        let price = if side == 0 {
+            MID_PRICE - offset
+        } else {
+            MID_PRICE + offset
+        };
         let qty = 1 + self.rng.below(100) as i64;
         conn.prepare_cached(
             "INSERT INTO orders(user_id, side, price, qty, remaining, status, ts) VALUES (?1, ?2, ?3, ?4, ?4, 0, ?5)",
         )?
         .execute(params![user, side, price, qty, self.ts])?;
-        let (asset, amount) = if side == 0 { (QUOTE, price * qty) } else { (BASE, qty) };
+        let (asset, amount) = if side == 0 {
+            (QUOTE, price * qty)
+        } else {
+            (BASE, qty)
+        };
         conn.prepare_cached(
             "UPDATE balances SET available = available - ?3, locked = locked + ?3 WHERE user_id = ?1 AND asset = ?2",
         )?
@@ -387,12 +414,20 @@ impl OrderBook {
                 "SELECT id, user_id, price, remaining FROM orders
                  WHERE status = 0 AND side = ?1 AND price >= ?2 ORDER BY side, price, id LIMIT 1",
             )?
-            .query_row(params![side, price], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_row(params![side, price], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
             .optional()?;
-        let Some((id, user, price, remaining)) = found else { return Ok(()) };
+        let Some((id, user, price, remaining)) = found else {
+            return Ok(());
+        };
         conn.prepare_cached("UPDATE orders SET status = 2, ts = ?2 WHERE id = ?1")?
             .execute(params![id, self.ts])?;
-        let (asset, amount) = if side == 0 { (QUOTE, price * remaining) } else { (BASE, remaining) };
+        let (asset, amount) = if side == 0 {
+            (QUOTE, price * remaining)
+        } else {
+            (BASE, remaining)
+        };
         conn.prepare_cached(
             "UPDATE balances SET available = available + ?3, locked = locked - ?3 WHERE user_id = ?1 AND asset = ?2",
         )?
@@ -404,7 +439,9 @@ impl OrderBook {
         self.ts += 1;
         let best = |side: i64, sql: &str| -> rusqlite::Result<Option<(i64, i64, i64, i64)>> {
             conn.prepare_cached(sql)?
-                .query_row(params![side], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .query_row(params![side], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
                 .optional()
         };
         let bid = best(
@@ -417,13 +454,17 @@ impl OrderBook {
             "SELECT id, user_id, price, remaining FROM orders WHERE status = 0 AND side = ?1
              ORDER BY side, price, id LIMIT 1",
         )?;
-        let (Some(bid), Some(ask)) = (bid, ask) else { return Ok(()) };
+        let (Some(bid), Some(ask)) = (bid, ask) else {
+            return Ok(());
+        };
         // The sequencer crosses the best bid with the best ask at the ask's price (a market
         // maker would otherwise lift it), so every match trades.
         let qty = bid.3.min(ask.3);
         let price = ask.2;
-        conn.prepare_cached("INSERT INTO trades(buy_order, sell_order, price, qty, ts) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![bid.0, ask.0, price, qty, self.ts])?;
+        conn.prepare_cached(
+            "INSERT INTO trades(buy_order, sell_order, price, qty, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![bid.0, ask.0, price, qty, self.ts])?;
         let mut fill = conn.prepare_cached(
             "UPDATE orders SET remaining = remaining - ?2, status = CASE WHEN remaining = ?2 THEN 1 ELSE 0 END,
              ts = ?3 WHERE id = ?1",

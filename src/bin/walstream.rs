@@ -150,9 +150,7 @@ enum Command {
         generation: Option<u64>,
     },
     /// List generations, snapshots and segments with their transaction ranges, sizes and times.
-    Ls {
-        target: String,
-    },
+    Ls { target: String },
     /// Delete old generations from a stream, never what the newest restore point needs.
     ///
     /// Keeps the newest complete generation always, plus the newest N (--keep-generations) and
@@ -210,34 +208,75 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Restore { target, output, txn, time, generation, force } => {
-            cmd_restore(&target, &output, txn, time.as_deref(), generation, force)
-        }
-        Command::Verify { target, checks, generation, from, to, json, pubkey, allow_unsigned_tail } => {
+        Command::Restore {
+            target,
+            output,
+            txn,
+            time,
+            generation,
+            force,
+        } => cmd_restore(&target, &output, txn, time.as_deref(), generation, force),
+        Command::Verify {
+            target,
+            checks,
+            generation,
+            from,
+            to,
+            json,
+            pubkey,
+            allow_unsigned_tail,
+        } => {
             if checks.is_empty() || !pubkey.is_empty() {
                 cmd_verify(&target, json, &pubkey, allow_unsigned_tail).and_then(|()| {
                     if checks.is_empty() {
                         return Ok(());
                     }
-                    let opts = walstream::validate::CheckOptions { checks, generation, from, to };
+                    let opts = walstream::validate::CheckOptions {
+                        checks,
+                        generation,
+                        from,
+                        to,
+                    };
                     cmd_verify_checks(&target, &opts, json)
                 })
             } else {
-                let opts = walstream::validate::CheckOptions { checks, generation, from, to };
+                let opts = walstream::validate::CheckOptions {
+                    checks,
+                    generation,
+                    from,
+                    to,
+                };
                 cmd_verify_checks(&target, &opts, json)
             }
         }
-        Command::Follow { target, replica, checks, interval_ms, once } => {
-            cmd_follow(&target, replica, checks, interval_ms, once)
-        }
-        Command::Root { target, db, txn, generation } => cmd_root(target.as_deref(), db.as_deref(), txn, generation),
+        Command::Follow {
+            target,
+            replica,
+            checks,
+            interval_ms,
+            once,
+        } => cmd_follow(&target, replica, checks, interval_ms, once),
+        Command::Root {
+            target,
+            db,
+            txn,
+            generation,
+        } => cmd_root(target.as_deref(), db.as_deref(), txn, generation),
         Command::Ls { target } => cmd_ls(&target),
-        Command::Prune { target, keep_generations, keep_days, dry_run } => {
-            cmd_prune(&target, keep_generations, keep_days, dry_run)
-        }
-        Command::Diff { target, txn, generation, invert, format, tmp_dir } => {
-            cmd_diff(&target, txn, generation, invert, &format, tmp_dir)
-        }
+        Command::Prune {
+            target,
+            keep_generations,
+            keep_days,
+            dry_run,
+        } => cmd_prune(&target, keep_generations, keep_days, dry_run),
+        Command::Diff {
+            target,
+            txn,
+            generation,
+            invert,
+            format,
+            tmp_dir,
+        } => cmd_diff(&target, txn, generation, invert, &format, tmp_dir),
         Command::Inspect { file, verbose } => cmd_inspect(&file, verbose),
         Command::Keygen { curve, out } => cmd_keygen(&curve, &out),
     };
@@ -258,9 +297,11 @@ fn open_target(uri: &str) -> Result<Box<dyn Target>> {
 fn progress_bar(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
     bar
@@ -272,9 +313,12 @@ fn format_ms(ms: i64) -> String {
 }
 
 fn parse_time(s: &str) -> Result<i64> {
-    let t = humantime::parse_rfc3339_weak(s)
-        .with_context(|| format!("--time {s:?} is not an RFC 3339 time such as 2026-11-25T13:00:00Z"))?;
-    Ok(t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
+    let t = humantime::parse_rfc3339_weak(s).with_context(|| {
+        format!("--time {s:?} is not an RFC 3339 time such as 2026-11-25T13:00:00Z")
+    })?;
+    Ok(t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
 }
 
 fn cmd_restore(
@@ -291,7 +335,11 @@ fn cmd_restore(
         (None, Some(t)) => Point::Time(parse_time(t)?),
         (None, None) => Point::Latest,
     };
-    let opts = RestoreOptions { point, generation, force };
+    let opts = RestoreOptions {
+        point,
+        generation,
+        force,
+    };
     let (objects, _) = restore::resolve(target.as_ref(), &opts)?;
     let bar = progress_bar(objects.bytes(), "restoring");
     let restored = restore::restore(target.as_ref(), output, &opts, &mut |b| bar.set_position(b))
@@ -311,17 +359,28 @@ fn cmd_restore(
     Ok(())
 }
 
-fn cmd_verify_checks(uri: &str, opts: &walstream::validate::CheckOptions, json: bool) -> Result<()> {
+fn cmd_verify_checks(
+    uri: &str,
+    opts: &walstream::validate::CheckOptions,
+    json: bool,
+) -> Result<()> {
     use walstream::validate::{verify_with_checks, ValidateError};
     let target = open_target(uri)?;
-    let total: u64 = reader::inventory(target.as_ref())?.iter().map(|g| g.bytes()).sum();
+    let total: u64 = reader::inventory(target.as_ref())?
+        .iter()
+        .map(|g| g.bytes())
+        .sum();
     let bar = progress_bar(total, "checking");
     let result = verify_with_checks(target.as_ref(), opts, &mut |b| bar.set_position(b));
     bar.finish_and_clear();
     match result {
         Ok(report) => {
             if json {
-                let gens: Vec<_> = report.generations.iter().map(|(g, n, c)| serde_json::json!({"generation": g, "txns": n, "checked": c})).collect();
+                let gens: Vec<_> = report
+                    .generations
+                    .iter()
+                    .map(|(g, n, c)| serde_json::json!({"generation": g, "txns": n, "checked": c}))
+                    .collect();
                 out!("{}", serde_json::json!({"ok": true, "generations": gens}));
             } else {
                 for (g, n, c) in &report.generations {
@@ -332,7 +391,10 @@ fn cmd_verify_checks(uri: &str, opts: &walstream::validate::CheckOptions, json: 
         }
         Err(ValidateError::CheckFailed(f)) => {
             if json {
-                out!("{}", serde_json::json!({"ok": false, "failure": f.to_json()}));
+                out!(
+                    "{}",
+                    serde_json::json!({"ok": false, "failure": f.to_json()})
+                );
             }
             bail!("{} (committed {})", f, format_ms(f.commit_time_ms))
         }
@@ -340,7 +402,13 @@ fn cmd_verify_checks(uri: &str, opts: &walstream::validate::CheckOptions, json: 
     }
 }
 
-fn cmd_follow(uri: &str, replica: PathBuf, checks: Vec<String>, interval_ms: u64, once: bool) -> Result<()> {
+fn cmd_follow(
+    uri: &str,
+    replica: PathBuf,
+    checks: Vec<String>,
+    interval_ms: u64,
+    once: bool,
+) -> Result<()> {
     use walstream::reader::ReadError;
     use walstream::validate::{FollowStep, Follower, ValidateError};
     let target = open_target(uri)?;
@@ -363,10 +431,14 @@ fn cmd_follow(uri: &str, replica: PathBuf, checks: Vec<String>, interval_ms: u64
             continue;
         }
         match &step {
-            Err(e) if !once && failures < RETRIES && !matches!(e, ValidateError::CheckFailed(_)) => {
+            Err(e)
+                if !once && failures < RETRIES && !matches!(e, ValidateError::CheckFailed(_)) =>
+            {
                 failures += 1;
                 eprintln!("walstream: following {uri}: {e} (retrying, {failures} of {RETRIES})");
-                std::thread::sleep(Duration::from_millis(interval_ms.max(100) << failures.min(5)));
+                std::thread::sleep(Duration::from_millis(
+                    interval_ms.max(100) << failures.min(5),
+                ));
                 continue;
             }
             Ok(_) => failures = 0,
@@ -375,9 +447,16 @@ fn cmd_follow(uri: &str, replica: PathBuf, checks: Vec<String>, interval_ms: u64
         match step.with_context(|| format!("following {uri} into {}", replica.display()))? {
             FollowStep::UpToDate(_) => {}
             FollowStep::Advanced { from_seq, to } => {
-                out!("generation {}: applied txns {}..={}", to.generation, from_seq + 1, to.seq)
+                out!(
+                    "generation {}: applied txns {}..={}",
+                    to.generation,
+                    from_seq + 1,
+                    to.seq
+                )
             }
-            FollowStep::Seeded(to) => out!("generation {}: seeded at txn {}", to.generation, to.seq),
+            FollowStep::Seeded(to) => {
+                out!("generation {}: seeded at txn {}", to.generation, to.seq)
+            }
         }
         if once {
             return Ok(());
@@ -386,10 +465,20 @@ fn cmd_follow(uri: &str, replica: PathBuf, checks: Vec<String>, interval_ms: u64
     }
 }
 
-fn cmd_root(uri: Option<&str>, db: Option<&Path>, txn: Option<u64>, generation: Option<u64>) -> Result<()> {
+fn cmd_root(
+    uri: Option<&str>,
+    db: Option<&Path>,
+    txn: Option<u64>,
+    generation: Option<u64>,
+) -> Result<()> {
     if let Some(path) = db {
         let (page_size, root) = root_of_file(path)?;
-        out!("{}  {} ({} pages of {page_size} bytes)", hex(&root), path.display(), std::fs::metadata(path)?.len() / u64::from(page_size));
+        out!(
+            "{}  {} ({} pages of {page_size} bytes)",
+            hex(&root),
+            path.display(),
+            std::fs::metadata(path)?.len() / u64::from(page_size)
+        );
         return Ok(());
     }
     let uri = uri.expect("clap requires TARGET without --db");
@@ -404,8 +493,18 @@ fn cmd_root(uri: Option<&str>, db: Option<&Path>, txn: Option<u64>, generation: 
     };
     struct NoPages;
     impl reader::Visitor for NoPages {}
-    let summary = reader::replay(target.as_ref(), &objects, reader::ReplayLimit::Txn(seq), &mut NoPages)?;
-    out!("{}  generation {} txn {}", hex(&summary.state_root), summary.generation, summary.last_seq);
+    let summary = reader::replay(
+        target.as_ref(),
+        &objects,
+        reader::ReplayLimit::Txn(seq),
+        &mut NoPages,
+    )?;
+    out!(
+        "{}  generation {} txn {}",
+        hex(&summary.state_root),
+        summary.generation,
+        summary.last_seq
+    );
     Ok(())
 }
 
@@ -414,7 +513,8 @@ fn root_of_file(path: &Path) -> Result<(u32, walstream::record::Hash)> {
     use std::io::Read;
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut header = [0u8; 100];
-    file.read_exact(&mut header).with_context(|| format!("{}: not a SQLite database (too short)", path.display()))?;
+    file.read_exact(&mut header)
+        .with_context(|| format!("{}: not a SQLite database (too short)", path.display()))?;
     if &header[..16] != b"SQLite format 3\0" {
         bail!("{}: not a SQLite database", path.display());
     }
@@ -443,7 +543,11 @@ fn cmd_keygen(curve: &str, out: &Path) -> Result<()> {
     let algorithm = Algorithm::parse(curve).with_context(|| format!("unknown curve {curve:?}"))?;
     let signer = Signer::generate(algorithm)?;
     let pub_path = signer.write_new(out)?;
-    out!("wrote {} (secret, mode 0600) and {}", out.display(), pub_path.display());
+    out!(
+        "wrote {} (secret, mode 0600) and {}",
+        out.display(),
+        pub_path.display()
+    );
     out!("public key: {}", signer.public_key());
     Ok(())
 }
@@ -453,9 +557,15 @@ fn cmd_verify(uri: &str, json: bool, pubkeys: &[PathBuf], allow_unsigned_tail: b
         .iter()
         .map(|p| walstream::sign::PublicKey::load(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let opts = verify::VerifyOptions { public_keys, allow_unsigned_tail };
+    let opts = verify::VerifyOptions {
+        public_keys,
+        allow_unsigned_tail,
+    };
     let target = open_target(uri)?;
-    let total: u64 = reader::inventory(target.as_ref())?.iter().map(|g| g.bytes()).sum();
+    let total: u64 = reader::inventory(target.as_ref())?
+        .iter()
+        .map(|g| g.bytes())
+        .sum();
     let bar = progress_bar(total, "verifying");
     let result = verify::verify_with(target.as_ref(), &opts, &mut |b| bar.set_position(b));
     bar.finish_and_clear();
@@ -463,7 +573,10 @@ fn cmd_verify(uri: &str, json: bool, pubkeys: &[PathBuf], allow_unsigned_tail: b
         Ok(r) => r,
         Err(e) => {
             if json {
-                out!("{}", serde_json::json!({"ok": false, "error": e.to_string()}));
+                out!(
+                    "{}",
+                    serde_json::json!({"ok": false, "error": e.to_string()})
+                );
             }
             return Err(e).with_context(|| format!("verification of {uri} failed"));
         }
@@ -489,9 +602,16 @@ fn cmd_verify(uri: &str, json: bool, pubkeys: &[PathBuf], allow_unsigned_tail: b
         );
     }
     if !opts.public_keys.is_empty() {
-        out!("signatures: {} valid, every sealed segment signed", report.signatures);
+        out!(
+            "signatures: {} valid, every sealed segment signed",
+            report.signatures
+        );
     }
-    out!("ok: {} generation(s), {} bytes verified", report.generations.len(), report.bytes);
+    out!(
+        "ok: {} generation(s), {} bytes verified",
+        report.generations.len(),
+        report.bytes
+    );
     Ok(())
 }
 
@@ -524,7 +644,10 @@ fn cmd_ls(uri: &str) -> Result<()> {
         );
         out!(
             "  snapshot  {}  {} pages x {} bytes  {} bytes",
-            snapshot.key, header.page_count, header.page_size, snapshot.size
+            snapshot.key,
+            header.page_count,
+            header.page_size,
+            snapshot.size
         );
         for object in g.segments.values() {
             let stats = segment_stats(target.as_ref(), &object.key)?;
@@ -540,10 +663,18 @@ fn cmd_ls(uri: &str) -> Result<()> {
     Ok(())
 }
 
-fn snapshot_header(target: &dyn Target, key: &str) -> Result<walstream::record::pb::SnapshotHeader> {
+fn snapshot_header(
+    target: &dyn Target,
+    key: &str,
+) -> Result<walstream::record::pb::SnapshotHeader> {
     let mut r = RecordReader::new(target.get(key)?).with_context(|| key.to_string())?;
     match r.next_record().with_context(|| key.to_string())? {
-        Some((_, Record { body: Some(Body::SnapshotHeader(h)) })) => Ok(h),
+        Some((
+            _,
+            Record {
+                body: Some(Body::SnapshotHeader(h)),
+            },
+        )) => Ok(h),
         _ => bail!("{key}: does not start with a snapshot header"),
     }
 }
@@ -553,7 +684,12 @@ fn segment_stats(target: &dyn Target, key: &str) -> Result<SegmentStats> {
     let mut stats = SegmentStats::default();
     loop {
         match r.next_record() {
-            Ok(Some((_, Record { body: Some(Body::TxnCommit(c)) }))) => {
+            Ok(Some((
+                _,
+                Record {
+                    body: Some(Body::TxnCommit(c)),
+                },
+            ))) => {
                 let point = (c.seq, c.commit_time_ms);
                 stats.first.get_or_insert(point);
                 stats.last = Some(point);
@@ -567,9 +703,17 @@ fn segment_stats(target: &dyn Target, key: &str) -> Result<SegmentStats> {
     Ok(stats)
 }
 
-fn cmd_prune(uri: &str, keep_generations: Option<u64>, keep_days: Option<f64>, dry_run: bool) -> Result<()> {
+fn cmd_prune(
+    uri: &str,
+    keep_generations: Option<u64>,
+    keep_days: Option<f64>,
+    dry_run: bool,
+) -> Result<()> {
     let target = open_target(uri)?;
-    let keep = walstream::prune::Keep { generations: keep_generations, days: keep_days };
+    let keep = walstream::prune::Keep {
+        generations: keep_generations,
+        days: keep_days,
+    };
     let report = walstream::prune::prune(target.as_ref(), &keep, dry_run)
         .with_context(|| format!("pruning {uri}"))?;
     let verb = if dry_run { "would delete" } else { "deleted" };
@@ -592,7 +736,9 @@ fn open_input(path: &Path) -> Result<Box<dyn std::io::Read + Send>> {
     if let Some(rest) = text.strip_prefix("s3://") {
         let at = rest
             .find(&format!("{}/", walstream::layout::GENERATIONS_DIR))
-            .with_context(|| format!("{text}: an object URL ends in generations/<generation>/<name>"))?;
+            .with_context(|| {
+                format!("{text}: an object URL ends in generations/<generation>/<name>")
+            })?;
         let (root, key) = rest.split_at(at);
         let target = open_target(&format!("s3://{}", root.trim_end_matches('/')))?;
         return Ok(target.get(key)?);
@@ -601,28 +747,49 @@ fn open_input(path: &Path) -> Result<Box<dyn std::io::Read + Send>> {
     Ok(Box::new(BufReader::new(file)))
 }
 
-fn cmd_diff(uri: &str, txn: u64, generation: Option<u64>, invert: bool, format: &str, tmp_dir: Option<PathBuf>) -> Result<()> {
+fn cmd_diff(
+    uri: &str,
+    txn: u64,
+    generation: Option<u64>,
+    invert: bool,
+    format: &str,
+    tmp_dir: Option<PathBuf>,
+) -> Result<()> {
     use walstream::diff::{self, DiffOptions, JsonWriter, Sink, SqlWriter};
     let target = open_target(uri)?;
     let objects = match generation {
         Some(g) => reader::generation(target.as_ref(), g)?,
         None => reader::latest_generation(target.as_ref())?,
     };
-    let opts = DiffOptions { generation: Some(objects.generation), txn, tmp_dir };
+    let opts = DiffOptions {
+        generation: Some(objects.generation),
+        txn,
+        tmp_dir,
+    };
     let out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut sink: Box<dyn Sink> = match format {
         "json" => Box::new(JsonWriter::new(out, invert)),
         _ => Box::new(SqlWriter { out, invert }),
     };
     let bar = progress_bar(objects.bytes(), "replaying");
-    let result = diff::diff(target.as_ref(), &opts, &mut |b| bar.set_position(b), sink.as_mut());
+    let result = diff::diff(
+        target.as_ref(),
+        &opts,
+        &mut |b| bar.set_position(b),
+        sink.as_mut(),
+    );
     bar.finish_and_clear();
     if let Err(diff::DiffError::Output(e)) = &result {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             return Ok(()); // the reader stopped early (`| head`)
         }
     }
-    let summary = result.with_context(|| format!("diff of txn {txn} of generation {} in {uri}", objects.generation))?;
+    let summary = result.with_context(|| {
+        format!(
+            "diff of txn {txn} of generation {} in {uri}",
+            objects.generation
+        )
+    })?;
     if summary.notes > 0 {
         eprintln!(
             "walstream: note: the output holds {} note(s): schema changes or changes not decoded as rows",
@@ -635,13 +802,23 @@ fn cmd_diff(uri: &str, txn: u64, generation: Option<u64>, invert: bool, format: 
 fn cmd_inspect(path: &Path, verbose: bool) -> Result<()> {
     let input = open_input(path)?;
     let mut r = RecordReader::new(input).with_context(|| path.display().to_string())?;
-    out!("{}: {:?} file, format version {}", path.display(), r.kind(), r.version());
+    out!(
+        "{}: {:?} file, format version {}",
+        path.display(),
+        r.kind(),
+        r.version()
+    );
     let mut pages = walstream::record::page::PageDecoder::new(r.version());
-    while let Some((offset, record)) = r.next_record().with_context(|| path.display().to_string())? {
+    while let Some((offset, record)) = r
+        .next_record()
+        .with_context(|| path.display().to_string())?
+    {
         let line = match record.body.expect("reader rejects empty records") {
             Body::SegmentHeader(h) => format!(
                 "segment header: generation {} first txn {} prev hash {}",
-                h.generation, h.first_seq, hex(&h.prev_hash)
+                h.generation,
+                h.first_seq,
+                hex(&h.prev_hash)
             ),
             Body::TxnBegin(b) => format!("txn {} begin", b.seq),
             Body::Page(p) => {
@@ -653,31 +830,57 @@ fn cmd_inspect(path: &Path, verbose: bool) -> Result<()> {
                 let kept = if p.kept { ", kept" } else { "" };
                 let line = match pages.decode(&p, walstream::record::page::PAGE_BYTES_MAX) {
                     Ok(data) => {
-                        let head = if verbose { format!(" data {}..", hex(&data[..data.len().min(16)])) } else { String::new() };
-                        format!("{} bytes, {how} {stored} bytes{kept}) hash {}{head}", data.len(), hex(&p.hash))
+                        let head = if verbose {
+                            format!(" data {}..", hex(&data[..data.len().min(16)]))
+                        } else {
+                            String::new()
+                        };
+                        format!(
+                            "{} bytes, {how} {stored} bytes{kept}) hash {}{head}",
+                            data.len(),
+                            hex(&p.hash)
+                        )
                     }
-                    Err(problem) => format!("{how} {stored} bytes{kept}: {problem}) hash {}", hex(&p.hash)),
+                    Err(problem) => format!(
+                        "{how} {stored} bytes{kept}: {problem}) hash {}",
+                        hex(&p.hash)
+                    ),
                 };
                 format!("  page {} ({line}", p.pgno)
             }
             Body::TxnCommit(c) => format!(
                 "txn {} commit: {} pages, db size {} pages, time {}, hash {}",
-                c.seq, c.page_count, c.db_size_pages, format_ms(c.commit_time_ms), hex(&c.hash)
+                c.seq,
+                c.page_count,
+                c.db_size_pages,
+                format_ms(c.commit_time_ms),
+                hex(&c.hash)
             ),
-            Body::SegmentEnd(e) => format!("segment end: {:?}, next txn {}", e.reason(), e.next_seq),
+            Body::SegmentEnd(e) => {
+                format!("segment end: {:?}, next txn {}", e.reason(), e.next_seq)
+            }
             Body::WalReset(w) => format!("WAL reset ({:?}) after txn {}", w.kind(), w.after_seq),
             Body::SnapshotHeader(h) => format!(
                 "snapshot header: generation {} {} pages x {} bytes, reason: {}, created {}",
-                h.generation, h.page_count, h.page_size, h.reason, format_ms(h.created_ms)
+                h.generation,
+                h.page_count,
+                h.page_size,
+                h.reason,
+                format_ms(h.created_ms)
             ),
-            Body::SnapshotChunk(c) => format!("snapshot chunk: pages {}..={}", c.first_pgno, c.first_pgno as usize + c.hashes.len() - 1),
+            Body::SnapshotChunk(c) => format!(
+                "snapshot chunk: pages {}..={}",
+                c.first_pgno,
+                c.first_pgno as usize + c.hashes.len() - 1
+            ),
             Body::SnapshotEnd(e) => format!("snapshot end: hash {}", hex(&e.hash)),
             Body::HeadSignature(s) => format!(
                 "head signature: generation {} txn {} head {} by {} {} signature {}",
                 s.generation,
                 s.seq,
                 hex(&s.head_hash),
-                walstream::sign::Algorithm::from_pb(s.algorithm).map_or("(unknown algorithm)", |a| a.name()),
+                walstream::sign::Algorithm::from_pb(s.algorithm)
+                    .map_or("(unknown algorithm)", |a| a.name()),
                 hex(&s.public_key),
                 hex(&s.signature)
             ),
@@ -686,4 +889,3 @@ fn cmd_inspect(path: &Path, verbose: bool) -> Result<()> {
     }
     Ok(())
 }
-

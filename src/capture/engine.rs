@@ -72,7 +72,11 @@ impl ShipLink {
             }
         }
         if self.shipper.is_none() {
-            match crate::ship::Shipper::start(self.spool_dir.clone(), self.spec.clone(), self.config.clone()) {
+            match crate::ship::Shipper::start(
+                self.spool_dir.clone(),
+                self.spec.clone(),
+                self.config.clone(),
+            ) {
                 Ok(s) => {
                     status.ship = Some(s.shared().clone());
                     self.shipper = Some(s);
@@ -89,7 +93,11 @@ impl Capture {
     }
 
     /// `open` with a connection's settings (signing key, segment size).
-    pub fn open_with(db_path: PathBuf, target: TargetSpec, opts: &CaptureOptions) -> Result<Self, CaptureError> {
+    pub fn open_with(
+        db_path: PathBuf,
+        target: TargetSpec,
+        opts: &CaptureOptions,
+    ) -> Result<Self, CaptureError> {
         let mut status = Status {
             database: db_path.display().to_string(),
             target: target.describe(),
@@ -104,13 +112,20 @@ impl Capture {
             }
             #[cfg(feature = "s3")]
             TargetSpec::S3 { .. } => {
-                let TargetSpec::Local(spool_dir) = TargetSpec::default_for(&db_path) else { unreachable!() };
+                let TargetSpec::Local(spool_dir) = TargetSpec::default_for(&db_path) else {
+                    unreachable!()
+                };
                 let mut config = crate::ship::ShipConfig::from_env().map_err(CaptureError::Ship)?;
                 // The shipper seals segments too: it signs them with the same key.
                 config.signer = opts.signer.clone();
                 status.spool = Some(spool_dir.display().to_string());
                 status.spool_limit = config.spool_limit;
-                let link = ShipLink { spool_dir: spool_dir.clone(), spec: target.clone(), config, shipper: None };
+                let link = ShipLink {
+                    spool_dir: spool_dir.clone(),
+                    spec: target.clone(),
+                    config,
+                    shipper: None,
+                };
                 (spool_dir, Some(link))
             }
         };
@@ -172,7 +187,11 @@ impl Capture {
         let result = match moment {
             Moment::WriteLockAcquired => self.on_lock_acquired(io),
             Moment::WriteLockReleasing => {
-                let r = self.catch_up(CaptureIo { shm: io.shm, wal: io.wal, db: io.db });
+                let r = self.catch_up(CaptureIo {
+                    shm: io.shm,
+                    wal: io.wal,
+                    db: io.db,
+                });
                 self.synced_at_lock = None;
                 r.and_then(|()| self.scheduled_generation(io))
             }
@@ -206,12 +225,18 @@ impl Capture {
     /// Starts a new generation when the shipper asked for one (the newest generation grew
     /// long or old), right after a commit was captured, while the write lock is still held.
     fn scheduled_generation(&mut self, io: CaptureIo<'_>) -> Result<(), CaptureError> {
-        let Some(shipper) = self.ship.as_ref().and_then(|l| l.shipper.as_ref()) else { return Ok(()) };
-        let Some(shm) = io.shm.and_then(ShmHeader::parse) else { return Ok(()) };
+        let Some(shipper) = self.ship.as_ref().and_then(|l| l.shipper.as_ref()) else {
+            return Ok(());
+        };
+        let Some(shm) = io.shm.and_then(ShmHeader::parse) else {
+            return Ok(());
+        };
         if shm.mx_frame == 0 {
             return Ok(()); // the state is the database file alone: wait for a commit in the WAL
         }
-        let Some(reason) = shipper.shared().take_generation_request() else { return Ok(()) };
+        let Some(reason) = shipper.shared().take_generation_request() else {
+            return Ok(());
+        };
         self.new_generation(io, Some(shm.mx_frame), &reason)
     }
 
@@ -224,8 +249,14 @@ impl Capture {
             return Ok(());
         }
         let wal = io.wal;
-        self.catch_up(CaptureIo { shm: io.shm, wal: &mut *wal, db: io.db })?;
-        let (Some(shm), Some(tail)) = (shm, self.spool.cached_tail().cloned()) else { return Ok(()) };
+        self.catch_up(CaptureIo {
+            shm: io.shm,
+            wal: &mut *wal,
+            db: io.db,
+        })?;
+        let (Some(shm), Some(tail)) = (shm, self.spool.cached_tail().cloned()) else {
+            return Ok(());
+        };
         let salts = (shm.salt1, shm.salt2);
         let caught_up = tail.wal.is_some_and(|w| {
             (w.salt1, w.salt2) == salts
@@ -234,7 +265,9 @@ impl Capture {
         });
         let empty_after_restart = shm.mx_frame == 0
             && tail.reset.as_ref().is_some_and(|r| {
-                r.kind() == Kind::Restart && (r.next_salt1, r.next_salt2) == salts && !r.salt2_unknown
+                r.kind() == Kind::Restart
+                    && (r.next_salt1, r.next_salt2) == salts
+                    && !r.salt2_unknown
             });
         if caught_up || empty_after_restart {
             self.synced_at_lock = Some(salts);
@@ -249,7 +282,11 @@ impl Capture {
     /// appended otherwise (a new generation, a sealed segment) the next append sees, as it
     /// refreshes the tail under the spool lock.
     fn holds_all_of(&self, shm: &ShmHeader) -> bool {
-        let Some(tail) = self.spool.cached_tail().filter(|t| !t.ended && !self.status.behind) else {
+        let Some(tail) = self
+            .spool
+            .cached_tail()
+            .filter(|t| !t.ended && !self.status.behind)
+        else {
             return false;
         };
         tail.wal.is_some_and(|w| {
@@ -261,7 +298,12 @@ impl Capture {
 
     /// Refuses to capture while the spool of a remote target is at its size limit.
     fn check_ship_limit(&self) -> Result<(), CaptureError> {
-        match self.ship.as_ref().and_then(|l| l.shipper.as_ref()).and_then(|s| s.limit_error()) {
+        match self
+            .ship
+            .as_ref()
+            .and_then(|l| l.shipper.as_ref())
+            .and_then(|s| s.limit_error())
+        {
             Some(msg) => Err(CaptureError::Ship(msg)),
             None => Ok(()),
         }
@@ -305,9 +347,21 @@ impl Capture {
             },
             None => {
                 // With an empty wal-index the WAL file may still hold an old, stale header.
-                let wal_header = if limit == Some(0) { None } else { WalHeader::read(io.wal)? };
+                let wal_header = if limit == Some(0) {
+                    None
+                } else {
+                    WalHeader::read(io.wal)?
+                };
                 let (buf, db_path) = (&mut self.frame_buf, &self.db_path);
-                continuation(tail, wal_header.as_ref(), limit, shm_salts, io.wal, db_path, buf)
+                continuation(
+                    tail,
+                    wal_header.as_ref(),
+                    limit,
+                    shm_salts,
+                    io.wal,
+                    db_path,
+                    buf,
+                )
             }
         };
         let from = match next {
@@ -370,7 +424,11 @@ impl Capture {
                     // No lock moment came (exclusive locking mode): the old WAL is still on
                     // disk, and its valid frames are bounded by the checksum chain.
                     let current = WalHeader::read(io.wal).ok().flatten();
-                    self.catch_up(CaptureIo { shm: None, wal: &mut *io.wal, db: &mut *io.db })?;
+                    self.catch_up(CaptureIo {
+                        shm: None,
+                        wal: &mut *io.wal,
+                        db: &mut *io.db,
+                    })?;
                     let fresh = self.spool.cached_tail().and_then(|t| t.wal);
                     if let (Some(h), Some(w)) = (current, fresh) {
                         if w.same_wal(&h) && holds_position(io.wal, &w, &mut self.frame_buf) {
@@ -386,19 +444,28 @@ impl Capture {
             None => {
                 // Exclusive locking mode without a shared wal-index: the old WAL is still intact
                 // on disk and its valid frames are bounded by the checksum chain.
-                self.catch_up(CaptureIo { shm: None, wal: io.wal, db: io.db })?;
+                self.catch_up(CaptureIo {
+                    shm: None,
+                    wal: io.wal,
+                    db: io.db,
+                })?;
                 let current = WalHeader::read(io.wal).ok().flatten();
                 let tail = self.spool.cached_tail();
                 match (current, tail.and_then(|t| t.wal)) {
-                    (Some(h), Some(w)) if w.same_wal(&h) => Some((h.salt1.wrapping_add(1), 0, true)),
+                    (Some(h), Some(w)) if w.same_wal(&h) => {
+                        Some((h.salt1.wrapping_add(1), 0, true))
+                    }
                     _ => None,
                 }
             }
         };
         // The checkpoint that precedes a reset has already written the database file.
-        let (db_file_bytes, db_file_mtime_ns) = db_file_stat(&self.db_path).map_err(CaptureError::Db)?;
+        let (db_file_bytes, db_file_mtime_ns) =
+            db_file_stat(&self.db_path).map_err(CaptureError::Db)?;
         let mut lock = self.spool.lock()?;
-        let Some(tail) = lock.tail().cloned() else { return Ok(()) };
+        let Some(tail) = lock.tail().cloned() else {
+            return Ok(());
+        };
         if let Some((next_salt1, next_salt2, salt2_unknown)) = next.filter(|_| !tail.ended) {
             lock.mark_reset(pb::WalReset {
                 kind: Kind::Restart as i32,
@@ -416,7 +483,11 @@ impl Capture {
 
     /// The last connection is closing after checkpointing everything into the database file.
     fn before_close(&mut self, io: CaptureIo<'_>) -> Result<(), CaptureError> {
-        self.catch_up(CaptureIo { shm: io.shm, wal: io.wal, db: io.db })?;
+        self.catch_up(CaptureIo {
+            shm: io.shm,
+            wal: io.wal,
+            db: io.db,
+        })?;
         let (bytes, mtime_ns) = db_file_stat(&self.db_path).map_err(CaptureError::Db)?;
         let mut lock = self.spool.lock()?;
         if let Some(tail) = lock.tail().cloned().filter(|t| !t.ended) {
@@ -457,10 +528,12 @@ impl Capture {
         let stat = db_file_stat(&db_path).map_err(CaptureError::Db)?;
         let mut lock = self.spool.lock()?;
         let mut read_page = |pgno: u32, buf: &mut [u8]| -> Result<(), SpoolError> {
-            image.read_page(pgno, buf, io.wal, io.db).map_err(|source| SpoolError::Io {
-                path: db_path.clone(),
-                source,
-            })
+            image
+                .read_page(pgno, buf, io.wal, io.db)
+                .map_err(|source| SpoolError::Io {
+                    path: db_path.clone(),
+                    source,
+                })
         };
         lock.start_generation(&meta, &mut read_page)?;
         // The snapshot read the WAL through its last commit frame.
@@ -493,7 +566,10 @@ fn db_file_stat(path: &std::path::Path) -> std::io::Result<(u64, i64)> {
 
 /// The state root of the database file as it is on disk (`None` if it is not a whole number of
 /// pages). Reads and hashes every page: only for the rare case of `NothingIfFileIsTail`.
-fn file_state_root(db: &mut dyn ReadAt, page_size: u32) -> Result<Option<crate::record::Hash>, CaptureError> {
+fn file_state_root(
+    db: &mut dyn ReadAt,
+    page_size: u32,
+) -> Result<Option<crate::record::Hash>, CaptureError> {
     let size = db.size().map_err(CaptureError::Db)?;
     if page_size == 0 || size % u64::from(page_size) != 0 {
         return Ok(None);
@@ -503,7 +579,8 @@ fn file_state_root(db: &mut dyn ReadAt, page_size: u32) -> Result<Option<crate::
     tree.resize(count);
     let mut page = vec![0u8; page_size as usize];
     for pgno in 1..=count {
-        db.read_exact_at(&mut page, u64::from(pgno - 1) * u64::from(page_size)).map_err(CaptureError::Db)?;
+        db.read_exact_at(&mut page, u64::from(pgno - 1) * u64::from(page_size))
+            .map_err(CaptureError::Db)?;
         tree.set_page(pgno, crate::record::chain::page_hash(&page));
     }
     Ok(Some(tree.root()))
@@ -517,20 +594,31 @@ fn holds_position(wal: &mut dyn ReadAt, w: &WalCursor, buf: &mut Vec<u8>) -> boo
     }
     // The whole frame must be there: a short read (past the end of the file) fails.
     buf.resize(w.frame_bytes(), 0);
-    if wal.read_exact_at(buf, frame_offset(w.frame, w.page_size)).is_err() {
+    if wal
+        .read_exact_at(buf, frame_offset(w.frame, w.page_size))
+        .is_err()
+    {
         return false;
     }
     let header = &buf[..FRAME_HEADER_BYTES];
-    let field = |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let field =
+        |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     // A frame committed with deferred checksums (see `WalCursor::next_committed_frame`) has
     // zero salts and checksum, and the position then records a zero checksum.
-    let salts_match = (field(8), field(12)) == (w.salt1, w.salt2) || (field(8), field(12)) == (0, 0);
+    let salts_match =
+        (field(8), field(12)) == (w.salt1, w.salt2) || (field(8), field(12)) == (0, 0);
     salts_match && (field(16), field(20)) == w.checksum
 }
 
 /// True when every frame after `w` up to `mx` repeats the tail's last commit frame (sector
 /// padding), so the stream holds everything committed in the WAL.
-fn only_padding_after(wal: &mut dyn ReadAt, w: WalCursor, mx: u32, tail: &Tail, buf: &mut Vec<u8>) -> bool {
+fn only_padding_after(
+    wal: &mut dyn ReadAt,
+    w: WalCursor,
+    mx: u32,
+    tail: &Tail,
+    buf: &mut Vec<u8>,
+) -> bool {
     let mut cursor = w;
     while cursor.frame < mx {
         // Frames up to mxFrame are committed: the end of the file shows as a short read.
@@ -554,9 +642,15 @@ fn file_as_marked(r: &pb::WalReset, db_path: &std::path::Path) -> Option<Continu
         Ok(_) => Some(Continuation::Diverged(format!(
             "the database file changed since the WAL was {} without walstream seeing the WAL \
              that changed it",
-            if r.kind() == Kind::Close { "closed" } else { "reset" }
+            if r.kind() == Kind::Close {
+                "closed"
+            } else {
+                "reset"
+            }
         ))),
-        Err(e) => Some(Continuation::Diverged(format!("cannot stat the database file: {e}"))),
+        Err(e) => Some(Continuation::Diverged(format!(
+            "cannot stat the database file: {e}"
+        ))),
     }
 }
 
@@ -581,7 +675,10 @@ fn continuation(
 ) -> Continuation {
     // The wal-index still names the captured WAL: it must hold at least the captured frames
     // (recovery after a power loss publishes fewer, possibly none).
-    if let Some(w) = tail.wal.filter(|w| w.frame > 0 && shm_salts == Some((w.salt1, w.salt2))) {
+    if let Some(w) = tail
+        .wal
+        .filter(|w| w.frame > 0 && shm_salts == Some((w.salt1, w.salt2)))
+    {
         if let Some(mx) = limit.filter(|mx| *mx < w.frame) {
             return lost(mx, w.frame);
         }
@@ -645,7 +742,9 @@ fn continuation(
 enum FramesOutcome {
     Captured(u64),
     /// A frame below the wal-index's mxFrame does not chain from the stream's position.
-    Broken { frame: u32 },
+    Broken {
+        frame: u32,
+    },
 }
 
 /// Streams the committed transactions in the WAL after `from` into the spool.
@@ -677,7 +776,16 @@ fn capture_frames(
     while limit.is_none_or(|mx| cursor.frame < mx) {
         let txn_start = cursor.frame;
         let mut txn = None;
-        let step = next_txn(lock, &mut txn, &mut cursor, limit, wal, file_size, buf, last_commit);
+        let step = next_txn(
+            lock,
+            &mut txn,
+            &mut cursor,
+            limit,
+            wal,
+            file_size,
+            buf,
+            last_commit,
+        );
         match step {
             Ok(true) => {
                 if let Some(t) = txn.take() {
@@ -692,7 +800,9 @@ fn capture_frames(
                     lock.abort_txn(t)?;
                 }
                 if limit.is_some_and(|mx| txn_start < mx) {
-                    return Ok(FramesOutcome::Broken { frame: cursor.frame + 1 });
+                    return Ok(FramesOutcome::Broken {
+                        frame: cursor.frame + 1,
+                    });
                 }
                 break;
             }
@@ -771,8 +881,17 @@ impl DatabaseImage {
         limit: Option<u32>,
         buf: &mut Vec<u8>,
     ) -> Result<Self, CaptureError> {
-        let mut image = DatabaseImage { page_size: 0, page_count: 0, wal: None, overlay: HashMap::new() };
-        let header = if limit == Some(0) { None } else { WalHeader::read(wal)? };
+        let mut image = DatabaseImage {
+            page_size: 0,
+            page_count: 0,
+            wal: None,
+            overlay: HashMap::new(),
+        };
+        let header = if limit == Some(0) {
+            None
+        } else {
+            WalHeader::read(wal)?
+        };
         if let Some(h) = header {
             let file_size = wal.size().map_err(crate::wal::WalError::Io)?;
             let mut cursor = WalCursor::at_start(&h);
@@ -794,7 +913,10 @@ impl DatabaseImage {
             if limit.is_some_and(|mx| image.wal.map_or(0, |w| w.frame) < mx) {
                 return Err(CaptureError::Unsnapshotable(
                     PathBuf::from("WAL"),
-                    format!("frames below mxFrame {} do not validate", limit.unwrap_or(0)),
+                    format!(
+                        "frames below mxFrame {} do not validate",
+                        limit.unwrap_or(0)
+                    ),
                 ));
             }
         }
@@ -811,7 +933,8 @@ impl DatabaseImage {
                         format!("invalid page size {raw} in the database header"),
                     ));
                 }
-                image.page_count = u32::try_from(db_size / u64::from(image.page_size)).unwrap_or(u32::MAX);
+                image.page_count =
+                    u32::try_from(db_size / u64::from(image.page_size)).unwrap_or(u32::MAX);
             }
         }
         Ok(image)

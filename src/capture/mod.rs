@@ -14,7 +14,9 @@ mod status;
 use std::path::PathBuf;
 
 pub use engine::Capture;
-pub use registry::{attach, attach_uri, status_json, SharedCapture, SEGMENT_BYTES_ENV, SEGMENT_BYTES_URI_PARAM};
+pub use registry::{
+    attach, attach_uri, status_json, SharedCapture, SEGMENT_BYTES_ENV, SEGMENT_BYTES_URI_PARAM,
+};
 
 use crate::spool::SpoolError;
 use crate::target::TargetError;

@@ -32,13 +32,22 @@ fn last_attach_error() -> &'static Mutex<Option<String>> {
 /// directory) and returns the process-wide capture for it, creating it on first use.
 /// Fails with a message naming the problem when the target is invalid or cannot be written.
 pub fn attach(db: &Path, uri_target: Option<&str>) -> Result<SharedCapture, CaptureError> {
-    attach_uri(db, &|key| if key == TARGET_URI_PARAM { uri_target.map(str::to_string) } else { None })
+    attach_uri(db, &|key| {
+        if key == TARGET_URI_PARAM {
+            uri_target.map(str::to_string)
+        } else {
+            None
+        }
+    })
 }
 
 /// `attach` with every setting a connection may give in its URI, looked up by parameter name
 /// (`uri_param`): `walstream_target`, `walstream_signing_key`, `walstream_segment_bytes`. Each
 /// falls back to its environment variable.
-pub fn attach_uri(db: &Path, uri_param: &dyn Fn(&str) -> Option<String>) -> Result<SharedCapture, CaptureError> {
+pub fn attach_uri(
+    db: &Path,
+    uri_param: &dyn Fn(&str) -> Option<String>,
+) -> Result<SharedCapture, CaptureError> {
     let result = attach_inner(db, uri_param);
     if let Err(e) = &result {
         *last_attach_error().lock() = Some(format!("opening {}: {e}", db.display()));
@@ -54,15 +63,22 @@ fn setting(uri_param: &dyn Fn(&str) -> Option<String>, param: &str, env: &str) -
 }
 
 /// The signing key named by the connection, loaded once per process and key file.
-fn signing_key(uri_param: &dyn Fn(&str) -> Option<String>) -> Result<Option<Arc<Signer>>, CaptureError> {
-    let Some(path) = setting(uri_param, SIGNING_KEY_URI_PARAM, SIGNING_KEY_ENV) else { return Ok(None) };
+fn signing_key(
+    uri_param: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Arc<Signer>>, CaptureError> {
+    let Some(path) = setting(uri_param, SIGNING_KEY_URI_PARAM, SIGNING_KEY_ENV) else {
+        return Ok(None);
+    };
     // Error messages name the file and the problem, never its content.
-    let signer = Signer::load(Path::new(&path)).map_err(|e| CaptureError::Settings(format!("signing key: {e}")))?;
+    let signer = Signer::load(Path::new(&path))
+        .map_err(|e| CaptureError::Settings(format!("signing key: {e}")))?;
     Ok(Some(Arc::new(signer)))
 }
 
 fn segment_bytes(uri_param: &dyn Fn(&str) -> Option<String>) -> Result<Option<u64>, CaptureError> {
-    let Some(v) = setting(uri_param, SEGMENT_BYTES_URI_PARAM, SEGMENT_BYTES_ENV) else { return Ok(None) };
+    let Some(v) = setting(uri_param, SEGMENT_BYTES_URI_PARAM, SEGMENT_BYTES_ENV) else {
+        return Ok(None);
+    };
     match crate::ship::parse_bytes(&v) {
         Some(n) if n > 0 => Ok(Some(n)),
         _ => Err(CaptureError::Settings(format!(
@@ -71,7 +87,10 @@ fn segment_bytes(uri_param: &dyn Fn(&str) -> Option<String>) -> Result<Option<u6
     }
 }
 
-fn attach_inner(db: &Path, uri_param: &dyn Fn(&str) -> Option<String>) -> Result<SharedCapture, CaptureError> {
+fn attach_inner(
+    db: &Path,
+    uri_param: &dyn Fn(&str) -> Option<String>,
+) -> Result<SharedCapture, CaptureError> {
     let uri_target = uri_param(TARGET_URI_PARAM);
     let uri_target = uri_target.as_deref();
     let signer = signing_key(uri_param)?;
@@ -99,7 +118,9 @@ fn attach_inner(db: &Path, uri_param: &dyn Fn(&str) -> Option<String>) -> Result
             // A connection that names no key shares the capture as it is; one that names
             // another key than the capture signs with is refused.
             if capture.signer().map(|s| s.public_key()) != Some(signer.public_key()) {
-                let current = capture.signer().map_or("no key".to_string(), |s| s.public_key().to_string());
+                let current = capture
+                    .signer()
+                    .map_or("no key".to_string(), |s| s.public_key().to_string());
                 return Err(CaptureError::Settings(format!(
                     "{} is already open in this process signing with {current}, not with the key {}",
                     db.display(),
@@ -113,8 +134,15 @@ fn attach_inner(db: &Path, uri_param: &dyn Fn(&str) -> Option<String>) -> Result
         drop(capture);
         return Ok(existing.clone());
     }
-    let opts = CaptureOptions { signer, segment_bytes };
-    let capture = Arc::new(Mutex::new(Capture::open_with(db.to_path_buf(), spec, &opts)?));
+    let opts = CaptureOptions {
+        signer,
+        segment_bytes,
+    };
+    let capture = Arc::new(Mutex::new(Capture::open_with(
+        db.to_path_buf(),
+        spec,
+        &opts,
+    )?));
     map.insert(db.to_path_buf(), capture.clone());
     Ok(capture)
 }

@@ -56,7 +56,10 @@ pub enum RecordError {
     #[error("record at offset {offset}: checksum mismatch (corrupt record)")]
     Checksum { offset: u64 },
     #[error("record at offset {offset}: undecodable protobuf: {source}")]
-    Decode { offset: u64, source: prost::DecodeError },
+    Decode {
+        offset: u64,
+        source: prost::DecodeError,
+    },
     #[error("record at offset {offset}: empty record")]
     Empty { offset: u64 },
 }
@@ -65,7 +68,10 @@ impl RecordError {
     /// True when the error is an incomplete write at the end of a file, which a crashed writer
     /// leaves behind and the next writer repairs; false for corruption.
     pub fn is_torn_tail(&self) -> bool {
-        matches!(self, RecordError::Truncated { .. } | RecordError::TruncatedHeader)
+        matches!(
+            self,
+            RecordError::Truncated { .. } | RecordError::TruncatedHeader
+        )
     }
 }
 
@@ -75,7 +81,10 @@ pub fn encode_file_header(kind: FileKind) -> [u8; FILE_HEADER_BYTES] {
 
 /// The header of a file in an explicit format version (tests write version 1 files with it).
 pub fn encode_file_header_version(kind: FileKind, version: u32) -> [u8; FILE_HEADER_BYTES] {
-    assert!((FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version), "format version {version}");
+    assert!(
+        (FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version),
+        "format version {version}"
+    );
     let mut b = [0u8; FILE_HEADER_BYTES];
     b[..8].copy_from_slice(&MAGIC);
     b[8..12].copy_from_slice(&version.to_le_bytes());
@@ -110,7 +119,10 @@ fn record_check(body: &[u8]) -> [u8; CHECK_BYTES] {
 /// Appends one framed record to `out`.
 pub fn encode_record(record: &pb::Record, out: &mut Vec<u8>) {
     let len = record.encoded_len();
-    assert!(len <= RECORD_BYTES_MAX, "record of {len} bytes exceeds RECORD_BYTES_MAX");
+    assert!(
+        len <= RECORD_BYTES_MAX,
+        "record of {len} bytes exceeds RECORD_BYTES_MAX"
+    );
     out.reserve(LEN_BYTES + len + CHECK_BYTES);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     let start = out.len();
@@ -149,13 +161,24 @@ pub fn encode_page_record_as(
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
     // Page: pgno = 1 (omitted when 0, as proto3 does), content = 2, 4 or 5, hash = 3 (never
     // empty here), kept = 6 (omitted when false). Prost writes fields in field-number order.
-    let pgno_len = if pgno == 0 { 0 } else { 1 + encoded_len_varint(u64::from(pgno)) };
-    let content_len =
-        if content.is_empty() { 0 } else { 1 + encoded_len_varint(content.len() as u64) + content.len() };
-    let page_len = pgno_len + content_len + 1 + encoded_len_varint(32) + 32 + if kept { 2 } else { 0 };
+    let pgno_len = if pgno == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(u64::from(pgno))
+    };
+    let content_len = if content.is_empty() {
+        0
+    } else {
+        1 + encoded_len_varint(content.len() as u64) + content.len()
+    };
+    let page_len =
+        pgno_len + content_len + 1 + encoded_len_varint(32) + 32 + if kept { 2 } else { 0 };
     // Record: page = 3.
     let len = 1 + encoded_len_varint(page_len as u64) + page_len;
-    assert!(len <= RECORD_BYTES_MAX, "record of {len} bytes exceeds RECORD_BYTES_MAX");
+    assert!(
+        len <= RECORD_BYTES_MAX,
+        "record of {len} bytes exceeds RECORD_BYTES_MAX"
+    );
     out.reserve(LEN_BYTES + len + CHECK_BYTES);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     let start = out.len();
@@ -206,7 +229,11 @@ impl<W: Write> RecordWriter<W> {
     /// Starts a new file in format `version` (tests write version 1 files with it).
     pub fn with_version(mut inner: W, kind: FileKind, version: u32) -> io::Result<Self> {
         inner.write_all(&encode_file_header_version(kind, version))?;
-        Ok(Self { inner, offset: FILE_HEADER_BYTES as u64, buf: Vec::new() })
+        Ok(Self {
+            inner,
+            offset: FILE_HEADER_BYTES as u64,
+            buf: Vec::new(),
+        })
     }
 
     /// Appends bytes already framed (by `encode_record` or `encode_page_record`).
@@ -248,13 +275,25 @@ impl<R: Read> RecordReader<R> {
         let mut header = [0u8; FILE_HEADER_BYTES];
         let n = read_full(&mut inner, &mut header)?;
         let (kind, version) = decode_file_header(&header[..n])?;
-        Ok(Self { inner, offset: FILE_HEADER_BYTES as u64, kind, version, body: Vec::new() })
+        Ok(Self {
+            inner,
+            offset: FILE_HEADER_BYTES as u64,
+            kind,
+            version,
+            body: Vec::new(),
+        })
     }
 
     /// Starts reading in the middle of a file whose header was already checked, at `offset`
     /// (which must be a record boundary).
     pub fn resume(inner: R, kind: FileKind, version: u32, offset: u64) -> Self {
-        Self { inner, offset, kind, version, body: Vec::new() }
+        Self {
+            inner,
+            offset,
+            kind,
+            version,
+            body: Vec::new(),
+        }
     }
 
     pub fn kind(&self) -> FileKind {
@@ -269,7 +308,10 @@ impl<R: Read> RecordReader<R> {
     /// Checks that the file is of the expected kind.
     pub fn expect_kind(self, expected: FileKind) -> Result<Self, RecordError> {
         if self.kind != expected {
-            return Err(RecordError::WrongKind { expected, found: self.kind });
+            return Err(RecordError::WrongKind {
+                expected,
+                found: self.kind,
+            });
         }
         Ok(self)
     }
@@ -330,7 +372,9 @@ mod tests {
     use pb::record::Body;
 
     fn begin(seq: u64) -> pb::Record {
-        pb::Record { body: Some(Body::TxnBegin(pb::TxnBegin { seq })) }
+        pb::Record {
+            body: Some(Body::TxnBegin(pb::TxnBegin { seq })),
+        }
     }
 
     fn file_with(records: &[pb::Record]) -> Vec<u8> {
@@ -370,16 +414,33 @@ mod tests {
     fn flipped_body_byte_is_a_checksum_error() {
         let mut bytes = file_with(&[begin(1)]);
         bytes[FILE_HEADER_BYTES + 5] ^= 0x40;
-        let err = RecordReader::new(&bytes[..]).unwrap().next_record().unwrap_err();
+        let err = RecordReader::new(&bytes[..])
+            .unwrap()
+            .next_record()
+            .unwrap_err();
         assert!(matches!(err, RecordError::Checksum { offset: 16 }), "{err}");
     }
 
     #[test]
     fn hand_encoded_page_record_matches_prost() {
-        for (pgno, size) in [(1u32, 512usize), (127, 4096), (128, 4096), (300_000, 65536), (u32::MAX, 1024), (0, 0)] {
+        for (pgno, size) in [
+            (1u32, 512usize),
+            (127, 4096),
+            (128, 4096),
+            (300_000, 65536),
+            (u32::MAX, 1024),
+            (0, 0),
+        ] {
             let data: Vec<u8> = (0..size).map(|i| (i * 7 + pgno as usize) as u8).collect();
             let hash = *blake3::hash(&data).as_bytes();
-            let record = pb::Record { body: Some(Body::Page(pb::Page { pgno, data: data.clone(), hash: hash.to_vec(), ..Default::default() })) };
+            let record = pb::Record {
+                body: Some(Body::Page(pb::Page {
+                    pgno,
+                    data: data.clone(),
+                    hash: hash.to_vec(),
+                    ..Default::default()
+                })),
+            };
             let mut by_prost = vec![0xaa];
             encode_record(&record, &mut by_prost);
             let mut by_hand = vec![0xaa];
@@ -390,19 +451,33 @@ mod tests {
 
     #[test]
     fn hand_encoded_v2_page_record_matches_prost() {
-        for encoding in [PageEncoding::Raw, PageEncoding::Zstd, PageEncoding::ZstdDelta] {
+        for encoding in [
+            PageEncoding::Raw,
+            PageEncoding::Zstd,
+            PageEncoding::ZstdDelta,
+        ] {
             for kept in [false, true] {
                 for (pgno, size) in [(1u32, 37usize), (300_000, 65536), (0, 0)] {
                     let content: Vec<u8> = (0..size).map(|i| (i * 13) as u8).collect();
                     let hash = [7u8; 32];
-                    let mut page = pb::Page { pgno, hash: hash.to_vec(), kept, ..Default::default() };
+                    let mut page = pb::Page {
+                        pgno,
+                        hash: hash.to_vec(),
+                        kept,
+                        ..Default::default()
+                    };
                     match encoding {
                         PageEncoding::Raw => page.data = content.clone(),
                         PageEncoding::Zstd => page.zstd = content.clone(),
                         PageEncoding::ZstdDelta => page.zstd_delta = content.clone(),
                     }
                     let mut by_prost = Vec::new();
-                    encode_record(&pb::Record { body: Some(Body::Page(page)) }, &mut by_prost);
+                    encode_record(
+                        &pb::Record {
+                            body: Some(Body::Page(page)),
+                        },
+                        &mut by_prost,
+                    );
                     let mut by_hand = Vec::new();
                     encode_page_record_as(pgno, encoding, &content, &hash, kept, &mut by_hand);
                     assert_eq!(by_hand, by_prost, "{encoding:?} kept {kept} pgno {pgno}");
@@ -416,14 +491,20 @@ mod tests {
         let mut bytes = file_with(&[]);
         bytes[8] = 9;
         let err = RecordReader::new(&bytes[..]).err().unwrap();
-        assert_eq!(err.to_string(), "unknown format version 9 (this build reads versions 1 and 2)");
+        assert_eq!(
+            err.to_string(),
+            "unknown format version 9 (this build reads versions 1 and 2)"
+        );
     }
 
     #[test]
     fn huge_length_is_refused_before_allocating() {
         let mut bytes = file_with(&[]);
         bytes.extend_from_slice(&u32::MAX.to_le_bytes());
-        let err = RecordReader::new(&bytes[..]).unwrap().next_record().unwrap_err();
+        let err = RecordReader::new(&bytes[..])
+            .unwrap()
+            .next_record()
+            .unwrap_err();
         assert!(matches!(err, RecordError::TooLarge { .. }));
     }
 }

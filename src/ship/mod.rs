@@ -90,7 +90,10 @@ impl Default for ShipConfig {
 /// `B` after it is accepted).
 pub fn parse_bytes(s: &str) -> Option<u64> {
     let s = s.trim();
-    let s = s.strip_suffix("iB").or_else(|| s.strip_suffix('B')).unwrap_or(s);
+    let s = s
+        .strip_suffix("iB")
+        .or_else(|| s.strip_suffix('B'))
+        .unwrap_or(s);
     let (digits, mult) = match s.char_indices().last()? {
         (i, 'k' | 'K') => (&s[..i], 1u64 << 10),
         (i, 'm' | 'M') => (&s[..i], 1 << 20),
@@ -102,7 +105,10 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
 }
 
 fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    std::env::var(name)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 fn off(s: &str) -> bool {
@@ -117,7 +123,12 @@ impl ShipConfig {
     pub fn from_env() -> Result<Self, String> {
         let mut c = ShipConfig::default();
         let num = |name: &str| -> Result<Option<u64>, String> {
-            env(name).map(|v| v.parse::<u64>().map_err(|_| format!("{name}={v:?} is not a whole number"))).transpose()
+            env(name)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| format!("{name}={v:?} is not a whole number"))
+                })
+                .transpose()
         };
         let bytes = |name: &str| -> Result<Option<Option<u64>>, String> {
             env(name)
@@ -125,7 +136,9 @@ impl ShipConfig {
                     if off(&v) {
                         Ok(None)
                     } else {
-                        parse_bytes(&v).map(Some).ok_or(format!("{name}={v:?} is not a size such as 64M"))
+                        parse_bytes(&v)
+                            .map(Some)
+                            .ok_or(format!("{name}={v:?} is not a size such as 64M"))
                     }
                 })
                 .transpose()
@@ -152,7 +165,9 @@ impl ShipConfig {
             c.keep_generations = (v > 0).then_some(v);
         }
         if let Some(v) = env("WALSTREAM_KEEP_DAYS") {
-            let d: f64 = v.parse().map_err(|_| format!("WALSTREAM_KEEP_DAYS={v:?} is not a number"))?;
+            let d: f64 = v
+                .parse()
+                .map_err(|_| format!("WALSTREAM_KEEP_DAYS={v:?} is not a number"))?;
             c.keep_days = (d > 0.0).then_some(d);
         }
         if let Some(v) = num("WALSTREAM_SHIP_BACKOFF_MAX_MS")? {
@@ -234,8 +249,14 @@ impl ShipShared {
             (Some((_, cs)), _) => cs,
             _ => 0,
         };
-        let caught_up = lag_txns == 0 && s.captured.is_some() && s.captured.map(|c| c.0) == s.shipped.map(|c| c.0);
-        let lag_ms = if caught_up { 0 } else { s.pending_since_ms.map_or(0, |t| (now - t).max(0)) };
+        let caught_up = lag_txns == 0
+            && s.captured.is_some()
+            && s.captured.map(|c| c.0) == s.shipped.map(|c| c.0);
+        let lag_ms = if caught_up {
+            0
+        } else {
+            s.pending_since_ms.map_or(0, |t| (now - t).max(0))
+        };
         json!({
             "shipping": s.shipping,
             "shipped_generation": s.shipped.map(|p| p.0),
@@ -306,8 +327,14 @@ impl Shipper {
     pub fn start(spool_dir: PathBuf, spec: TargetSpec, config: ShipConfig) -> io::Result<Self> {
         let shared = Arc::new(ShipShared::default());
         let worker = Worker::new(spool_dir, spec, config.clone(), shared.clone());
-        std::thread::Builder::new().name("walstream-ship".into()).spawn(move || worker.run())?;
-        Ok(Self { shared, pid: std::process::id(), config })
+        std::thread::Builder::new()
+            .name("walstream-ship".into())
+            .spawn(move || worker.run())?;
+        Ok(Self {
+            shared,
+            pid: std::process::id(),
+            config,
+        })
     }
 
     pub fn shared(&self) -> &Arc<ShipShared> {
@@ -338,7 +365,11 @@ impl Shipper {
         let limit = self.config.spool_limit?;
         let unshipped = self.shared.unshipped_bytes();
         (unshipped >= limit).then(|| {
-            let why = self.shared.snapshot().last_error.unwrap_or_else(|| "shipping is behind".into());
+            let why = self
+                .shared
+                .snapshot()
+                .last_error
+                .unwrap_or_else(|| "shipping is behind".into());
             format!(
                 "the spool holds {unshipped} unshipped bytes, at its limit of {limit} \
                  (WALSTREAM_SPOOL_LIMIT): capture pauses and SQLite's WAL keeps the new \
@@ -384,7 +415,11 @@ impl AckState {
             snapshot_hash: v["snapshot_hash"].as_str()?.to_string(),
             segment: v["segment"].as_u64()?,
             seq: v["seq"].as_u64()?,
-            placeholders: match (&v["placeholders"], v["placeholder_key"].as_str(), v["placeholder_hash"].as_str()) {
+            placeholders: match (
+                &v["placeholders"],
+                v["placeholder_key"].as_str(),
+                v["placeholder_hash"].as_str(),
+            ) {
                 (serde_json::Value::Array(list), _, _) => list
                     .iter()
                     .map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
@@ -435,14 +470,27 @@ fn spool_inventory(dir: &Path) -> io::Result<SpoolInventory> {
     };
     for entry in entries {
         let entry = entry?;
-        let Some(generation) = layout::parse_hex16(&entry.file_name().to_string_lossy()) else { continue };
-        let Ok(files) = fs::read_dir(entry.path()) else { continue };
+        let Some(generation) = layout::parse_hex16(&entry.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let Ok(files) = fs::read_dir(entry.path()) else {
+            continue;
+        };
         for file in files {
             let file = file?;
-            let key = format!("{}/{}", layout::generation_dir(generation), file.file_name().to_string_lossy());
-            let Some(name) = layout::parse_key(&key) else { continue };
+            let key = format!(
+                "{}/{}",
+                layout::generation_dir(generation),
+                file.file_name().to_string_lossy()
+            );
+            let Some(name) = layout::parse_key(&key) else {
+                continue;
+            };
             let Ok(meta) = file.metadata() else { continue };
-            let f = SpoolFile { key, size: meta.len() };
+            let f = SpoolFile {
+                key,
+                size: meta.len(),
+            };
             let g = out.entry(generation).or_default();
             match name {
                 ObjectName::Snapshot { .. } => g.0 = Some(f),
@@ -463,7 +511,12 @@ fn segment_last_seq(path: &Path, first_seq: u64) -> io::Result<u64> {
     let mut last = first_seq.saturating_sub(1);
     loop {
         match r.next_record() {
-            Ok(Some((_, Record { body: Some(Body::TxnCommit(c)) }))) => last = c.seq,
+            Ok(Some((
+                _,
+                Record {
+                    body: Some(Body::TxnCommit(c)),
+                },
+            ))) => last = c.seq,
             Ok(Some(_)) => {}
             Ok(None) => break,
             Err(e) if e.is_torn_tail() => break,
@@ -531,7 +584,8 @@ impl Worker {
             }
             if !self.holds_lock() {
                 let _ = self.measure();
-                self.shared.wait(Instant::now() + Duration::from_millis(500));
+                self.shared
+                    .wait(Instant::now() + Duration::from_millis(500));
                 continue;
             }
             let now = Instant::now();
@@ -574,18 +628,27 @@ impl Worker {
         }
         let _ = fs::create_dir_all(&self.dir);
         let path = self.dir.join(SHIP_LOCK_NAME);
-        let Ok(mut file) = OpenOptions::new().create(true).truncate(false).write(true).open(&path) else {
+        let Ok(mut file) = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        else {
             return false;
         };
         if file.try_lock().is_err() {
             self.shared.state.lock().shipping = false;
             return false;
         }
-        let _ = file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id()));
+        let _ = file
+            .set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()));
         *slot = Some(file);
         drop(slot);
         self.shared.state.lock().shipping = true;
-        self.ack = AckState::load(&self.dir).filter(|a| a.target == self.target_name()).unwrap_or_default();
+        self.ack = AckState::load(&self.dir)
+            .filter(|a| a.target == self.target_name())
+            .unwrap_or_default();
         if self.ack.generation > 0 {
             self.shared.state.lock().shipped = Some((self.ack.generation, self.ack.seq));
         }
@@ -609,7 +672,9 @@ impl Worker {
                 }
             }
         }
-        self.shared.unshipped_bytes.store(unshipped, Ordering::Relaxed);
+        self.shared
+            .unshipped_bytes
+            .store(unshipped, Ordering::Relaxed);
         Ok(inv)
     }
 
@@ -654,7 +719,8 @@ impl Worker {
         let due = since + Duration::from_millis(self.config.seal_ms);
         let txns = tail.last_seq + 1 - tail.segment_first_seq;
         if Instant::now() >= due || txns >= self.config.seal_txns {
-            lock.seal_active().map_err(|e| PassError::Retry(format!("sealing the active segment: {e}")))?;
+            lock.seal_active()
+                .map_err(|e| PassError::Retry(format!("sealing the active segment: {e}")))?;
             self.unsealed_since = None;
             return Ok(None);
         }
@@ -667,9 +733,17 @@ impl Worker {
         if let Some(due) = self.maybe_seal()? {
             next = next.min(due);
         }
-        let inv = self.measure().map_err(|e| PassError::Retry(format!("reading the spool: {e}")))?;
-        let complete: Vec<u64> = inv.iter().filter(|(_, (s, _))| s.is_some()).map(|(g, _)| *g).collect();
-        let Some(&newest) = complete.last() else { return Ok(next) };
+        let inv = self
+            .measure()
+            .map_err(|e| PassError::Retry(format!("reading the spool: {e}")))?;
+        let complete: Vec<u64> = inv
+            .iter()
+            .filter(|(_, (s, _))| s.is_some())
+            .map(|(g, _)| *g)
+            .collect();
+        let Some(&newest) = complete.last() else {
+            return Ok(next);
+        };
         for &g in &complete {
             let (snap, segs) = &inv[&g];
             let snap = snap.as_ref().expect("complete");
@@ -703,7 +777,8 @@ impl Worker {
                 let _ = fs::remove_dir(self.dir.join(layout::generation_dir(g)));
             }
         }
-        self.measure().map_err(|e| PassError::Retry(format!("reading the spool: {e}")))?;
+        self.measure()
+            .map_err(|e| PassError::Retry(format!("reading the spool: {e}")))?;
         {
             let mut s = self.shared.state.lock();
             if s.captured.is_some_and(|c| Some(c) <= s.shipped) {
@@ -720,7 +795,8 @@ impl Worker {
             return Ok(());
         }
         let path = self.dir.join(&snap.key);
-        let hash = file_hash(&path).map_err(|e| PassError::Retry(format!("{}: {e}", path.display())))?;
+        let hash =
+            file_hash(&path).map_err(|e| PassError::Retry(format!("{}: {e}", path.display())))?;
         if generation < self.ack.generation {
             // A leftover of a generation shipped before: the conditional upload decides.
             return self.upload(&snap.key, &path, &hash);
@@ -741,10 +817,17 @@ impl Worker {
         Ok(())
     }
 
-    fn ship_segment(&mut self, generation: u64, first_seq: u64, seg: &SpoolFile) -> Result<(), PassError> {
+    fn ship_segment(
+        &mut self,
+        generation: u64,
+        first_seq: u64,
+        seg: &SpoolFile,
+    ) -> Result<(), PassError> {
         let path = self.dir.join(&seg.key);
-        let hash = file_hash(&path).map_err(|e| PassError::Retry(format!("{}: {e}", path.display())))?;
-        let last = segment_last_seq(&path, first_seq).map_err(|e| PassError::Retry(format!("{}: {e}", path.display())))?;
+        let hash =
+            file_hash(&path).map_err(|e| PassError::Retry(format!("{}: {e}", path.display())))?;
+        let last = segment_last_seq(&path, first_seq)
+            .map_err(|e| PassError::Retry(format!("{}: {e}", path.display())))?;
         self.upload(&seg.key, &path, &hash)?;
         let before = self.ack.placeholders.len();
         self.ack.placeholders.retain(|(k, _)| *k != seg.key);
@@ -779,7 +862,9 @@ impl Worker {
             }
         };
         let mut bytes = vec![0u8; header_len as usize];
-        File::open(&path).and_then(|mut f| f.read_exact(&mut bytes)).map_err(retry)?;
+        File::open(&path)
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(retry)?;
         let tmp = self.dir.join("ship.placeholder.tmp");
         fs::write(&tmp, &bytes).map_err(retry)?;
         let hash = blake3::hash(&bytes).to_hex().to_string();
@@ -791,20 +876,29 @@ impl Worker {
     }
 
     fn save_ack(&self) -> Result<(), PassError> {
-        self.ack.save(&self.dir).map_err(|e| PassError::Retry(format!("writing {SHIP_STATE_NAME}: {e}")))
+        self.ack
+            .save(&self.dir)
+            .map_err(|e| PassError::Retry(format!("writing {SHIP_STATE_NAME}: {e}")))
     }
 
     /// Conditional upload; an existing object must be this very content.
     fn upload(&mut self, key: &str, path: &Path, hash: &str) -> Result<(), PassError> {
         let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         let name = self.target_name();
-        let placeholder = self.ack.placeholders.iter().find(|(k, _)| k == key).cloned();
+        let placeholder = self
+            .ack
+            .placeholders
+            .iter()
+            .find(|(k, _)| k == key)
+            .cloned();
         let target = self.target()?;
         match target.put_file_if_absent(key, path)? {
             PutOutcome::Created => {}
             PutOutcome::Exists => {
                 let remote = target.content_hash(key)?;
-                let own_placeholder = placeholder.as_ref().is_some_and(|(k, h)| k == key && *h == remote);
+                let own_placeholder = placeholder
+                    .as_ref()
+                    .is_some_and(|(k, h)| k == key && *h == remote);
                 if own_placeholder {
                     target.put_file(key, path)?;
                 } else if remote != hash {
@@ -835,7 +929,12 @@ impl Worker {
             Err(crate::reader::ReadError::Target(e)) => return Err(e.into()),
             Err(e) => return Err(PassError::Retry(e.to_string())),
         };
-        let Some(newest) = remote.iter().rev().find(|g| g.snapshot.is_some()).map(|g| g.generation) else {
+        let Some(newest) = remote
+            .iter()
+            .rev()
+            .find(|g| g.snapshot.is_some())
+            .map(|g| g.generation)
+        else {
             return Ok(());
         };
         let conflict = |why: String| {
@@ -865,7 +964,9 @@ impl Worker {
                 return Ok(());
             }
         }
-        conflict(format!("its newest generation {newest} was not shipped from this database"))
+        conflict(format!(
+            "its newest generation {newest} was not shipped from this database"
+        ))
     }
 
     /// Automatic retention once a new generation is in the target.
@@ -882,27 +983,32 @@ impl Worker {
             Ok(report) => {
                 self.shared.state.lock().objects_pruned += report.deleted.len() as u64;
             }
-            Err(e) => self.shared.error(format!("automatic retention after generation {generation}: {e}"), false),
+            Err(e) => self.shared.error(
+                format!("automatic retention after generation {generation}: {e}"),
+                false,
+            ),
         }
     }
 
     /// Asks capture for a new generation when the newest one has grown long or old.
-    fn maybe_request_generation(
-        &mut self,
-        newest: u64,
-        inv: &SpoolInventory,
-    ) {
+    fn maybe_request_generation(&mut self, newest: u64, inv: &SpoolInventory) {
         if self.requested_for == Some(newest) {
             return;
         }
-        let seg_bytes: u64 = inv.get(&newest).map_or(0, |(_, s)| s.values().map(|f| f.size).sum());
+        let seg_bytes: u64 = inv
+            .get(&newest)
+            .map_or(0, |(_, s)| s.values().map(|f| f.size).sum());
         let by_size = self.config.snapshot_bytes.filter(|&b| seg_bytes >= b).map(|b| {
             format!("scheduled snapshot: generation {newest} holds {seg_bytes} bytes of segments (limit {b})")
         });
         let by_age = self.config.snapshot_interval_ms.and_then(|ms| {
             let (g, since) = self.generation_seen?;
-            (g == newest && since.elapsed() >= Duration::from_millis(ms))
-                .then(|| format!("scheduled snapshot: generation {newest} is older than {} s", ms / 1000))
+            (g == newest && since.elapsed() >= Duration::from_millis(ms)).then(|| {
+                format!(
+                    "scheduled snapshot: generation {newest} is older than {} s",
+                    ms / 1000
+                )
+            })
         });
         if let Some(reason) = by_size.or(by_age) {
             self.requested_for = Some(newest);
@@ -937,7 +1043,10 @@ mod tests {
             snapshot_hash: "ab".into(),
             segment: 17,
             seq: 40,
-            placeholders: vec![("generations/0000000000000003/0000000000000029.wseg".into(), "cd".into())],
+            placeholders: vec![(
+                "generations/0000000000000003/0000000000000029.wseg".into(),
+                "cd".into(),
+            )],
         };
         a.save(dir.path()).unwrap();
         assert_eq!(AckState::load(dir.path()), Some(a));

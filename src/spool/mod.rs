@@ -38,7 +38,10 @@ pub const APPEND_BUFFER_BYTES: usize = 1 << 20;
 #[non_exhaustive]
 pub enum SpoolError {
     #[error("spool {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("spool file {path}: {source}")]
     Record { path: PathBuf, source: RecordError },
     #[error("spool file {path}: {problem}")]
@@ -48,7 +51,10 @@ pub enum SpoolError {
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io { path: path.to_path_buf(), source }
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What a new generation's snapshot describes.
@@ -109,7 +115,9 @@ impl Spool {
     /// Takes the spool lock and brings the cached tail up to date with what other processes
     /// appended. The lock is held until the returned guard is dropped.
     pub fn lock(&mut self) -> Result<SpoolLock<'_>, SpoolError> {
-        self.lock_file.lock().map_err(io_err(&self.dir.join(LOCK_NAME)))?;
+        self.lock_file
+            .lock()
+            .map_err(io_err(&self.dir.join(LOCK_NAME)))?;
         let unchanged = self.active_segment_unchanged();
         let mut guard = SpoolLock { spool: self };
         if !unchanged {
@@ -165,13 +173,18 @@ impl SpoolLock<'_> {
             // the active segment through a handle of its own.
             (None, Some(t)) => {
                 let path = self.segment_path(t.generation, t.segment_first_seq);
-                File::open(&path).and_then(|f| f.sync_data()).map_err(io_err(&path))?;
+                File::open(&path)
+                    .and_then(|f| f.sync_data())
+                    .map_err(io_err(&path))?;
             }
             (None, None) => {}
         }
         // Without a generation the spool holds nothing to make durable.
         if let Some(t) = &self.spool.tail {
-            let gen_dir = self.spool.dir.join(crate::layout::generation_dir(t.generation));
+            let gen_dir = self
+                .spool
+                .dir
+                .join(crate::layout::generation_dir(t.generation));
             sync_dir(&gen_dir)?;
             sync_dir(&self.spool.dir.join(crate::layout::GENERATIONS_DIR))?;
         }
@@ -181,5 +194,7 @@ impl SpoolLock<'_> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::{io_err, SpoolError, SpoolLock};
 use crate::layout;
-use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::page::{stored_page_len, EncoderMode, PageEncoder};
+use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::{hash_field, FileKind, Hash, RecordReader, FORMAT_VERSION};
 use crate::state::StateTree;
 use crate::wal::WalCursor;
@@ -51,7 +51,11 @@ pub(crate) struct SegmentCodec(pub(crate) PageEncoder);
 impl SegmentCodec {
     /// The codec for a segment of format `version` that this process did not write itself.
     pub(crate) fn found(version: u32) -> Self {
-        let mode = if version < 2 { EncoderMode::Raw } else { EncoderMode::Standalone };
+        let mode = if version < 2 {
+            EncoderMode::Raw
+        } else {
+            EncoderMode::Standalone
+        };
         SegmentCodec(PageEncoder::new(mode))
     }
 }
@@ -110,13 +114,17 @@ pub(crate) enum SegmentEnd {
 
 impl SpoolLock<'_> {
     pub(crate) fn segment_path(&self, generation: u64, first_seq: u64) -> PathBuf {
-        self.spool.dir.join(layout::segment_key(generation, first_seq))
+        self.spool
+            .dir
+            .join(layout::segment_key(generation, first_seq))
     }
 
     /// Brings the cached tail up to date: re-reads only what was appended since it was cached,
     /// or everything if the spool changed in another way.
     pub(super) fn refresh(&mut self) -> Result<(), SpoolError> {
-        let Some(tail) = self.spool.tail.clone() else { return self.reload() };
+        let Some(tail) = self.spool.tail.clone() else {
+            return self.reload();
+        };
         if tail.ended {
             return self.reload();
         }
@@ -161,7 +169,9 @@ impl SpoolLock<'_> {
                         Ok(end) => self.follow(end),
                         // The next segment was never completely started (a power cut right
                         // after it was created): start it again.
-                        Err(SpoolError::Record { source, .. }) if source.is_torn_tail() => self.create_segment(next_seq),
+                        Err(SpoolError::Record { source, .. }) if source.is_torn_tail() => {
+                            self.create_segment(next_seq)
+                        }
                         Err(e) => Err(e),
                     }
                 } else {
@@ -173,7 +183,12 @@ impl SpoolLock<'_> {
     }
 
     /// Scans a segment that continues `tail`, keeping the state tree in step if it matches.
-    fn scan_continuing(&mut self, path: &Path, from: Option<u64>, mut tail: Tail) -> Result<SegmentEnd, SpoolError> {
+    fn scan_continuing(
+        &mut self,
+        path: &Path,
+        from: Option<u64>,
+        mut tail: Tail,
+    ) -> Result<SegmentEnd, SpoolError> {
         let mut tree = self
             .spool
             .tree
@@ -276,7 +291,12 @@ pub(crate) fn list_generations(dir: &Path) -> Result<Vec<u64>, SpoolError> {
     let entries = match fs::read_dir(&root) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(SpoolError::Io { path: root, source: e }),
+        Err(e) => {
+            return Err(SpoolError::Io {
+                path: root,
+                source: e,
+            })
+        }
     };
     let mut out = Vec::new();
     for entry in entries {
@@ -294,7 +314,10 @@ fn list_segments(gen_dir: &Path) -> Result<Vec<u64>, SpoolError> {
     for entry in fs::read_dir(gen_dir).map_err(io_err(gen_dir))? {
         let entry = entry.map_err(io_err(gen_dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(first_seq) = name.strip_suffix(layout::SEGMENT_SUFFIX).and_then(layout::parse_hex16) {
+        if let Some(first_seq) = name
+            .strip_suffix(layout::SEGMENT_SUFFIX)
+            .and_then(layout::parse_hex16)
+        {
             out.push(first_seq);
         }
     }
@@ -303,11 +326,17 @@ fn list_segments(gen_dir: &Path) -> Result<Vec<u64>, SpoolError> {
 }
 
 fn record_err(path: &Path) -> impl FnOnce(crate::record::RecordError) -> SpoolError + '_ {
-    move |source| SpoolError::Record { path: path.to_path_buf(), source }
+    move |source| SpoolError::Record {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn corrupt(path: &Path, problem: String) -> SpoolError {
-    SpoolError::Corrupt { path: path.to_path_buf(), problem }
+    SpoolError::Corrupt {
+        path: path.to_path_buf(),
+        problem,
+    }
 }
 
 fn snapshot_page_size(dir: &Path, generation: u64) -> Result<u32, SpoolError> {
@@ -317,8 +346,16 @@ fn snapshot_page_size(dir: &Path, generation: u64) -> Result<u32, SpoolError> {
         .and_then(|r| r.expect_kind(FileKind::Snapshot))
         .map_err(record_err(&path))?;
     match reader.next_record().map_err(record_err(&path))? {
-        Some((_, pb::Record { body: Some(Body::SnapshotHeader(h)) })) => Ok(h.page_size),
-        _ => Err(corrupt(&path, "does not start with a snapshot header".into())),
+        Some((
+            _,
+            pb::Record {
+                body: Some(Body::SnapshotHeader(h)),
+            },
+        )) => Ok(h.page_size),
+        _ => Err(corrupt(
+            &path,
+            "does not start with a snapshot header".into(),
+        )),
     }
 }
 
@@ -366,7 +403,12 @@ pub(crate) fn scan_segment(
             .map_err(record_err(path))?,
         Some(offset) => {
             file.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
-            RecordReader::resume(BufReader::new(file), FileKind::Segment, tail.segment_version, offset)
+            RecordReader::resume(
+                BufReader::new(file),
+                FileKind::Segment,
+                tail.segment_version,
+                offset,
+            )
         }
     };
     // What this scan reads was not written by this process's codec (or is read from scratch):
@@ -393,7 +435,9 @@ pub(crate) fn scan_segment(
         };
         let body = record.body.expect("reader rejects empty records");
         match (body, open_txn) {
-            (Body::SegmentHeader(h), None) if offset == crate::record::frame::FILE_HEADER_BYTES as u64 => {
+            (Body::SegmentHeader(h), None)
+                if offset == crate::record::frame::FILE_HEADER_BYTES as u64 =>
+            {
                 saw_header = true;
                 tail.generation = h.generation;
                 tail.segment_first_seq = h.first_seq;
@@ -411,13 +455,15 @@ pub(crate) fn scan_segment(
                 open_txn = Some(b.seq);
             }
             (Body::Page(p), Some(_)) => {
-                let hash = hash_field(&p.hash)
-                    .ok_or_else(|| corrupt(path, format!("page {}: hash is not 32 bytes", p.pgno)))?;
+                let hash = hash_field(&p.hash).ok_or_else(|| {
+                    corrupt(path, format!("page {}: hash is not 32 bytes", p.pgno))
+                })?;
                 last_page = Some((p.pgno, hash));
                 if let Some(tree) = tree.as_deref_mut() {
                     if tree.page_size() == 0 {
-                        let len = stored_page_len(&p)
-                            .ok_or_else(|| corrupt(path, format!("page {}: size unknown", p.pgno)))?;
+                        let len = stored_page_len(&p).ok_or_else(|| {
+                            corrupt(path, format!("page {}: size unknown", p.pgno))
+                        })?;
                         tree.set_page_size(len as u32);
                     }
                     pages.push((p.pgno, hash));
@@ -447,7 +493,9 @@ pub(crate) fn scan_segment(
             }
             (Body::SegmentEnd(e), None) => {
                 end = match e.reason() {
-                    Reason::Rolled => SegmentEnd::Rolled { next_seq: e.next_seq },
+                    Reason::Rolled => SegmentEnd::Rolled {
+                        next_seq: e.next_seq,
+                    },
                     _ => {
                         tail.ended = true;
                         SegmentEnd::NewGeneration
@@ -457,7 +505,10 @@ pub(crate) fn scan_segment(
                 break;
             }
             (other, _) => {
-                return Err(corrupt(path, format!("unexpected record at offset {offset}: {other:?}")))
+                return Err(corrupt(
+                    path,
+                    format!("unexpected record at offset {offset}: {other:?}"),
+                ))
             }
         }
         if open_txn.is_none() {
@@ -467,11 +518,16 @@ pub(crate) fn scan_segment(
     if !saw_header {
         // The file header is complete but the SegmentHeader record is not: as torn as a file
         // cut inside its header, and repaired the same way (by the callers).
-        return Err(record_err(path)(crate::record::RecordError::TruncatedHeader));
+        return Err(record_err(path)(
+            crate::record::RecordError::TruncatedHeader,
+        ));
     }
     let file_len = fs::metadata(path).map_err(io_err(path))?.len();
     if file_len > good_end {
-        let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
         f.set_len(good_end).map_err(io_err(path))?;
     }
     tail.segment_len = good_end;

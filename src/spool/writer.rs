@@ -7,11 +7,11 @@ use std::io::{BufWriter, Write};
 use super::scan::{list_generations, wal_to_pb, SegmentCodec, Tail};
 use super::{io_err, SnapshotMeta, SpoolError, SpoolLock, APPEND_BUFFER_BYTES};
 use crate::layout;
+use crate::reader::{self, ReadError, ReplayLimit, Visitor};
 use crate::record::chain::{page_hash, SnapshotHasher, TxnHasher};
 use crate::record::frame::encode_record;
 use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::{FileKind, Hash, RecordWriter, FORMAT_VERSION};
-use crate::reader::{self, ReadError, ReplayLimit, Visitor};
 use crate::state::StateTree;
 use crate::target::LocalTarget;
 use crate::wal::WalCursor;
@@ -39,13 +39,19 @@ impl SpoolLock<'_> {
         // every append showed in the commit path's profile.
         if self.spool.segment.is_none() {
             let path = self.segment_path(generation, first_seq);
-            let f = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
+            let f = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
             self.spool.segment = Some(f);
         }
         let file = self.spool.segment.as_mut().expect("opened above");
         self.spool.unsynced = true;
         if let Err(source) = file.write_all(bytes) {
-            return Err(SpoolError::Io { path: self.segment_path(generation, first_seq), source });
+            return Err(SpoolError::Io {
+                path: self.segment_path(generation, first_seq),
+                source,
+            });
         }
         self.tail_mut().segment_len += bytes.len() as u64;
         Ok(())
@@ -64,7 +70,10 @@ impl SpoolLock<'_> {
         self.spool.segment = None;
         // Pages kept by the records cut off are never seen by a reader.
         self.tail_mut().codec.0.stop_deltas();
-        let result = OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(len));
+        let result = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(len));
         match result {
             Ok(()) => {
                 self.tail_mut().segment_len = len;
@@ -88,7 +97,8 @@ impl SpoolLock<'_> {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        let mut w = RecordWriter::new(BufWriter::new(file), FileKind::Segment).map_err(io_err(&path))?;
+        let mut w =
+            RecordWriter::new(BufWriter::new(file), FileKind::Segment).map_err(io_err(&path))?;
         w.write(&rec(Body::SegmentHeader(pb::SegmentHeader {
             generation: tail.generation,
             first_seq,
@@ -130,7 +140,10 @@ impl SpoolLock<'_> {
         }
         if let Some(t) = prev.as_ref().filter(|t| !t.ended) {
             self.sign_head()?;
-            let end = pb::SegmentEnd { reason: Reason::NewGeneration as i32, next_seq: t.last_seq + 1 };
+            let end = pb::SegmentEnd {
+                reason: Reason::NewGeneration as i32,
+                next_seq: t.last_seq + 1,
+            };
             self.append_record(Body::SegmentEnd(end))?;
             self.tail_mut().ended = true;
         }
@@ -169,11 +182,24 @@ impl SpoolLock<'_> {
         let hasher = TxnHasher::new(tail.generation, seq, &tail.head_hash);
         let mut buf = Vec::with_capacity(APPEND_BUFFER_BYTES);
         encode_record(&rec(Body::TxnBegin(pb::TxnBegin { seq })), &mut buf);
-        TxnAppender { seq, hasher, buf, start_len: tail.segment_len, last_page: None, pages: Vec::new(), page_size: 0 }
+        TxnAppender {
+            seq,
+            hasher,
+            buf,
+            start_len: tail.segment_len,
+            last_page: None,
+            pages: Vec::new(),
+            page_size: 0,
+        }
     }
 
     /// Appends one page image (as found in the WAL frame) to `txn`.
-    pub fn txn_page(&mut self, txn: &mut TxnAppender, pgno: u32, data: &[u8]) -> Result<(), SpoolError> {
+    pub fn txn_page(
+        &mut self,
+        txn: &mut TxnAppender,
+        pgno: u32,
+        data: &[u8],
+    ) -> Result<(), SpoolError> {
         self.txn_page_hashed(txn, pgno, data, page_hash(data))
     }
 
@@ -215,7 +241,9 @@ impl SpoolLock<'_> {
     ) -> Result<Hash, SpoolError> {
         let page_count = txn.hasher.pages();
         let state_root = self.next_state_root(&txn, db_size_pages)?;
-        let hash = txn.hasher.finish(db_size_pages, commit_time_ms, &state_root);
+        let hash = txn
+            .hasher
+            .finish(db_size_pages, commit_time_ms, &state_root);
         let commit = pb::TxnCommit {
             seq: txn.seq,
             page_count,
@@ -250,7 +278,11 @@ impl SpoolLock<'_> {
 
     /// Applies `txn` to the state tree (rebuilt from the spool first if it does not describe
     /// the tail) and returns the state root after it.
-    fn next_state_root(&mut self, txn: &TxnAppender, db_size_pages: u32) -> Result<Hash, SpoolError> {
+    fn next_state_root(
+        &mut self,
+        txn: &TxnAppender,
+        db_size_pages: u32,
+    ) -> Result<Hash, SpoolError> {
         let tree = self.tail_tree()?;
         if tree.page_size() == 0 {
             tree.set_page_size(txn.page_size);
@@ -267,7 +299,11 @@ impl SpoolLock<'_> {
     fn tail_tree(&mut self) -> Result<&mut StateTree, SpoolError> {
         let tail = self.spool.tail.as_ref().expect("a generation is open");
         let (generation, seq) = (tail.generation, tail.last_seq);
-        let current = self.spool.tree.as_ref().is_some_and(|(g, s, _)| (*g, *s) == (generation, seq));
+        let current = self
+            .spool
+            .tree
+            .as_ref()
+            .is_some_and(|(g, s, _)| (*g, *s) == (generation, seq));
         if !current {
             let tree = rebuild_tree(&self.spool.dir, generation, seq)?;
             self.spool.tree = Some((generation, seq, tree));
@@ -288,7 +324,11 @@ impl SpoolLock<'_> {
                 t.codec.0.stop_deltas();
             }
         }
-        let written = self.spool.tail.as_ref().is_some_and(|t| t.segment_len != txn.start_len);
+        let written = self
+            .spool
+            .tail
+            .as_ref()
+            .is_some_and(|t| t.segment_len != txn.start_len);
         if written {
             self.cut_back(txn.start_len)?;
         }
@@ -310,7 +350,10 @@ impl SpoolLock<'_> {
         }
         let next_seq = tail.last_seq + 1;
         self.sign_head()?;
-        let end = pb::SegmentEnd { reason: Reason::Rolled as i32, next_seq };
+        let end = pb::SegmentEnd {
+            reason: Reason::Rolled as i32,
+            next_seq,
+        };
         self.append_record(Body::SegmentEnd(end))?;
         // The sealed segment must be durable before the next one exists: after a power cut the
         // next segment could survive while this one's last transactions and its SegmentEnd do
@@ -327,7 +370,9 @@ impl SpoolLock<'_> {
     /// segment follows) when a signing key is configured, unless the active segment already
     /// holds one over this head. Every `SegmentEnd` is preceded by one.
     pub fn sign_head(&mut self) -> Result<(), SpoolError> {
-        let Some(signer) = self.spool.signer.clone() else { return Ok(()) };
+        let Some(signer) = self.spool.signer.clone() else {
+            return Ok(());
+        };
         let tail = self.spool.tail.as_ref().expect("a generation is open");
         if tail.head_signed || tail.ended {
             return Ok(());
@@ -343,13 +388,18 @@ impl SpoolLock<'_> {
     /// the last transaction is repeated in the new segment, so the next writer still sees it.
     /// Returns whether a segment was sealed.
     pub fn seal_active(&mut self) -> Result<bool, SpoolError> {
-        let Some(tail) = self.spool.tail.as_ref() else { return Ok(false) };
+        let Some(tail) = self.spool.tail.as_ref() else {
+            return Ok(false);
+        };
         if tail.ended || tail.last_seq < tail.segment_first_seq {
             return Ok(false);
         }
         let (next_seq, reset) = (tail.last_seq + 1, tail.reset);
         self.sign_head()?;
-        let end = pb::SegmentEnd { reason: Reason::Rolled as i32, next_seq };
+        let end = pb::SegmentEnd {
+            reason: Reason::Rolled as i32,
+            next_seq,
+        };
         self.append_record(Body::SegmentEnd(end))?;
         self.create_segment(next_seq)?;
         if let Some(reset) = reset {
@@ -424,7 +474,10 @@ fn write_snapshot(
     let mut first = 1u32;
     while first <= meta.page_count {
         let last = meta.page_count.min(first + per_chunk - 1);
-        let mut chunk = pb::SnapshotChunk { first_pgno: first, ..Default::default() };
+        let mut chunk = pb::SnapshotChunk {
+            first_pgno: first,
+            ..Default::default()
+        };
         for pgno in first..=last {
             read_page(pgno, &mut page)?;
             let h = page_hash(&page);
@@ -437,14 +490,22 @@ fn write_snapshot(
             chunk.data.clear();
             std::mem::swap(&mut chunk.zstd, &mut compressed);
         }
-        w.write(&rec(Body::SnapshotChunk(chunk))).map_err(io_err(&tmp))?;
+        w.write(&rec(Body::SnapshotChunk(chunk)))
+            .map_err(io_err(&tmp))?;
         first = last + 1;
     }
     let hash = hasher.finish();
     let state_root = tree.root();
-    let end = pb::SnapshotEnd { hash: hash.to_vec(), state_root: state_root.to_vec() };
-    w.write(&rec(Body::SnapshotEnd(end))).map_err(io_err(&tmp))?;
-    let file = w.into_inner().into_inner().map_err(|e| SpoolError::Io { path: tmp.clone(), source: e.into_error() })?;
+    let end = pb::SnapshotEnd {
+        hash: hash.to_vec(),
+        state_root: state_root.to_vec(),
+    };
+    w.write(&rec(Body::SnapshotEnd(end)))
+        .map_err(io_err(&tmp))?;
+    let file = w.into_inner().into_inner().map_err(|e| SpoolError::Io {
+        path: tmp.clone(),
+        source: e.into_error(),
+    })?;
     file.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
     Ok((hash, tree))
@@ -477,7 +538,14 @@ mod tests {
     const PAGE: usize = 1024;
 
     fn cursor(frame: u32) -> WalCursor {
-        WalCursor { salt1: 1, salt2: 2, page_size: PAGE as u32, big_endian_checksum: false, frame, checksum: (0, 0) }
+        WalCursor {
+            salt1: 1,
+            salt2: 2,
+            page_size: PAGE as u32,
+            big_endian_checksum: false,
+            frame,
+            checksum: (0, 0),
+        }
     }
 
     fn page(pgno: u32, version: u32) -> Vec<u8> {
@@ -491,7 +559,12 @@ mod tests {
 
     fn start(dir: &std::path::Path) -> Spool {
         let mut spool = Spool::open(dir).unwrap();
-        let meta = SnapshotMeta { page_size: PAGE as u32, page_count: 4, reason: "test".into(), wal: None };
+        let meta = SnapshotMeta {
+            page_size: PAGE as u32,
+            page_count: 4,
+            reason: "test".into(),
+            wal: None,
+        };
         let mut lock = spool.lock().unwrap();
         lock.start_generation(&meta, &mut |pgno, buf| {
             buf.copy_from_slice(&page(pgno, 0));
@@ -509,13 +582,17 @@ mod tests {
         for pgno in 1..=4 {
             lock.txn_page(&mut txn, pgno, &page(pgno, version)).unwrap();
         }
-        lock.commit_txn(txn, 4, i64::from(version), &cursor(version)).unwrap();
+        lock.commit_txn(txn, 4, i64::from(version), &cursor(version))
+            .unwrap();
     }
 
     /// (encoding, kept) of every page record of the generation's first segment, by txn.
     fn encodings(dir: &std::path::Path) -> Vec<Vec<(&'static str, bool)>> {
         let path = dir.join(layout::segment_key(1, 1));
-        let mut r = RecordReader::new(File::open(path).unwrap()).unwrap().expect_kind(FileKind::Segment).unwrap();
+        let mut r = RecordReader::new(File::open(path).unwrap())
+            .unwrap()
+            .expect_kind(FileKind::Segment)
+            .unwrap();
         let mut out: Vec<Vec<(&'static str, bool)>> = Vec::new();
         while let Some((_, rec)) = r.next_record().unwrap() {
             match rec.body {
@@ -537,7 +614,8 @@ mod tests {
     }
 
     fn verify_all(dir: &std::path::Path) -> u64 {
-        let report = crate::verify::verify(&LocalTarget::new(dir.to_path_buf()), &mut |_| {}).unwrap();
+        let report =
+            crate::verify::verify(&LocalTarget::new(dir.to_path_buf()), &mut |_| {}).unwrap();
         report.generations.last().unwrap().last_seq
     }
 
@@ -587,7 +665,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut a = after_unfinished_txn(tmp.path(), true);
         commit(&mut a, 2);
-        assert_eq!(encodings(tmp.path()), vec![vec![("zstd", true); 4], vec![("zstd", false); 4]]);
+        assert_eq!(
+            encodings(tmp.path()),
+            vec![vec![("zstd", true); 4], vec![("zstd", false); 4]]
+        );
         assert_eq!(verify_all(tmp.path()), 2);
         // A new segment starts with deltas allowed again.
         a.lock().unwrap().seal_active().unwrap();

@@ -90,7 +90,10 @@ pub struct StateTree {
 
 impl StateTree {
     pub fn new(page_size: u32) -> Self {
-        Self { page_size, ..Default::default() }
+        Self {
+            page_size,
+            ..Default::default()
+        }
     }
 
     pub fn page_count(&self) -> u32 {
@@ -139,7 +142,11 @@ impl StateTree {
             let block = at / BLOCK_LEAVES;
             let end = hi.min((block + 1) * BLOCK_LEAVES);
             let (from, bits) = (at % BLOCK_LEAVES, end - at);
-            let mask = if bits == BLOCK_LEAVES { u64::MAX } else { ((1u64 << bits) - 1) << from };
+            let mask = if bits == BLOCK_LEAVES {
+                u64::MAX
+            } else {
+                ((1u64 << bits) - 1) << from
+            };
             self.mark(block, mask);
             at = end;
         }
@@ -222,7 +229,10 @@ impl StateTree {
             }
         }
         self.scratch = dirty;
-        let top = self.levels[heights - 1].first().copied().unwrap_or(*empty(TREE_HEIGHT));
+        let top = self.levels[heights - 1]
+            .first()
+            .copied()
+            .unwrap_or(*empty(TREE_HEIGHT));
         state_root(self.page_size, n as u32, &top)
     }
 }
@@ -311,12 +321,18 @@ impl BlockCache {
             return update_block(leaves, block, &mut cached.inner, mask);
         }
         if !keep {
-            let inner = self.scratch.get_or_insert_with(|| Box::new([EMPTY_LEAF; BLOCK_INNER]));
+            let inner = self
+                .scratch
+                .get_or_insert_with(|| Box::new([EMPTY_LEAF; BLOCK_INNER]));
             return update_block(leaves, block, inner, u64::MAX);
         }
         let slot = if self.slots.len() < CACHED_BLOCKS_MAX {
             let inner = Box::new([EMPTY_LEAF; BLOCK_INNER]);
-            self.slots.push(CachedBlock { block, last_used: self.clock, inner });
+            self.slots.push(CachedBlock {
+                block,
+                last_used: self.clock,
+                inner,
+            });
             self.slots.len() - 1
         } else {
             let oldest = (0..self.slots.len()).min_by_key(|&i| self.slots[i].last_used);
@@ -332,7 +348,9 @@ impl BlockCache {
 
     /// Drops the inner nodes of a block cut off the image.
     fn forget(&mut self, block: usize) {
-        let Some(slot) = self.index.remove(&block) else { return };
+        let Some(slot) = self.index.remove(&block) else {
+            return;
+        };
         self.slots.swap_remove(slot);
         if let Some(moved) = self.slots.get(slot) {
             self.index.insert(moved.block, slot);
@@ -378,7 +396,17 @@ mod tests {
         let mut tree = StateTree::new(512);
         let mut model: Vec<Hash> = Vec::new();
         let zero = *blake3::hash(&[0u8; 512]).as_bytes();
-        let steps: &[(u32, &[u32])] = &[(1, &[1]), (3, &[2, 3]), (200, &[100, 200]), (64, &[]), (300, &[]), (64, &[5]), (65, &[65]), (0, &[]), (129, &[129, 1])];
+        let steps: &[(u32, &[u32])] = &[
+            (1, &[1]),
+            (3, &[2, 3]),
+            (200, &[100, 200]),
+            (64, &[]),
+            (300, &[]),
+            (64, &[5]),
+            (65, &[65]),
+            (0, &[]),
+            (129, &[129, 1]),
+        ];
         for (count, pages) in steps {
             for &p in *pages {
                 if p as usize > model.len() {
@@ -412,7 +440,11 @@ mod tests {
             let hot = next(3) == 0;
             let count = if hot { 1 + next(4) } else { 1 + next(300) };
             for _ in 0..count {
-                let span = if hot { 2 * BLOCK_LEAVES as u64 } else { blocks * BLOCK_LEAVES as u64 };
+                let span = if hot {
+                    2 * BLOCK_LEAVES as u64
+                } else {
+                    blocks * BLOCK_LEAVES as u64
+                };
                 let p = 1 + next(span) as u32;
                 if p as usize > model.len() {
                     model.resize(p as usize, zero);

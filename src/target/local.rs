@@ -20,7 +20,11 @@ impl LocalTarget {
     }
 
     fn err(&self, key: &str, source: io::Error) -> TargetError {
-        TargetError::Io { target: self.describe(), key: key.to_string(), source }
+        TargetError::Io {
+            target: self.describe(),
+            key: key.to_string(),
+            source,
+        }
     }
 
     fn walk(&self, dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> Result<(), TargetError> {
@@ -28,12 +32,19 @@ impl LocalTarget {
         for entry in entries {
             let entry = entry.map_err(|e| self.err(rel, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let key = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
             let meta = entry.metadata().map_err(|e| self.err(&key, e))?;
             if meta.is_dir() {
                 self.walk(&entry.path(), &key, out)?;
             } else {
-                out.push(ObjectInfo { key, size: meta.len() });
+                out.push(ObjectInfo {
+                    key,
+                    size: meta.len(),
+                });
             }
         }
         Ok(())
@@ -78,7 +89,9 @@ impl Target for LocalTarget {
         fs::create_dir_all(dir).map_err(|e| self.err(key, e))?;
         let tmp = dest.with_extension("tmp");
         fs::copy(path, &tmp).map_err(|e| self.err(key, e))?;
-        fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| self.err(key, e))?;
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| self.err(key, e))?;
         fs::rename(&tmp, &dest).map_err(|e| self.err(key, e))
     }
 
@@ -92,7 +105,9 @@ impl Target for LocalTarget {
         fs::create_dir_all(dir).map_err(|e| self.err(key, e))?;
         let tmp = dir.join(format!(
             ".{}.{}.tmp",
-            dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            dest.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             std::process::id()
         ));
         fs::copy(path, &tmp).map_err(|e| self.err(key, e))?;

@@ -26,15 +26,27 @@ pub enum TargetError {
     #[error("target {0} does not exist")]
     Missing(String),
     #[error("target {target}: cannot access {key}: {source}")]
-    Io { target: String, key: String, source: std::io::Error },
+    Io {
+        target: String,
+        key: String,
+        source: std::io::Error,
+    },
     #[error("target {0}: this build has no S3 support")]
     Unsupported(String),
     #[error("target {target}: no object {key}")]
     NotFound { target: String, key: String },
     #[error("target {target}: {key}: {message}")]
-    Remote { target: String, key: String, message: String },
+    Remote {
+        target: String,
+        key: String,
+        message: String,
+    },
     #[error("target {target}: refusing key {key:?}: {reason}")]
-    BadKey { target: String, key: String, reason: String },
+    BadKey {
+        target: String,
+        key: String,
+        reason: String,
+    },
 }
 
 impl TargetError {
@@ -53,7 +65,11 @@ impl TargetError {
 /// so no key can reach outside the directory or prefix.
 pub fn check_key(target: &str, key: &str) -> Result<(), TargetError> {
     let bad = |reason: &str| {
-        Err(TargetError::BadKey { target: target.to_string(), key: key.to_string(), reason: reason.to_string() })
+        Err(TargetError::BadKey {
+            target: target.to_string(),
+            key: key.to_string(),
+            reason: reason.to_string(),
+        })
     };
     if key.is_empty() {
         return bad("empty");
@@ -64,7 +80,10 @@ pub fn check_key(target: &str, key: &str) -> Result<(), TargetError> {
     if key.len() > 512 {
         return bad("longer than 512 bytes");
     }
-    if key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if key
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return bad("keys are relative paths without empty, '.' or '..' components");
     }
     Ok(())
@@ -110,7 +129,10 @@ pub enum TargetSpec {
 impl TargetSpec {
     /// Parses `path`, `file:///abs/dir` or `s3://bucket/prefix`.
     pub fn parse(uri: &str) -> Result<Self, TargetError> {
-        let bad = |reason: &str| TargetError::BadUri { uri: uri.to_string(), reason: reason.into() };
+        let bad = |reason: &str| TargetError::BadUri {
+            uri: uri.to_string(),
+            reason: reason.into(),
+        };
         if uri.is_empty() {
             return Err(bad("empty"));
         }
@@ -119,25 +141,36 @@ impl TargetSpec {
         }
         if let Some(rest) = uri.strip_prefix("file://") {
             if !rest.starts_with('/') {
-                return Err(bad("a file:// target needs an absolute path, as in file:///abs/dir"));
+                return Err(bad(
+                    "a file:// target needs an absolute path, as in file:///abs/dir",
+                ));
             }
             return Ok(TargetSpec::Local(PathBuf::from(rest)));
         }
         if let Some(rest) = uri.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             let valid_bucket = (3..=63).contains(&bucket.len())
-                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
             if !valid_bucket {
-                return Err(bad("S3 bucket names are 3-63 characters of a-z, 0-9, '-' and '.'"));
+                return Err(bad(
+                    "S3 bucket names are 3-63 characters of a-z, 0-9, '-' and '.'",
+                ));
             }
             let prefix = prefix.trim_matches('/');
             if prefix.split('/').any(|p| p == ".." || p == ".") {
                 return Err(bad("the S3 prefix may not contain '.' or '..' components"));
             }
-            return Ok(TargetSpec::S3 { bucket: bucket.into(), prefix: prefix.into() });
+            return Ok(TargetSpec::S3 {
+                bucket: bucket.into(),
+                prefix: prefix.into(),
+            });
         }
         if let Some((scheme, _)) = uri.split_once("://") {
-            return Err(bad(&format!("unknown scheme {scheme:?}; use a path, file:// or s3://")));
+            return Err(bad(&format!(
+                "unknown scheme {scheme:?}; use a path, file:// or s3://"
+            )));
         }
         Ok(TargetSpec::Local(PathBuf::from(uri)))
     }
@@ -203,11 +236,20 @@ mod tests {
 
     #[test]
     fn parses_every_documented_form() {
-        assert_eq!(TargetSpec::parse("dir/x").unwrap(), TargetSpec::Local("dir/x".into()));
-        assert_eq!(TargetSpec::parse("file:///a/b").unwrap(), TargetSpec::Local("/a/b".into()));
+        assert_eq!(
+            TargetSpec::parse("dir/x").unwrap(),
+            TargetSpec::Local("dir/x".into())
+        );
+        assert_eq!(
+            TargetSpec::parse("file:///a/b").unwrap(),
+            TargetSpec::Local("/a/b".into())
+        );
         assert_eq!(
             TargetSpec::parse("s3://my-bucket/some/prefix/").unwrap(),
-            TargetSpec::S3 { bucket: "my-bucket".into(), prefix: "some/prefix".into() }
+            TargetSpec::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "some/prefix".into()
+            }
         );
     }
 

@@ -62,7 +62,9 @@ impl Failure {
             SdkError::DispatchFailure(_) => {
                 format!("cannot reach the S3 endpoint: {}", DisplayErrorContext(e))
             }
-            SdkError::TimeoutError(_) => format!("the S3 request timed out: {}", DisplayErrorContext(e)),
+            SdkError::TimeoutError(_) => {
+                format!("the S3 request timed out: {}", DisplayErrorContext(e))
+            }
             SdkError::ServiceError(_) => match (e.code(), e.message()) {
                 (Some(c), Some(m)) => format!("{c}: {m}"),
                 (Some(c), None) => c.to_string(),
@@ -73,7 +75,11 @@ impl Failure {
             },
             _ => DisplayErrorContext(e).to_string(),
         };
-        Failure { status, code, message }
+        Failure {
+            status,
+            code,
+            message,
+        }
     }
 
     fn is(&self, code: &str, status: u16) -> bool {
@@ -92,13 +98,22 @@ impl S3Target {
     }
 
     /// As `open`, with an explicit endpoint (path-style) instead of the environment's.
-    pub fn open_at(bucket: &str, prefix: &str, endpoint: Option<String>) -> Result<Self, TargetError> {
+    pub fn open_at(
+        bucket: &str,
+        prefix: &str,
+        endpoint: Option<String>,
+    ) -> Result<Self, TargetError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| TargetError::Io { target: format!("s3://{bucket}/{prefix}"), key: String::new(), source: e })?;
+            .map_err(|e| TargetError::Io {
+                target: format!("s3://{bucket}/{prefix}"),
+                key: String::new(),
+                source: e,
+            })?;
         let sdk = rt.block_on(async {
-            let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
+            let region = aws_config::meta::region::RegionProviderChain::default_provider()
+                .or_else("us-east-1");
             aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .region(region)
                 .timeout_config(
@@ -134,31 +149,54 @@ impl S3Target {
 
     fn full_key(&self, key: &str) -> Result<String, TargetError> {
         check_key(&self.describe(), key)?;
-        Ok(if self.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.prefix) })
+        Ok(if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        })
     }
 
     fn fail(&self, key: &str, f: Failure) -> TargetError {
         if f.is("NoSuchBucket", 0) {
-            return TargetError::Missing(format!("{} (bucket {:?} does not exist)", self.describe(), self.bucket));
+            return TargetError::Missing(format!(
+                "{} (bucket {:?} does not exist)",
+                self.describe(),
+                self.bucket
+            ));
         }
-        TargetError::Remote { target: self.describe(), key: key.to_string(), message: f.message }
+        TargetError::Remote {
+            target: self.describe(),
+            key: key.to_string(),
+            message: f.message,
+        }
     }
 
     fn not_found(&self, key: &str) -> TargetError {
-        TargetError::NotFound { target: self.describe(), key: key.to_string() }
+        TargetError::NotFound {
+            target: self.describe(),
+            key: key.to_string(),
+        }
     }
 
     /// Uploads a file, in one request or in parts; `if_absent` makes it conditional.
     fn upload(&self, key: &str, path: &Path, if_absent: bool) -> Result<PutOutcome, TargetError> {
         let full = self.full_key(key)?;
-        let io_err = |source| TargetError::Io { target: self.describe(), key: key.to_string(), source };
+        let io_err = |source| TargetError::Io {
+            target: self.describe(),
+            key: key.to_string(),
+            source,
+        };
         let size = std::fs::metadata(path).map_err(io_err)?.len();
         let hash = crate::ship::file_hash(path).map_err(io_err)?;
         if size >= self.multipart_threshold {
             return self.upload_multipart(key, &full, path, size, &hash, if_absent);
         }
         let result = self.rt.block_on(async {
-            let body = ByteStream::read_from().path(path).build().await.map_err(|e| e.to_string())?;
+            let body = ByteStream::read_from()
+                .path(path)
+                .build()
+                .await
+                .map_err(|e| e.to_string())?;
             let mut req = self
                 .client
                 .put_object()
@@ -186,10 +224,16 @@ impl S3Target {
         match result {
             Ok(()) => Ok(PutOutcome::Created),
             Err(m) if m.is_empty() => Ok(PutOutcome::Exists),
-            Err(m) if m.starts_with("NoSuchBucket") => {
-                Err(TargetError::Missing(format!("{} (bucket {:?} does not exist)", self.describe(), self.bucket)))
-            }
-            Err(message) => Err(TargetError::Remote { target: self.describe(), key: key.to_string(), message }),
+            Err(m) if m.starts_with("NoSuchBucket") => Err(TargetError::Missing(format!(
+                "{} (bucket {:?} does not exist)",
+                self.describe(),
+                self.bucket
+            ))),
+            Err(message) => Err(TargetError::Remote {
+                target: self.describe(),
+                key: key.to_string(),
+                message,
+            }),
         }
     }
 
@@ -212,7 +256,10 @@ impl S3Target {
                 .send()
                 .await
                 .map_err(|e| Failure::of(&e).message)?;
-            let upload_id = created.upload_id().ok_or("the server returned no upload id")?.to_string();
+            let upload_id = created
+                .upload_id()
+                .ok_or("the server returned no upload id")?
+                .to_string();
             let parts = async {
                 let mut parts = Vec::new();
                 let mut offset = 0u64;
@@ -253,7 +300,11 @@ impl S3Target {
                     .bucket(&self.bucket)
                     .key(full)
                     .upload_id(&upload_id)
-                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    );
                 if if_absent {
                     req = req.if_none_match("*");
                 }
@@ -285,7 +336,13 @@ impl S3Target {
     /// The BLAKE3 recorded in an object's metadata at upload (`None` if the object has none).
     fn recorded_hash(&self, key: &str) -> Result<Option<String>, TargetError> {
         let full = self.full_key(key)?;
-        let head = self.rt.block_on(self.client.head_object().bucket(&self.bucket).key(&full).send());
+        let head = self.rt.block_on(
+            self.client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .send(),
+        );
         match head {
             Ok(h) => Ok(h.metadata().and_then(|m| m.get(HASH_METADATA)).cloned()),
             Err(e) => {
@@ -326,7 +383,12 @@ impl Read for BodyReader {
                     self.chunk.at = 0;
                 }
                 Ok(None) => return Ok(0),
-                Err(e) => return Err(io::Error::other(format!("reading from S3: {}", DisplayErrorContext(&e)))),
+                Err(e) => {
+                    return Err(io::Error::other(format!(
+                        "reading from S3: {}",
+                        DisplayErrorContext(&e)
+                    )))
+                }
             }
         }
         let n = out.len().min(self.chunk.data.len() - self.chunk.at);
@@ -346,7 +408,11 @@ impl Target for S3Target {
     }
 
     fn list(&self) -> Result<Vec<ObjectInfo>, TargetError> {
-        let list_prefix = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let list_prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -360,11 +426,16 @@ impl Target for S3Target {
             );
             let page = page.map_err(|e| self.fail("", Failure::of(&e)))?;
             for object in page.contents() {
-                let Some(key) = object.key().and_then(|k| k.strip_prefix(&list_prefix)) else { continue };
+                let Some(key) = object.key().and_then(|k| k.strip_prefix(&list_prefix)) else {
+                    continue;
+                };
                 if key.is_empty() || check_key("", key).is_err() {
                     continue;
                 }
-                out.push(ObjectInfo { key: key.to_string(), size: object.size().unwrap_or(0).max(0) as u64 });
+                out.push(ObjectInfo {
+                    key: key.to_string(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                });
             }
             match page.next_continuation_token() {
                 Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
@@ -376,11 +447,21 @@ impl Target for S3Target {
 
     fn get(&self, key: &str) -> Result<Box<dyn Read + Send>, TargetError> {
         let full = self.full_key(key)?;
-        let resp = self.rt.block_on(self.client.get_object().bucket(&self.bucket).key(&full).send());
+        let resp = self.rt.block_on(
+            self.client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .send(),
+        );
         match resp {
             Ok(r) => Ok(Box::new(io::BufReader::with_capacity(
                 1 << 16,
-                BodyReader { rt: self.rt.clone(), body: r.body, chunk: Default::default() },
+                BodyReader {
+                    rt: self.rt.clone(),
+                    body: r.body,
+                    chunk: Default::default(),
+                },
             ))),
             Err(e) => {
                 let f = Failure::of(&e);
@@ -410,7 +491,13 @@ impl Target for S3Target {
 
     fn delete(&self, key: &str) -> Result<(), TargetError> {
         let full = self.full_key(key)?;
-        let resp = self.rt.block_on(self.client.delete_object().bucket(&self.bucket).key(&full).send());
+        let resp = self.rt.block_on(
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .send(),
+        );
         match resp {
             Ok(_) => Ok(()),
             Err(e) => {

@@ -70,7 +70,10 @@ pub fn read_be32(b: &[u8], at: usize) -> u32 {
 /// SQLite's WAL checksum: Fletcher-like sums over pairs of 32-bit words, continued from `seed`.
 /// `big_endian` selects the word byte order (the low bit of the WAL magic).
 pub fn checksum(big_endian: bool, seed: (u32, u32), data: &[u8]) -> (u32, u32) {
-    assert!(data.len().is_multiple_of(8), "WAL checksum input must be a multiple of 8 bytes");
+    assert!(
+        data.len().is_multiple_of(8),
+        "WAL checksum input must be a multiple of 8 bytes"
+    );
     let (mut s1, mut s2) = seed;
     for pair in data.chunks_exact(8) {
         let (x0, x1) = if big_endian {
@@ -145,7 +148,11 @@ impl WalHeader {
     /// Encodes a header (used by tests and the simulator to build WAL files).
     pub fn encode(&self) -> [u8; WAL_HEADER_BYTES] {
         let mut b = [0u8; WAL_HEADER_BYTES];
-        let magic = if self.big_endian_checksum { WAL_MAGIC_BE } else { WAL_MAGIC_LE };
+        let magic = if self.big_endian_checksum {
+            WAL_MAGIC_BE
+        } else {
+            WAL_MAGIC_LE
+        };
         b[0..4].copy_from_slice(&magic.to_be_bytes());
         b[4..8].copy_from_slice(&WAL_FORMAT_VERSION.to_be_bytes());
         b[8..12].copy_from_slice(&self.page_size.to_be_bytes());
@@ -162,7 +169,8 @@ impl WalHeader {
 /// Byte offset of frame `index` (1-based) in a WAL with `page_size`-byte pages.
 pub fn frame_offset(index: u32, page_size: u32) -> u64 {
     assert!(index >= 1, "WAL frames are numbered from 1");
-    WAL_HEADER_BYTES as u64 + u64::from(index - 1) * (FRAME_HEADER_BYTES as u64 + u64::from(page_size))
+    WAL_HEADER_BYTES as u64
+        + u64::from(index - 1) * (FRAME_HEADER_BYTES as u64 + u64::from(page_size))
 }
 
 /// A decoded, validated frame: `buf[FRAME_HEADER_BYTES..]` is its page image.
@@ -277,7 +285,10 @@ impl WalCursor {
         let salts = (be32(buf, 8), be32(buf, 12));
         let stored = (be32(buf, 16), be32(buf, 20));
         let deferred = salts == (0, 0) && stored == (0, 0);
-        let header = FrameHeader { pgno: be32(buf, 0), db_size_after_commit: be32(buf, 4) };
+        let header = FrameHeader {
+            pgno: be32(buf, 0),
+            db_size_after_commit: be32(buf, 4),
+        };
         if header.pgno == 0 || (salts != (self.salt1, self.salt2) && !deferred) {
             return Ok(None);
         }
@@ -297,7 +308,10 @@ impl WalCursor {
         if sum != (be32(frame, 16), be32(frame, 20)) {
             return None;
         }
-        let header = FrameHeader { pgno: be32(frame, 0), db_size_after_commit: be32(frame, 4) };
+        let header = FrameHeader {
+            pgno: be32(frame, 0),
+            db_size_after_commit: be32(frame, 4),
+        };
         if header.pgno == 0 {
             return None;
         }
@@ -344,7 +358,13 @@ impl<'a> ReadAhead<'a> {
     /// Reads from `inner` ahead up to offset `end`, into `window` (kept by the caller between
     /// uses so that it is allocated once).
     pub fn new(inner: &'a mut dyn ReadAt, window: &'a mut Vec<u8>, end: u64) -> Self {
-        Self { inner, window, start: 0, valid: 0, end }
+        Self {
+            inner,
+            window,
+            start: 0,
+            valid: 0,
+            end,
+        }
     }
 }
 
@@ -356,7 +376,10 @@ impl ReadAt for ReadAhead<'_> {
             buf.copy_from_slice(&self.window[at..at + buf.len()]);
             return Ok(());
         }
-        let ahead = self.end.saturating_sub(offset).min(READ_AHEAD_BYTES_MAX as u64) as usize;
+        let ahead = self
+            .end
+            .saturating_sub(offset)
+            .min(READ_AHEAD_BYTES_MAX as u64) as usize;
         if ahead as u64 <= len {
             return self.inner.read_exact_at(buf, offset);
         }
@@ -364,7 +387,11 @@ impl ReadAt for ReadAhead<'_> {
             self.window.resize(ahead, 0);
         }
         self.valid = 0;
-        if self.inner.read_exact_at(&mut self.window[..ahead], offset).is_err() {
+        if self
+            .inner
+            .read_exact_at(&mut self.window[..ahead], offset)
+            .is_err()
+        {
             // A file shorter than expected: what was asked for decides.
             return self.inner.read_exact_at(buf, offset);
         }
@@ -443,7 +470,10 @@ mod tests {
     fn header_with_flipped_byte_is_rejected() {
         let mut b = header(false).encode();
         b[17] ^= 1;
-        assert!(matches!(WalHeader::parse(&b), Err(WalError::HeaderChecksum)));
+        assert!(matches!(
+            WalHeader::parse(&b),
+            Err(WalError::HeaderChecksum)
+        ));
     }
 
     #[test]
@@ -455,7 +485,11 @@ mod tests {
         let reader = WalCursor::at_start(&h);
         let (fh, sum) = reader.validate(&f1).unwrap();
         assert_eq!(fh.pgno, 1);
-        let next = WalCursor { frame: 1, checksum: sum, ..reader };
+        let next = WalCursor {
+            frame: 1,
+            checksum: sum,
+            ..reader
+        };
         assert!(next.validate(&f2).unwrap().0.is_commit());
         let mut bad = f2.clone();
         bad[100] ^= 0xff;
@@ -471,7 +505,10 @@ mod tests {
         fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
             self.1 += 1;
             let start = offset as usize;
-            let src = self.0.get(start..start + buf.len()).ok_or(io::ErrorKind::UnexpectedEof)?;
+            let src = self
+                .0
+                .get(start..start + buf.len())
+                .ok_or(io::ErrorKind::UnexpectedEof)?;
             buf.copy_from_slice(src);
             Ok(())
         }
@@ -486,7 +523,8 @@ mod tests {
         let mut writer = WalCursor::at_start(&h);
         let mut file = Counted(h.encode().to_vec(), 0);
         for i in 1..=5u8 {
-            file.0.extend(writer.encode_frame(u32::from(i), u32::from(i == 5) * 5, &[i; 512]));
+            file.0
+                .extend(writer.encode_frame(u32::from(i), u32::from(i == 5) * 5, &[i; 512]));
         }
         let end = frame_offset(4, 512);
         let mut window = Vec::new();
@@ -494,11 +532,19 @@ mod tests {
         let mut cursor = WalCursor::at_start(&h);
         let mut buf = Vec::new();
         for i in 1..=5u32 {
-            let f = cursor.next_committed_frame(&mut ahead, u64::MAX, &mut buf).unwrap().unwrap();
+            let f = cursor
+                .next_committed_frame(&mut ahead, u64::MAX, &mut buf)
+                .unwrap()
+                .unwrap();
             assert_eq!(f.pgno, i);
             assert_eq!(buf[FRAME_HEADER_BYTES], i as u8);
         }
-        assert_eq!(cursor.next_committed_frame(&mut ahead, u64::MAX, &mut buf).unwrap(), None);
+        assert_eq!(
+            cursor
+                .next_committed_frame(&mut ahead, u64::MAX, &mut buf)
+                .unwrap(),
+            None
+        );
         // Frames 1-3 in one read (up to `end`), then frames 4 and 5 and the end one each.
         assert_eq!(file.1, 4);
     }

@@ -34,7 +34,11 @@ static LOAD: Once = Once::new();
 pub fn load_extension() {
     LOAD.call_once(|| {
         let path = ext_path();
-        assert!(path.exists(), "{} is missing: run `make` first", path.display());
+        assert!(
+            path.exists(),
+            "{} is missing: run `make` first",
+            path.display()
+        );
         let conn = Connection::open_in_memory().unwrap();
         // SAFETY: loading our own extension, built by this repository.
         unsafe {
@@ -49,7 +53,9 @@ pub fn load_extension() {
 pub fn open_captured(db: &Path, params: &str) -> Connection {
     load_extension();
     let uri = format!("file:{}?vfs=walstream{params}", db.display());
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_URI;
     Connection::open_with_flags(uri, flags).unwrap()
 }
 
@@ -61,7 +67,9 @@ pub fn open_plain(db: &Path) -> Connection {
 /// The committed image of the main database as this connection sees it: every page, in order,
 /// read through SQLite's `sqlite_dbpage`.
 pub fn image(conn: &Connection) -> Vec<u8> {
-    let mut stmt = conn.prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno").unwrap();
+    let mut stmt = conn
+        .prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")
+        .unwrap();
     let mut out = Vec::new();
     let mut rows = stmt.query([]).unwrap();
     while let Some(row) = rows.next().unwrap() {
@@ -115,29 +123,43 @@ pub fn replay_hashes(target: &dyn Target, generation: u64) -> BTreeMap<u64, blak
             Ok(())
         }
         fn txn_commit(&mut self, c: &pb::TxnCommit) -> Result<(), ReadError> {
-            self.image.resize(c.db_size_pages as usize * self.page_size, 0);
+            self.image
+                .resize(c.db_size_pages as usize * self.page_size, 0);
             self.hashes.insert(c.seq, blake3::hash(&self.image));
             Ok(())
         }
     }
     let objects = reader::generation(target, generation).unwrap();
-    let mut v = Images { image: Vec::new(), page_size: 0, hashes: BTreeMap::new() };
+    let mut v = Images {
+        image: Vec::new(),
+        page_size: 0,
+        hashes: BTreeMap::new(),
+    };
     let summary = reader::replay(target, &objects, ReplayLimit::All, &mut v).unwrap();
-    assert!(summary.torn_tail.is_none(), "torn tail: {:?}", summary.torn_tail);
-    v
-        .hashes
-        .insert(0, {
-            // The snapshot image is the state before txn 1; recompute it by replaying to 0.
-            let mut s = Images { image: Vec::new(), page_size: 0, hashes: BTreeMap::new() };
-            reader::replay(target, &objects, ReplayLimit::Txn(0), &mut s).unwrap();
-            blake3::hash(&s.image)
-        });
+    assert!(
+        summary.torn_tail.is_none(),
+        "torn tail: {:?}",
+        summary.torn_tail
+    );
+    v.hashes.insert(0, {
+        // The snapshot image is the state before txn 1; recompute it by replaying to 0.
+        let mut s = Images {
+            image: Vec::new(),
+            page_size: 0,
+            hashes: BTreeMap::new(),
+        };
+        reader::replay(target, &objects, ReplayLimit::Txn(0), &mut s).unwrap();
+        blake3::hash(&s.image)
+    });
     v.hashes
 }
 
 /// Runs the CLI; returns (exit success, stdout, stderr).
 pub fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(cli_path()).args(args).output().unwrap();
+    let out = std::process::Command::new(cli_path())
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -160,7 +182,11 @@ pub struct S3Env {
 /// (`WALSTREAM_REQUIRE_S3=1`) a missing server fails the test instead.
 pub fn s3_env() -> Option<S3Env> {
     let var = |n: &str| std::env::var(n).ok().filter(|s| !s.is_empty());
-    match (var("WALSTREAM_TEST_S3_ENDPOINT"), var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+    match (
+        var("WALSTREAM_TEST_S3_ENDPOINT"),
+        var("AWS_ACCESS_KEY_ID"),
+        var("AWS_SECRET_ACCESS_KEY"),
+    ) {
         (Some(endpoint), Some(key), Some(secret)) => Some(S3Env {
             endpoint,
             bucket: var("WALSTREAM_TEST_S3_BUCKET").unwrap_or_else(|| "walstream-test".into()),
@@ -184,19 +210,28 @@ pub fn s3_env() -> Option<S3Env> {
 
 /// A prefix no other test uses.
 pub fn unique_prefix(name: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("tests/{name}-{}-{nanos}", std::process::id())
 }
 
 /// `SELECT walstream_status()` parsed.
 pub fn status(conn: &Connection) -> serde_json::Value {
-    let text: String = conn.query_row("SELECT walstream_status()", [], |r| r.get(0)).unwrap();
+    let text: String = conn
+        .query_row("SELECT walstream_status()", [], |r| r.get(0))
+        .unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 /// Polls `f` until it returns `Some`, failing with `what` (and the last value seen) after
 /// `deadline`.
-pub fn poll<T>(what: &str, deadline: std::time::Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+pub fn poll<T>(
+    what: &str,
+    deadline: std::time::Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> T {
     let end = std::time::Instant::now() + deadline;
     let mut last;
     loop {
@@ -204,7 +239,10 @@ pub fn poll<T>(what: &str, deadline: std::time::Duration, mut f: impl FnMut() ->
             Ok(v) => return v,
             Err(e) => last = e,
         }
-        assert!(std::time::Instant::now() < end, "timed out waiting for {what}: {last}");
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}: {last}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
