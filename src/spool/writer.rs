@@ -180,7 +180,9 @@ impl SpoolLock<'_> {
         assert!(!tail.ended, "appending to an ended generation");
         let seq = tail.last_seq + 1;
         let hasher = TxnHasher::new(tail.generation, seq, &tail.head_hash);
-        let mut buf = Vec::with_capacity(APPEND_BUFFER_BYTES);
+        // Grows as pages arrive (up to APPEND_BUFFER_BYTES, then flushed): a 1-row transaction
+        // does not pay for a 1 MiB allocation.
+        let mut buf = Vec::with_capacity(8 << 10);
         encode_record(&rec(Body::TxnBegin(pb::TxnBegin { seq })), &mut buf);
         TxnAppender {
             seq,
