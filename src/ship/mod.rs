@@ -758,16 +758,18 @@ impl Worker {
                     self.ship_placeholder(seg)?;
                     break;
                 }
-                if !old && g == self.ack.generation && first <= self.ack.segment {
-                    continue;
+                // Already acknowledged (a generation that just became old keeps them in the
+                // spool until now): only removed, never uploaded again.
+                let acked = g == self.ack.generation && first <= self.ack.segment;
+                if !acked {
+                    // The successor's header goes first: if this process stops between the two
+                    // uploads, the target still ends with a readable (empty) segment, not with
+                    // a sealed one that names a missing successor.
+                    if let Some((_, next)) = segs.range(first + 1..).next() {
+                        self.ship_placeholder(next)?;
+                    }
+                    self.ship_segment(g, first, seg)?;
                 }
-                // The successor's header goes first: if this process stops between the two
-                // uploads, the target still ends with a readable (empty) segment, not with a
-                // sealed one that names a missing successor.
-                if let Some((_, next)) = segs.range(first + 1..).next() {
-                    self.ship_placeholder(next)?;
-                }
-                self.ship_segment(g, first, seg)?;
                 if old {
                     let _ = fs::remove_file(self.dir.join(&seg.key));
                 }
@@ -870,6 +872,15 @@ impl Worker {
         let hash = blake3::hash(&bytes).to_hex().to_string();
         let result = self.upload(&seg.key, &tmp, &hash);
         let _ = fs::remove_file(&tmp);
+        if let Err(PassError::Conflict(message)) = result {
+            // The whole segment may be there already (uploaded in an earlier round whose
+            // acknowledgement this process no longer has): then no placeholder is needed.
+            let full = file_hash(&path).map_err(retry)?;
+            if self.target()?.content_hash(&seg.key)? == full {
+                return Ok(());
+            }
+            return Err(PassError::Conflict(message));
+        }
         result?;
         self.ack.placeholders.push((seg.key.clone(), hash));
         self.save_ack()
