@@ -814,8 +814,10 @@ impl Worker {
             placeholders: std::mem::take(&mut self.ack.placeholders),
         };
         self.save_ack()?;
-        self.shared.state.lock().shipped = Some((generation, 0));
+        // Retention first: once the status says the generation is shipped, what retention
+        // removes is gone (a caller waiting for "shipped" then sees the pruned target).
         self.after_new_generation(generation);
+        self.shared.state.lock().shipped = Some((generation, 0));
         Ok(())
     }
 
