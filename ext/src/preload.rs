@@ -465,11 +465,11 @@ fn install(real_open_v2: OpenV2Fn) -> Result<(), String> {
             std::mem::transmute::<*mut c_void, CloseFn>(close),
         )
     };
-    let entry: crate::api::EntryFn = bootstrap_entry;
+    use crate::api::EntryFn;
+    let entry: EntryFn = bootstrap_entry;
     // SAFETY: sqlite3_auto_extension declares `void(*)(void)` but calls the entry-point
     // signature, which bootstrap_entry has.
-    let entry =
-        unsafe { std::mem::transmute::<crate::api::EntryFn, unsafe extern "C" fn()>(entry) };
+    let entry = unsafe { std::mem::transmute::<EntryFn, unsafe extern "C" fn()>(entry) };
     // SAFETY: real SQLite routines with valid arguments; bootstrap_entry lives forever.
     let rc = unsafe { auto_extension(Some(entry)) };
     if rc != SQLITE_OK {
