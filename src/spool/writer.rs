@@ -19,6 +19,12 @@ use crate::wal::WalCursor;
 /// Pages per snapshot chunk record are limited to this many bytes (at least one page).
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 256 << 10;
 
+/// The sequence number that marks the cached state tree as holding part of a transaction.
+const MID_TXN: u64 = u64::MAX;
+/// Bytes a page record adds to its content at most (frame check and length, tags, page number,
+/// hash, zstd frame header): bounds how far one record takes the append buffer.
+const PAGE_RECORD_OVERHEAD_MAX: usize = 128;
+
 /// Reads database page `pgno` (from 1) into the buffer: where a snapshot's pages come from.
 pub type ReadPage<'a> = dyn FnMut(u32, &mut [u8]) -> Result<(), SpoolError> + 'a;
 
@@ -190,7 +196,6 @@ impl SpoolLock<'_> {
             buf,
             start_len: tail.segment_len,
             last_page: None,
-            pages: Vec::new(),
             page_size: 0,
         }
     }
@@ -213,24 +218,56 @@ impl SpoolLock<'_> {
         data: &[u8],
         hash: Hash,
     ) -> Result<(), SpoolError> {
-        txn.hasher.page(pgno, &hash);
-        txn.last_page = Some((pgno, hash));
-        txn.pages.push((pgno, hash));
-        if txn.page_size == 0 {
+        let first_page = txn.page_size == 0;
+        if first_page {
             txn.page_size = data.len() as u32;
         }
+        txn.hasher.page(pgno, &hash);
+        txn.last_page = Some((pgno, hash));
+        // The state tree takes the page now rather than at commit, so that appending a
+        // transaction needs no memory in proportion to its size (guarantee 5).
+        self.txn_tree(first_page, txn.page_size)?
+            .set_page(pgno, hash);
         let tail = self.spool.tail.as_mut().expect("a generation is open");
-        if txn.pages.len() == 1 && tail.codec.0.txn_open() {
+        if first_page && tail.codec.0.txn_open() {
             // A transaction begun earlier was dropped, neither committed nor aborted: pages it
             // kept are in no segment.
             tail.codec.0.stop_deltas();
         }
-        tail.codec.0.encode(pgno, data, &hash, &mut txn.buf);
-        if txn.buf.len() >= APPEND_BUFFER_BYTES {
+        // Flushed before the record that would take the buffer past its size, so the buffer
+        // never grows beyond APPEND_BUFFER_BYTES (plus one page record, for a huge page).
+        if !txn.buf.is_empty()
+            && txn.buf.len() + data.len() + PAGE_RECORD_OVERHEAD_MAX > APPEND_BUFFER_BYTES
+        {
             self.append(&txn.buf)?;
             txn.buf.clear();
         }
+        let tail = self.spool.tail.as_mut().expect("a generation is open");
+        tail.codec.0.encode(pgno, data, &hash, &mut txn.buf);
         Ok(())
+    }
+
+    /// The state tree that the pages of the transaction being appended go into: at its first
+    /// page, the tail's tree (rebuilt if needed), from then on marked as mid-transaction until
+    /// `commit_txn` names its new point (an aborted or dropped transaction leaves it marked, so
+    /// it is rebuilt before its next use).
+    fn txn_tree(&mut self, first_page: bool, page_size: u32) -> Result<&mut StateTree, SpoolError> {
+        if first_page {
+            let tree = self.tail_tree()?;
+            if tree.page_size() == 0 {
+                tree.set_page_size(page_size);
+            }
+            if let Some(t) = self.spool.tree.as_mut() {
+                t.1 = MID_TXN;
+            }
+        }
+        match self.spool.tree.as_mut() {
+            Some((_, MID_TXN, tree)) => Ok(tree),
+            _ => Err(SpoolError::Corrupt {
+                path: self.spool.dir.clone(),
+                problem: "the state tree was replaced in the middle of a transaction".into(),
+            }),
+        }
     }
 
     /// Completes `txn`; returns its chain hash.
@@ -278,20 +315,13 @@ impl SpoolLock<'_> {
         Ok(hash)
     }
 
-    /// Applies `txn` to the state tree (rebuilt from the spool first if it does not describe
-    /// the tail) and returns the state root after it.
+    /// The state root after `txn`, whose pages the tree took as they came (`txn_tree`).
     fn next_state_root(
         &mut self,
         txn: &TxnAppender,
         db_size_pages: u32,
     ) -> Result<Hash, SpoolError> {
-        let tree = self.tail_tree()?;
-        if tree.page_size() == 0 {
-            tree.set_page_size(txn.page_size);
-        }
-        for &(pgno, hash) in &txn.pages {
-            tree.set_page(pgno, hash);
-        }
+        let tree = self.txn_tree(txn.page_size == 0, txn.page_size)?;
         tree.resize(db_size_pages);
         Ok(tree.root())
     }
@@ -520,8 +550,6 @@ pub struct TxnAppender {
     buf: Vec<u8>,
     start_len: u64,
     last_page: Option<(u32, Hash)>,
-    /// Page numbers and hashes, applied to the state tree at commit.
-    pages: Vec<(u32, Hash)>,
     page_size: u32,
 }
 
@@ -688,5 +716,53 @@ mod tests {
         let found = encodings(tmp.path());
         assert_eq!(found[1], vec![("zstd", false); 4]);
         assert_eq!(verify_all(tmp.path()), 3);
+    }
+
+    /// A transaction writing only page 2 at `version`.
+    fn commit_page_2(spool: &mut Spool, version: u32) {
+        let mut lock = spool.lock().unwrap();
+        let mut txn = lock.begin_txn();
+        lock.txn_page(&mut txn, 2, &page(2, version)).unwrap();
+        lock.commit_txn(txn, 4, i64::from(version), &cursor(version))
+            .unwrap();
+    }
+
+    #[test]
+    fn pages_of_an_unfinished_transaction_never_reach_the_state_root() {
+        for abort in [true, false] {
+            let tmp = tempfile::tempdir().unwrap();
+            // The unfinished transaction wrote page 1; the next one does not write it, so a
+            // state root that still held page 1's unfinished version would fail verification.
+            let mut a = after_unfinished_txn(tmp.path(), abort);
+            commit_page_2(&mut a, 2);
+            commit_page_2(&mut a, 3);
+            assert_eq!(verify_all(tmp.path()), 3, "abort: {abort}");
+        }
+    }
+
+    #[test]
+    fn a_huge_transaction_never_grows_the_append_buffer_past_its_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = start(tmp.path());
+        let mut lock = a.lock().unwrap();
+        let mut txn = lock.begin_txn();
+        // Pages that do not compress, so each record is a whole page.
+        let mut x = 1u64;
+        let pages = (APPEND_BUFFER_BYTES / PAGE) as u32 * 3;
+        for pgno in 1..=pages {
+            let data: Vec<u8> = (0..PAGE)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            lock.txn_page(&mut txn, pgno, &data).unwrap();
+            assert!(txn.buf.capacity() <= APPEND_BUFFER_BYTES, "page {pgno}");
+        }
+        lock.commit_txn(txn, pages, 1, &cursor(pages)).unwrap();
+        drop(lock);
+        assert_eq!(verify_all(tmp.path()), 1);
     }
 }
