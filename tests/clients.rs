@@ -75,19 +75,13 @@ fn sqlite3_shell_with_load_and_uri() {
 fn python_with_load_extension_and_uri() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("python.db");
-    let script = format!(
-        "import sqlite3, sys\n\
-         boot = sqlite3.connect(':memory:')\n\
-         boot.enable_load_extension(True)\n\
-         boot.load_extension({ext:?})\n\
-         c = sqlite3.connect('file:' + {db:?} + '?vfs=walstream', uri=True, isolation_level=None)\n\
-         c.execute('PRAGMA journal_mode=WAL')\n\
+    let script = common::python_captured(
+        &db,
+        "conn.execute('PRAGMA journal_mode=WAL')\n\
          for s in sys.stdin.read().split(';\\n'):\n    \
-             if s.strip(): c.execute(s)\n\
-         print(c.execute('SELECT walstream_status()').fetchone()[0])\n\
-         c.close()\n",
-        ext = ext(),
-        db = db.display().to_string()
+             if s.strip(): conn.execute(s)\n\
+         print(conn.execute('SELECT walstream_status()').fetchone()[0])\n\
+         conn.close()",
     );
     let out = run_ok(&mut python(&script), &workload_sql());
     expect_captured_all(&out);

@@ -8,56 +8,14 @@
 //! primary as SQLite recovers it.
 
 mod common;
+mod dropin;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
-
-const PYTHON: &str = "/usr/bin/python3";
-const SQLITE3: &str = "/usr/bin/sqlite3";
-
-/// A python program that opens `db` through walstream and runs `body` (python source using
-/// `conn`).
-fn python(db: &Path, body: &str) -> Command {
-    let script = format!(
-        "import sqlite3, sys\n\
-         boot = sqlite3.connect(':memory:')\n\
-         boot.enable_load_extension(True)\n\
-         boot.load_extension({ext:?})\n\
-         conn = sqlite3.connect('file:' + {db:?} + '?vfs=walstream', uri=True, isolation_level=None)\n\
-         {body}\n",
-        ext = ext_path().display().to_string(),
-        db = db.display().to_string(),
-    );
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg("-c").arg(script);
-    cmd
-}
-
-fn run_ok(mut cmd: Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "child failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn restore_latest(db: &Path) -> Vec<u8> {
-    let out = db.with_extension("restored");
-    let _ = std::fs::remove_file(&out);
-    let target = default_target(db);
-    let opts = walstream::restore::RestoreOptions {
-        point: walstream::restore::Point::Latest,
-        generation: None,
-        force: false,
-    };
-    walstream::restore::restore(target.as_ref(), &out, &opts, &mut |_| {}).unwrap();
-    std::fs::read(out).unwrap()
-}
+use dropin::{python, run_ok, SQLITE3};
 
 #[test]
 fn two_processes_writing_in_turn_are_captured_in_order() {
@@ -69,9 +27,12 @@ fn two_processes_writing_in_turn_are_captured_in_order() {
     let target = default_target(&db);
     let mut expected = Vec::new();
     for round in 0..4 {
-        run_ok(python(&db, &format!(
-            "for i in range(5):\n    conn.execute(\"INSERT INTO t VALUES ('py', ?)\", ({round} * 10 + i,))"
-        )));
+        run_ok(
+            &mut python(&python_captured(&db, &format!(
+                "for i in range(5):\n    conn.execute(\"INSERT INTO t VALUES ('py', ?)\", ({round} * 10 + i,))"
+            ))),
+            "",
+        );
         for i in 0..3 {
             conn.execute("INSERT INTO t VALUES ('rust', ?1)", [round * 10 + i])
                 .unwrap();
@@ -106,7 +67,10 @@ fn writer_killed_right_after_commit_loses_nothing() {
                         conn.execute('COMMIT')\n    \
                         print(i, flush=True)\n    \
                         i += 1";
-        let mut child = python(&db, body).stdout(Stdio::piped()).spawn().unwrap();
+        let mut child = python(&python_captured(&db, body))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut acknowledged = None;
         for _ in 0..kill_after {
@@ -157,25 +121,7 @@ fn sqlite3_shell_session_restores_byte_identical() {
         ext = ext_path().with_extension("").display(),
         db = db.display()
     );
-    let mut child = Command::new(SQLITE3)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = run_ok(&mut Command::new(SQLITE3), &script);
     assert!(
         stdout.lines().any(|l| l.trim() == "4"),
         "status reports 4 captured txns: {stdout}"

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::bank::{bank, transfer, TornReader, INVARIANT};
 use common::*;
 use serde_json::Value;
 use walstream::reader;
@@ -196,20 +197,6 @@ fn aws_env(env: &S3Env, endpoint: &str, target: &str) -> Vec<(&'static str, Stri
         ("WALSTREAM_TARGET", target.to_string()),
         ("WALSTREAM_SHIP_BACKOFF_MAX_MS", "500".to_string()),
     ]
-}
-
-/// Runs the CLI with an explicit endpoint.
-fn cli_at(endpoint: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(cli_path())
-        .args(args)
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The primary's committed image, read with plain SQLite.
@@ -849,8 +836,6 @@ fn a_forked_child_ships_with_its_own_shipper_after_the_parent_exits() {
 #[test]
 fn follow_keeps_a_replica_of_an_s3_stream_through_a_restart() {
     const ACCOUNTS: i64 = 20;
-    const TOTAL: i64 = 1_000_000;
-    const INVARIANT: &str = "SELECT coalesce(sum(balance), 1000000) = 1000000 FROM accounts";
     let Some(env) = s3_env() else { return };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bank.db");
@@ -905,34 +890,7 @@ fn follow_keeps_a_replica_of_an_s3_stream_through_a_restart() {
     // Started before the primary exists: it waits for the first generation. (Without the
     // check: the invariant cannot run before its table exists.)
     let mut follower = spawn_with(&[]);
-    let conn = open_captured(&db, &format!("&walstream_target={uri}"));
-    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);").unwrap();
-    conn.execute_batch("BEGIN").unwrap();
-    for i in 0..ACCOUNTS {
-        let balance = if i == 0 {
-            TOTAL - (ACCOUNTS - 1) * 100
-        } else {
-            100
-        };
-        conn.execute("INSERT INTO accounts VALUES (?1, ?2)", (i, balance))
-            .unwrap();
-    }
-    conn.execute_batch("COMMIT").unwrap();
-    let transfer = |i: i64| {
-        let (from, to) = (i % ACCOUNTS, (i * 7 + 3) % ACCOUNTS);
-        conn.execute_batch("BEGIN").unwrap();
-        conn.execute(
-            "UPDATE accounts SET balance = balance - 5 WHERE id = ?1",
-            [from],
-        )
-        .unwrap();
-        conn.execute(
-            "UPDATE accounts SET balance = balance + 5 WHERE id = ?1",
-            [to],
-        )
-        .unwrap();
-        conn.execute_batch("COMMIT").unwrap();
-    };
+    let conn = bank(&db, &format!("&walstream_target={uri}"), ACCOUNTS);
     let shipped = || {
         poll("everything shipped", WAIT, || {
             let s = status(&conn);
@@ -946,35 +904,9 @@ fn follow_keeps_a_replica_of_an_s3_stream_through_a_restart() {
     drop(follower);
     follower = spawn();
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (replica, stop) = (replica.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut reads = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = rusqlite::Connection::open_with_flags(
-                    &replica,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-                )
-                .unwrap();
-                r.busy_timeout(Duration::from_secs(5)).unwrap();
-                let (sum, count): (i64, i64) = r
-                    .query_row("SELECT sum(balance), count(*) FROM accounts", [], |x| {
-                        Ok((x.get(0)?, x.get(1)?))
-                    })
-                    .unwrap();
-                assert_eq!(
-                    (sum, count),
-                    (TOTAL, ACCOUNTS),
-                    "the replica showed a torn transaction"
-                );
-                reads += 1;
-            }
-            reads
-        })
-    };
+    let reader = TornReader::spawn(&replica, ACCOUNTS);
     for i in 0..150 {
-        transfer(i);
+        transfer(&conn, i, ACCOUNTS);
         if i == 60 {
             // A restarted follower resumes where it was (from its state file, not from the start).
             let at = shipped();
@@ -984,8 +916,7 @@ fn follow_keeps_a_replica_of_an_s3_stream_through_a_restart() {
         }
     }
     wait_replica(shipped());
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(reader.join().unwrap() > 0);
+    assert!(reader.stop() > 0);
     drop(follower);
     assert_eq!(
         image(&open_plain(&replica)),
@@ -997,13 +928,4 @@ fn follow_keeps_a_replica_of_an_s3_stream_through_a_restart() {
         &["follow", &uri, replica.to_str().unwrap(), "--once"],
     );
     assert!(ok, "{out}{err}");
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

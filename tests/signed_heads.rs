@@ -9,12 +9,14 @@
 //! damaged record by record.
 
 mod common;
+mod dropin;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
+use dropin::{run_ok, SQLITE3};
 use walstream::record::frame::RecordWriter;
 use walstream::record::pb::{record::Body, segment_end::Reason, Record};
 use walstream::record::{FileKind, RecordReader};
@@ -465,29 +467,12 @@ fn environment_key_new_generation_and_uri_precedence() {
             ext_path().display(),
             db.display()
         );
-        let mut child = Command::new("/usr/bin/sqlite3")
-            .env("WALSTREAM_SIGNING_KEY", &env_key)
-            .env("WALSTREAM_SEGMENT_BYTES", "8K")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+        run_ok(
+            Command::new(SQLITE3)
+                .env("WALSTREAM_SIGNING_KEY", &env_key)
+                .env("WALSTREAM_SEGMENT_BYTES", "8K"),
+            &script,
+        )
     };
     let inserts = "CREATE TABLE IF NOT EXISTS t(v);\n".to_string()
         + &"INSERT INTO t VALUES (randomblob(3000));\n".repeat(12);
@@ -613,22 +598,16 @@ fn s3_shipper_signs_the_segments_it_seals() {
         }
     }
     shipped(&conn);
-    let cli_s3 = |args: &[&str]| {
-        let out = Command::new(cli_path())
-            .args(args)
-            .env("AWS_ENDPOINT_URL", &env.endpoint)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let (ok, out, err) = cli_s3(&["verify", &uri, "--pubkey", public.to_str().unwrap()]);
+    let (ok, out, err) = cli_at(
+        &env.endpoint,
+        &["verify", &uri, "--pubkey", public.to_str().unwrap()],
+    );
     assert!(ok, "shipped stream verifies with the key: {out} {err}");
     let (_, other_pub) = keygen(dir.path(), "other.key", "ed25519");
-    let (ok, _, err) = cli_s3(&["verify", &uri, "--pubkey", other_pub.to_str().unwrap()]);
+    let (ok, _, err) = cli_at(
+        &env.endpoint,
+        &["verify", &uri, "--pubkey", other_pub.to_str().unwrap()],
+    );
     assert!(
         !ok && err.contains("signed by another key") && err.contains(".wseg"),
         "{err}"

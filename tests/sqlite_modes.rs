@@ -7,11 +7,12 @@
 //! committed image after every transaction (see `capture_workloads.rs`).
 
 mod common;
+mod dropin;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
+use dropin::{run_ok, SQLITE3};
 use rusqlite::Connection;
 
 /// Runs `n` single-row commits and returns (stream head, image) after each.
@@ -175,35 +176,11 @@ fn default_vfs_setting_captures_plain_file_names() {
         ext_path().with_extension("").display(),
         db.display()
     );
-    let mut child = Command::new("/usr/bin/sqlite3")
-        .env("WALSTREAM_DEFAULT_VFS", "1")
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(SQLITE3).env("WALSTREAM_DEFAULT_VFS", "1"),
+        &script,
     );
     let target = default_target(&db);
     assert_eq!(stream_head(target.as_ref()), (1, 2));
-    let restored = dir.path().join("restored.db");
-    let opts = walstream::restore::RestoreOptions {
-        point: walstream::restore::Point::Latest,
-        generation: None,
-        force: false,
-    };
-    walstream::restore::restore(target.as_ref(), &restored, &opts, &mut |_| {}).unwrap();
-    assert_eq!(
-        std::fs::read(&restored).unwrap(),
-        std::fs::read(&db).unwrap()
-    );
+    assert_eq!(restore_latest(&db), std::fs::read(&db).unwrap());
 }

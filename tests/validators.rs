@@ -10,48 +10,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::bank::{bank, transfer, TornReader, INVARIANT};
 use common::*;
-use rusqlite::Connection;
-
-const TOTAL: i64 = 1_000_000;
-/// Holds at every commit (an empty table counts as balanced).
-const INVARIANT: &str = "SELECT coalesce(sum(balance), 1000000) = 1000000 FROM accounts";
-
-fn bank(db: &Path, accounts: i64) -> Connection {
-    let conn = open_captured(db, "");
-    conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);").unwrap();
-    conn.execute_batch("BEGIN").unwrap();
-    for i in 0..accounts {
-        let balance = if i == 0 {
-            TOTAL - (accounts - 1) * 100
-        } else {
-            100
-        };
-        conn.execute("INSERT INTO accounts VALUES (?1, ?2)", (i, balance))
-            .unwrap();
-    }
-    conn.execute_batch("COMMIT").unwrap();
-    conn
-}
-
-fn transfer(conn: &Connection, i: i64, accounts: i64) {
-    let (from, to) = (i % accounts, (i * 7 + 3) % accounts);
-    conn.execute_batch("BEGIN").unwrap();
-    conn.execute(
-        "UPDATE accounts SET balance = balance - 5 WHERE id = ?1",
-        [from],
-    )
-    .unwrap();
-    conn.execute(
-        "UPDATE accounts SET balance = balance + 5 WHERE id = ?1",
-        [to],
-    )
-    .unwrap();
-    conn.execute_batch("COMMIT").unwrap();
-}
 
 fn target_str(db: &Path) -> String {
     format!("{}-walstream", db.display())
@@ -61,7 +24,7 @@ fn target_str(db: &Path) -> String {
 fn check_names_the_one_transaction_that_breaks_an_invariant() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bank.db");
-    let conn = bank(&db, 50);
+    let conn = bank(&db, "", 50);
     let target = default_target(&db);
     let mut broken_at = 0;
     for i in 0..2000 {
@@ -118,7 +81,7 @@ fn check_names_the_one_transaction_that_breaks_an_invariant() {
 fn root_of_a_restored_file_equals_the_recorded_root() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bank.db");
-    let conn = bank(&db, 300);
+    let conn = bank(&db, "", 300);
     for i in 0..200 {
         transfer(&conn, i, 300);
     }
@@ -148,15 +111,6 @@ fn root_of_a_restored_file_equals_the_recorded_root() {
         changed.split_whitespace().next(),
         recorded.split_whitespace().next()
     );
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn spawn_follower(target: &str, replica: &Path) -> KillOnDrop {
@@ -199,40 +153,14 @@ fn wait_for_seq(replica: &Path, seq: u64) {
 fn follower_replica_never_shows_a_torn_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bank.db");
-    let conn = bank(&db, 40);
+    let conn = bank(&db, "", 40);
     let target = default_target(&db);
     let replica = dir.path().join("replica.db");
     let t = target_str(&db);
     let mut follower = spawn_follower(&t, &replica);
     wait_for_seq(&replica, stream_head(target.as_ref()).1);
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (replica, stop) = (replica.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut reads = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = Connection::open_with_flags(
-                    &replica,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-                )
-                .unwrap();
-                r.busy_timeout(Duration::from_secs(5)).unwrap();
-                let (sum, count): (i64, i64) = r
-                    .query_row("SELECT sum(balance), count(*) FROM accounts", [], |x| {
-                        Ok((x.get(0)?, x.get(1)?))
-                    })
-                    .unwrap();
-                assert_eq!(
-                    (sum, count),
-                    (TOTAL, 40),
-                    "the replica showed a torn transaction"
-                );
-                reads += 1;
-            }
-            reads
-        })
-    };
+    let reader = TornReader::spawn(&replica, 40);
     for i in 0..400 {
         transfer(&conn, i, 40);
         if i == 150 {
@@ -243,8 +171,7 @@ fn follower_replica_never_shows_a_torn_transaction() {
     }
     let last = stream_head(target.as_ref()).1;
     wait_for_seq(&replica, last);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let reads = reader.join().unwrap();
+    let reads = reader.stop();
     assert!(reads > 0);
     // The replica equals the primary byte for byte.
     let r = open_plain(&replica);
@@ -257,7 +184,7 @@ fn follower_replica_never_shows_a_torn_transaction() {
 fn follower_reseeds_from_a_new_generation() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bank.db");
-    let conn = bank(&db, 20);
+    let conn = bank(&db, "", 20);
     for i in 0..10 {
         transfer(&conn, i, 20);
     }

@@ -253,17 +253,7 @@ impl WalCursor {
         file_size: u64,
         buf: &mut Vec<u8>,
     ) -> Result<Option<FrameHeader>, WalError> {
-        if !self.read_next(src, file_size, buf)? {
-            return Ok(None);
-        }
-        match self.validate(buf) {
-            Some((header, sum)) => {
-                self.frame += 1;
-                self.checksum = sum;
-                Ok(Some(header))
-            }
-            None => Ok(None),
-        }
+        self.advance(src, file_size, buf, Self::validate)
     }
 
     /// Like `next_frame`, for a frame known to be committed because it is at or below the
@@ -279,22 +269,46 @@ impl WalCursor {
         file_size: u64,
         buf: &mut Vec<u8>,
     ) -> Result<Option<FrameHeader>, WalError> {
+        self.advance(src, file_size, buf, Self::check_committed)
+    }
+
+    /// What `next_frame` and `next_committed_frame` share: reads frame `self.frame + 1` into
+    /// `buf` (one read, see `read_next`) and, when `check` accepts it, moves the cursor past it
+    /// with the checksum `check` returns. The cursor does not move otherwise.
+    fn advance(
+        &mut self,
+        src: &mut dyn ReadAt,
+        file_size: u64,
+        buf: &mut Vec<u8>,
+        check: impl FnOnce(&Self, &[u8]) -> Option<(FrameHeader, (u32, u32))>,
+    ) -> Result<Option<FrameHeader>, WalError> {
         if !self.read_next(src, file_size, buf)? {
             return Ok(None);
         }
-        let salts = (be32(buf, 8), be32(buf, 12));
-        let stored = (be32(buf, 16), be32(buf, 20));
+        match check(self, buf) {
+            Some((header, sum)) => {
+                self.frame += 1;
+                self.checksum = sum;
+                Ok(Some(header))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// `next_committed_frame`'s check: the salts match (or the frame is zeroed, see there) and
+    /// the page number is not 0; the new checksum is the frame's stored one.
+    fn check_committed(&self, frame: &[u8]) -> Option<(FrameHeader, (u32, u32))> {
+        let salts = (be32(frame, 8), be32(frame, 12));
+        let stored = (be32(frame, 16), be32(frame, 20));
         let deferred = salts == (0, 0) && stored == (0, 0);
         let header = FrameHeader {
-            pgno: be32(buf, 0),
-            db_size_after_commit: be32(buf, 4),
+            pgno: be32(frame, 0),
+            db_size_after_commit: be32(frame, 4),
         };
         if header.pgno == 0 || (salts != (self.salt1, self.salt2) && !deferred) {
-            return Ok(None);
+            return None;
         }
-        self.frame += 1;
-        self.checksum = stored;
-        Ok(Some(header))
+        Some((header, stored))
     }
 
     /// Checks a frame (header and page) against this position; returns it and the new checksum.

@@ -1,10 +1,14 @@
 //! Shared helpers for the integration tests: loading the extension into rusqlite's bundled
-//! SQLite, reading a database's committed image through SQLite itself (`sqlite_dbpage`), and
-//! replaying a stream into images to compare.
+//! SQLite, reading a database's committed image through SQLite itself (`sqlite_dbpage`),
+//! replaying a stream into images to compare, running the CLI, restoring the newest state, the
+//! test S3 server's settings, and (in `bank`) the bank-transfer workload of the validator tests.
 #![allow(dead_code)]
+
+pub mod bank;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::sync::Once;
 
 use rusqlite::{Connection, OpenFlags};
@@ -156,15 +160,66 @@ pub fn replay_hashes(target: &dyn Target, generation: u64) -> BTreeMap<u64, blak
 
 /// Runs the CLI; returns (exit success, stdout, stderr).
 pub fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(cli_path())
-        .args(args)
-        .output()
-        .unwrap();
+    cli_output(Command::new(cli_path()).args(args))
+}
+
+/// Runs the CLI with an explicit S3 endpoint (`AWS_ENDPOINT_URL`); returns (exit success,
+/// stdout, stderr).
+pub fn cli_at(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    cli_output(
+        Command::new(cli_path())
+            .args(args)
+            .env("AWS_ENDPOINT_URL", endpoint),
+    )
+}
+
+fn cli_output(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Restores the newest state of `db`'s default target into `db` with the extension
+/// `.restored` (replacing it), through the library; returns the restored file's bytes.
+pub fn restore_latest(db: &Path) -> Vec<u8> {
+    let out = db.with_extension("restored");
+    let _ = std::fs::remove_file(&out);
+    let target = default_target(db);
+    let opts = walstream::restore::RestoreOptions {
+        point: walstream::restore::Point::Latest,
+        generation: None,
+        force: false,
+    };
+    walstream::restore::restore(target.as_ref(), &out, &opts, &mut |_| {}).unwrap();
+    std::fs::read(out).unwrap()
+}
+
+/// A python program (for `python3 -c`) that loads the extension and opens `db` through
+/// walstream as `conn` (autocommit), then runs `body` (python source using `conn`).
+pub fn python_captured(db: &Path, body: &str) -> String {
+    format!(
+        "import sqlite3, sys\n\
+         boot = sqlite3.connect(':memory:')\n\
+         boot.enable_load_extension(True)\n\
+         boot.load_extension({ext:?})\n\
+         conn = sqlite3.connect('file:' + {db:?} + '?vfs=walstream', uri=True, isolation_level=None)\n\
+         {body}\n",
+        ext = ext_path().display().to_string(),
+        db = db.display().to_string(),
+    )
+}
+
+/// A child process (a follower, a writer) killed and reaped when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 // ---- S3 (a real S3-compatible server; `make test` starts SeaweedFS, see scripts/s3-server.sh) ----
