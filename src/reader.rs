@@ -828,7 +828,7 @@ fn replay_segment(
                     ));
                 }
                 let actual = page_hash(data);
-                if p.hash.as_slice() != actual {
+                if p.hash[..] != actual[..] {
                     return Err(ctx.fail(
                         Some(t.seq),
                         Some(p.pgno),

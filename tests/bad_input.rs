@@ -129,7 +129,7 @@ fn altered_page_with_reframed_record_fails_its_page_hash() {
         unreachable!()
     };
     image[50] ^= 0xff;
-    (p.data, p.zstd, p.zstd_delta) = (image, Vec::new(), Vec::new());
+    (p.data, p.zstd, p.zstd_delta) = (image.into(), Default::default(), Default::default());
     let pgno = p.pgno;
     rewrite(&segment, &recs);
     verify_fails_with(

@@ -242,10 +242,10 @@ fn page_record(
     if version == 1 {
         let page = pb::Page {
             pgno,
-            data,
-            hash: hash.to_vec(),
-            zstd: Vec::new(),
-            zstd_delta: Vec::new(),
+            data: data.into(),
+            hash: hash.to_vec().into(),
+            zstd: Default::default(),
+            zstd_delta: Default::default(),
             kept: false,
         };
         return rec(Body::Page(page));
@@ -1043,7 +1043,9 @@ fn flipped_page_byte_is_a_page_hash_mismatch() {
     let Some(Body::Page(p)) = &mut rec.body else {
         unreachable!()
     };
-    p.data[100] ^= 0x01;
+    let mut data = p.data.to_vec();
+    data[100] ^= 0x01;
+    p.data = data.into();
     let (offset, recorded, computed) = (*offset, hex(&p.hash), hex(&page_hash(&p.data)));
     let rewritten: Vec<pb::Record> = recs.into_iter().map(|(_, r)| r).collect();
     fs::write(&path, file(FileKind::Segment, 1, &rewritten)).unwrap();
@@ -1262,7 +1264,9 @@ fn flipped_byte_in_a_delta_page_is_named_with_its_place() {
             let Some(Body::Page(p)) = &mut damaged[at].1.body else {
                 unreachable!()
             };
-            p.zstd_delta[byte] ^= bit;
+            let mut delta = p.zstd_delta.to_vec();
+            delta[byte] ^= bit;
+            p.zstd_delta = delta.into();
             rewrite(&root.join(SEGMENT1_KEY), 2, &damaged);
             let e = verify_error(&root);
             let i = integrity(&e);

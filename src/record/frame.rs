@@ -266,7 +266,6 @@ pub struct RecordReader<R: Read> {
     offset: u64,
     kind: FileKind,
     version: u32,
-    body: Vec<u8>,
 }
 
 impl<R: Read> RecordReader<R> {
@@ -280,7 +279,6 @@ impl<R: Read> RecordReader<R> {
             offset: FILE_HEADER_BYTES as u64,
             kind,
             version,
-            body: Vec::new(),
         })
     }
 
@@ -292,7 +290,6 @@ impl<R: Read> RecordReader<R> {
             offset,
             kind,
             version,
-            body: Vec::new(),
         }
     }
 
@@ -334,12 +331,17 @@ impl<R: Read> RecordReader<R> {
         if len > RECORD_BYTES_MAX as u64 {
             return Err(RecordError::TooLarge { offset, len });
         }
-        self.body.resize(len as usize + CHECK_BYTES, 0);
-        if read_full(&mut self.inner, &mut self.body)? != self.body.len() {
+        // A buffer per record: page content decodes as slices of it (`bytes::Bytes`), not as
+        // copies.
+        let total = len as usize + CHECK_BYTES;
+        let mut buf = Vec::with_capacity(total);
+        (&mut self.inner).take(total as u64).read_to_end(&mut buf)?;
+        if buf.len() != total {
             return Err(RecordError::Truncated { offset });
         }
-        let (body, check) = self.body.split_at(len as usize);
-        if record_check(body) != check {
+        let mut body = bytes::Bytes::from(buf);
+        let check = body.split_off(len as usize);
+        if record_check(&body) != check[..] {
             return Err(RecordError::Checksum { offset });
         }
         let record =
@@ -347,7 +349,7 @@ impl<R: Read> RecordReader<R> {
         if record.body.is_none() {
             return Err(RecordError::Empty { offset });
         }
-        self.offset += (LEN_BYTES + self.body.len()) as u64;
+        self.offset += (LEN_BYTES + total) as u64;
         Ok(Some((offset, record)))
     }
 }
@@ -436,8 +438,8 @@ mod tests {
             let record = pb::Record {
                 body: Some(Body::Page(pb::Page {
                     pgno,
-                    data: data.clone(),
-                    hash: hash.to_vec(),
+                    data: data.clone().into(),
+                    hash: hash.to_vec().into(),
                     ..Default::default()
                 })),
             };
@@ -462,14 +464,14 @@ mod tests {
                     let hash = [7u8; 32];
                     let mut page = pb::Page {
                         pgno,
-                        hash: hash.to_vec(),
+                        hash: hash.to_vec().into(),
                         kept,
                         ..Default::default()
                     };
                     match encoding {
-                        PageEncoding::Raw => page.data = content.clone(),
-                        PageEncoding::Zstd => page.zstd = content.clone(),
-                        PageEncoding::ZstdDelta => page.zstd_delta = content.clone(),
+                        PageEncoding::Raw => page.data = content.clone().into(),
+                        PageEncoding::Zstd => page.zstd = content.clone().into(),
+                        PageEncoding::ZstdDelta => page.zstd_delta = content.clone().into(),
                     }
                     let mut by_prost = Vec::new();
                     encode_record(

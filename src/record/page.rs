@@ -492,7 +492,7 @@ mod tests {
                         let decoded = dec.decode(&p, PAGE).map_err(TestCaseError::fail)?;
                         prop_assert_eq!(decoded, &data[..]);
                         let h = blake3::hash(decoded);
-                        prop_assert_eq!(p.hash.as_slice(), h.as_bytes());
+                        prop_assert_eq!(&p.hash[..], h.as_bytes());
                         // K: a chain of versions holds at most DELTA_CHAIN_MAX of them.
                         let c = if p.zstd_delta.is_empty() { 1 } else { chain.get(&pgno).copied().unwrap_or(0) + 1 };
                         prop_assert!(c <= DELTA_CHAIN_MAX);
@@ -598,8 +598,8 @@ mod tests {
         CCtx::create().compress(&mut frame, &big, 1).unwrap();
         let p = pb::Page {
             pgno: 1,
-            zstd: frame,
-            hash: vec![0; 32],
+            zstd: frame.into(),
+            hash: vec![0; 32].into(),
             ..Default::default()
         };
         let err = PageDecoder::new(2).decode(&p, PAGE).unwrap_err();
