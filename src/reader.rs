@@ -285,6 +285,55 @@ fn hash32(
     })
 }
 
+/// The hash of a page read from the stream (snapshot chunk or transaction), checked against
+/// the hash recorded with it.
+fn checked_page_hash(
+    ctx: &Ctx,
+    seq: Option<u64>,
+    pgno: u32,
+    offset: u64,
+    recorded: &[u8],
+    data: &[u8],
+) -> Result<Hash, ReadError> {
+    let actual = page_hash(data);
+    if recorded != actual {
+        return Err(ctx.fail(
+            seq,
+            Some(pgno),
+            Some(offset),
+            format!(
+                "page hash mismatch: recorded {}, computed {}",
+                hex(recorded),
+                hex(&actual)
+            ),
+        ));
+    }
+    Ok(actual)
+}
+
+/// Checks a commit record's chain hash against the one computed for its transaction.
+fn check_chain_hash(
+    ctx: &Ctx,
+    seq: u64,
+    offset: u64,
+    recorded: &[u8],
+    computed: &Hash,
+) -> Result<(), ReadError> {
+    if recorded != computed {
+        return Err(ctx.fail(
+            Some(seq),
+            None,
+            Some(offset),
+            format!(
+                "chain hash mismatch: recorded {}, computed {}",
+                hex(recorded),
+                hex(computed)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Replays one generation: the snapshot, then its transactions in order, validating all.
 pub fn replay(
     target: &dyn Target,
@@ -599,19 +648,7 @@ fn replay_snapshot(
                 for (i, recorded) in c.hashes.iter().enumerate() {
                     let pgno = c.first_pgno + i as u32;
                     let data = &data[i * page_size as usize..(i + 1) * page_size as usize];
-                    let actual = page_hash(data);
-                    if recorded.as_slice() != actual {
-                        return Err(ctx.fail(
-                            None,
-                            Some(pgno),
-                            Some(offset),
-                            format!(
-                                "page hash mismatch: recorded {}, computed {}",
-                                hex(recorded),
-                                hex(&actual)
-                            ),
-                        ));
-                    }
+                    let actual = checked_page_hash(&ctx, None, pgno, offset, recorded, data)?;
                     hasher.page(pgno, &actual);
                     tree.set_page(pgno, actual);
                     visitor.snapshot_page(pgno, data)?;
@@ -827,19 +864,7 @@ fn replay_segment(
                         ),
                     ));
                 }
-                let actual = page_hash(data);
-                if p.hash[..] != actual[..] {
-                    return Err(ctx.fail(
-                        Some(t.seq),
-                        Some(p.pgno),
-                        Some(offset),
-                        format!(
-                            "page hash mismatch: recorded {}, computed {}",
-                            hex(&p.hash),
-                            hex(&actual)
-                        ),
-                    ));
-                }
+                let actual = checked_page_hash(ctx, Some(t.seq), p.pgno, offset, &p.hash, data)?;
                 t.hasher.page(p.pgno, &actual);
                 if skip.is_some() {
                     continue;
@@ -879,18 +904,7 @@ fn replay_segment(
                     let computed = t
                         .hasher
                         .finish(c.db_size_pages, c.commit_time_ms, &recorded);
-                    if c.hash.as_slice() != computed {
-                        return Err(ctx.fail(
-                            Some(t.seq),
-                            None,
-                            Some(offset),
-                            format!(
-                                "chain hash mismatch: recorded {}, computed {}",
-                                hex(&c.hash),
-                                hex(&computed)
-                            ),
-                        ));
-                    }
+                    check_chain_hash(ctx, t.seq, offset, &c.hash, &computed)?;
                     summary.last_seq = c.seq;
                     summary.head_hash = computed;
                     if c.seq == s.through {
@@ -927,18 +941,7 @@ fn replay_segment(
                 let computed = t
                     .hasher
                     .finish(c.db_size_pages, c.commit_time_ms, &state_root);
-                if c.hash.as_slice() != computed {
-                    return Err(ctx.fail(
-                        Some(t.seq),
-                        None,
-                        Some(offset),
-                        format!(
-                            "chain hash mismatch: recorded {}, computed {}",
-                            hex(&c.hash),
-                            hex(&computed)
-                        ),
-                    ));
-                }
+                check_chain_hash(ctx, t.seq, offset, &c.hash, &computed)?;
                 visitor.txn_commit(&c)?;
                 summary.last_seq = c.seq;
                 summary.head_hash = computed;

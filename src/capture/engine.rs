@@ -11,7 +11,8 @@ use crate::sign::Signer;
 use crate::spool::{SnapshotMeta, Spool, SpoolError, SpoolLock, Tail};
 use crate::target::TargetSpec;
 use crate::wal::{
-    frame_offset, ReadAhead, ReadAt, ShmHeader, WalCursor, WalHeader, FRAME_HEADER_BYTES,
+    frame_offset, FrameHeader, ReadAhead, ReadAt, ShmHeader, WalCursor, WalError, WalHeader,
+    FRAME_HEADER_BYTES,
 };
 
 /// How the WAL as it is now relates to the stream's tail.
@@ -822,6 +823,21 @@ fn read_commit_size(buf: &[u8]) -> u32 {
     u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]])
 }
 
+/// The frame after `cursor`: with a wal-index limit (`mxFrame`) known, the frames below it are
+/// committed and read with `next_committed_frame`; without one, `next_frame` validates checksums.
+fn next_frame_within(
+    cursor: &mut WalCursor,
+    limit: Option<u32>,
+    wal: &mut dyn ReadAt,
+    file_size: u64,
+    buf: &mut Vec<u8>,
+) -> Result<Option<FrameHeader>, WalError> {
+    match limit {
+        Some(_) => cursor.next_committed_frame(wal, file_size, buf),
+        None => cursor.next_frame(wal, file_size, buf),
+    }
+}
+
 /// Reads frames up to and including the next commit frame, appending their pages to `txn`
 /// (begun lazily). Returns true at a commit frame (the frame stays in `buf`; `txn` is `None` if
 /// the frame was sector padding), false at the end of the valid log before any commit frame.
@@ -840,11 +856,9 @@ fn next_txn(
         if limit.is_some_and(|mx| cursor.frame >= mx) {
             return Ok(false);
         }
-        let next = match limit {
-            Some(_) => cursor.next_committed_frame(wal, file_size, buf)?,
-            None => cursor.next_frame(wal, file_size, buf)?,
+        let Some(frame) = next_frame_within(cursor, limit, wal, file_size, buf)? else {
+            return Ok(false);
         };
-        let Some(frame) = next else { return Ok(false) };
         let page = &buf[FRAME_HEADER_BYTES..];
         // Hashed once: the padding check's hash is the page hash the stream records.
         let hash = crate::record::chain::page_hash(page);
@@ -897,11 +911,10 @@ impl DatabaseImage {
             let mut cursor = WalCursor::at_start(&h);
             let mut pending = Vec::new();
             while limit.is_none_or(|mx| cursor.frame < mx) {
-                let next = match limit {
-                    Some(_) => cursor.next_committed_frame(wal, file_size, buf)?,
-                    None => cursor.next_frame(wal, file_size, buf)?,
+                let Some(frame) = next_frame_within(&mut cursor, limit, wal, file_size, buf)?
+                else {
+                    break;
                 };
-                let Some(frame) = next else { break };
                 pending.push((frame.pgno, cursor.frame));
                 if frame.is_commit() {
                     image.overlay.extend(pending.drain(..));
