@@ -991,6 +991,21 @@ impl Sim {
         true
     }
 
+    /// Changes the database file's modification time (and rewrites its bytes unchanged) while
+    /// no connection has it open: a copy or a restored backup of the same content.
+    fn touch_while_closed(&mut self) -> bool {
+        if self.mode != Mode::Down || !self.wal.0.is_empty() {
+            return false;
+        }
+        let before = self.db.metadata().unwrap().modified().unwrap();
+        self.db.write_all_at(&self.image, 0).unwrap();
+        self.db
+            .set_modified(before + Duration::from_millis(2500))
+            .unwrap();
+        self.log("  the database file is touched while closed (same content)".into());
+        true
+    }
+
     /// Power loss: every process dies and the WAL loses its unsynced tail, back to a commit
     /// boundary at or after the last frame a checkpoint synced, dropping at least one
     /// real commit; `garbage` leaves torn bytes behind. Returns whether committed state was
@@ -1729,6 +1744,21 @@ fn database_changed_while_closed_starts_a_new_generation() {
             "grow {grow}"
         );
     }
+}
+
+#[test]
+fn database_touched_while_closed_continues_the_generation() {
+    // Size and modification time differ from the close marker's, the content does not: the
+    // history continues (the content decides), in one generation.
+    let mut s = sim(4096, 21);
+    s.commit(A, 1, 0);
+    s.commit(A, 3, 0);
+    s.close_all(A);
+    assert!(s.touch_while_closed());
+    s.commit(A, 1, 0);
+    s.commit(A, 2, 0);
+    let gens = s.finish();
+    assert_eq!(gens.len(), 1, "{gens:?}");
 }
 
 #[test]

@@ -23,12 +23,17 @@ enum Continuation {
     Nothing,
     /// The stream cannot be continued; start a new generation for this reason.
     Diverged(String),
-    /// The WAL the stream followed is empty or gone and no reset marker says why: either SQLite
-    /// checkpointed everything and reset it without walstream seeing (the database file then
-    /// equals the stream's state: nothing to capture), or the captured frames were lost (a
-    /// power loss before the WAL was synced: the stream holds state the database lost).
-    /// Decided by comparing the database file with the stream's state root.
-    NothingIfFileIsTail,
+    /// Decided by the database file's content: if its state root equals the stream's, continue
+    /// from `then` (`None`: nothing to capture), else start a new generation for `otherwise`.
+    /// For a WAL that is empty or gone with no reset marker saying why (SQLite checkpointed
+    /// everything and reset it unseen, or a power loss took frames walstream had captured), and
+    /// for a database file whose size or modification time differ from what a reset marker
+    /// recorded (a change behind walstream's back, or only a touch: a copy, a restored backup,
+    /// a checkpoint cut by a power loss and redone).
+    IfFileIsTail {
+        then: Option<WalCursor>,
+        otherwise: String,
+    },
 }
 
 /// Capture of one database, shared by the connections of a process.
@@ -365,18 +370,20 @@ impl Capture {
                 )
             }
         };
-        let from = match next {
-            Continuation::Nothing => return Ok(()),
-            Continuation::NothingIfFileIsTail => {
+        let next = match next {
+            Continuation::IfFileIsTail { then, otherwise } => {
+                // Reads and hashes the whole file: only in the rare cases described above.
                 let stream_root = lock.tail_state_root()?;
                 if file_state_root(io.db, tail_page_size)? == Some(stream_root) {
-                    return Ok(());
+                    then.map_or(Continuation::Nothing, Continuation::From)
+                } else {
+                    Continuation::Diverged(otherwise)
                 }
-                drop(lock);
-                let reason = "the WAL is empty or gone but the stream captured frames from it, and the \
-                              database file does not hold them: the database lost committed transactions";
-                return self.new_generation(io, limit, reason);
             }
+            other => other,
+        };
+        let from = match next {
+            Continuation::Nothing | Continuation::IfFileIsTail { .. } => return Ok(()),
             Continuation::From(cursor) => cursor,
             Continuation::Diverged(reason) => {
                 drop(lock);
@@ -566,7 +573,7 @@ fn db_file_stat(path: &std::path::Path) -> std::io::Result<(u64, i64)> {
 }
 
 /// The state root of the database file as it is on disk (`None` if it is not a whole number of
-/// pages). Reads and hashes every page: only for the rare case of `NothingIfFileIsTail`.
+/// pages). Reads and hashes every page: only for the rare cases of `IfFileIsTail`.
 fn file_state_root(
     db: &mut dyn ReadAt,
     page_size: u32,
@@ -636,22 +643,29 @@ fn only_padding_after(
     true
 }
 
-/// Diverged unless the database file is as a WAL-reset marker recorded it.
-fn file_as_marked(r: &pb::WalReset, db_path: &std::path::Path) -> Option<Continuation> {
+/// `then` if the database file is as a WAL-reset marker recorded it (size and modification
+/// time, or else content); diverged otherwise.
+fn file_as_marked(
+    r: &pb::WalReset,
+    db_path: &std::path::Path,
+    then: Option<WalCursor>,
+) -> Continuation {
+    let as_marked = then.map_or(Continuation::Nothing, Continuation::From);
     match db_file_stat(db_path) {
-        Ok((bytes, mtime)) if bytes == r.db_file_bytes && mtime == r.db_file_mtime_ns => None,
-        Ok(_) => Some(Continuation::Diverged(format!(
-            "the database file changed since the WAL was {} without walstream seeing the WAL \
-             that changed it",
-            if r.kind() == Kind::Close {
-                "closed"
-            } else {
-                "reset"
-            }
-        ))),
-        Err(e) => Some(Continuation::Diverged(format!(
-            "cannot stat the database file: {e}"
-        ))),
+        Ok((bytes, mtime)) if bytes == r.db_file_bytes && mtime == r.db_file_mtime_ns => as_marked,
+        Ok(_) => Continuation::IfFileIsTail {
+            then,
+            otherwise: format!(
+                "the database file changed since the WAL was {} without walstream seeing the WAL \
+                 that changed it",
+                if r.kind() == Kind::Close {
+                    "closed"
+                } else {
+                    "reset"
+                }
+            ),
+        },
+        Err(e) => Continuation::Diverged(format!("cannot stat the database file: {e}")),
     }
 }
 
@@ -691,14 +705,20 @@ fn continuation(
         // walstream watched, unless the wal-index publishes a restart of that WAL (salt-1 one
         // more, no frames) whose writer died before it rewrote the header: SQLite restarts a WAL
         // only once every frame is in the database file, and walstream refuses it the locks
-        // while capture is behind. Otherwise the database file decides (`NothingIfFileIsTail`).
+        // while capture is behind. Otherwise the database file decides (`IfFileIsTail`).
         let restart_published = shm_salts
             .zip(tail.wal)
             .is_some_and(|((salt1, _), w)| salt1 == w.salt1.wrapping_add(1));
         return match tail.reset.as_ref() {
-            Some(r) => file_as_marked(r, db_path).unwrap_or(Continuation::Nothing),
+            Some(r) => file_as_marked(r, db_path, None),
             None if restart_published => Continuation::Nothing,
-            None if tail.wal.is_some_and(|w| w.frame > 0) => Continuation::NothingIfFileIsTail,
+            None if tail.wal.is_some_and(|w| w.frame > 0) => Continuation::IfFileIsTail {
+                then: None,
+                otherwise: "the WAL is empty or gone but the stream captured frames from it, and \
+                            the database file does not hold them: the database lost committed \
+                            transactions"
+                    .into(),
+            },
             None => Continuation::Nothing,
         };
     };
@@ -734,10 +754,7 @@ fn continuation(
     if announced {
         return Continuation::From(WalCursor::at_start(h));
     }
-    match file_as_marked(r, db_path) {
-        Some(diverged) => diverged,
-        None => Continuation::From(WalCursor::at_start(h)),
-    }
+    file_as_marked(r, db_path, Some(WalCursor::at_start(h)))
 }
 
 enum FramesOutcome {
