@@ -278,14 +278,25 @@ impl ShipShared {
     }
 
     /// Tells the shipper that capture reached `captured` (never blocks on the network: the
-    /// state mutex is only ever held for a few field updates).
+    /// state mutex is only ever held for a few field updates). The shipper is woken only when
+    /// it has something new to schedule: the first transaction it has not shipped (it then
+    /// sleeps until that segment is due to be sealed, and while transactions keep coming it
+    /// runs again after each upload), or every `NOTIFY_WAKE_TXNS`-th transaction (for
+    /// `WALSTREAM_SEAL_TXNS`). Waking it at every commit cost the committing thread a pass of
+    /// the shipper (a directory listing and the spool lock) per commit.
     pub fn notify(&self, captured: Option<(u64, u64)>) {
         let mut s = self.state.lock();
+        let mut wake = captured.is_none();
         if captured.is_some() && captured != s.captured {
             if s.pending_since_ms.is_none() {
                 s.pending_since_ms = Some(crate::now_ms());
+                wake = true;
             }
+            wake |= captured.is_some_and(|(_, seq)| seq % NOTIFY_WAKE_TXNS == 0);
             s.captured = captured;
+        }
+        if !wake {
+            return;
         }
         s.kicked = true;
         drop(s);
@@ -314,6 +325,9 @@ impl ShipShared {
         s.kicked = false;
     }
 }
+
+/// `ShipShared::notify` wakes the shipper at least every this many transactions.
+const NOTIFY_WAKE_TXNS: u64 = 256;
 
 /// The background shipper of one spool in this process.
 pub struct Shipper {
@@ -730,7 +744,8 @@ impl Worker {
     /// One round: seal if due, upload what is sealed, prune. Returns when to run again.
     fn pass(&mut self) -> Result<Instant, PassError> {
         let mut next = Instant::now() + Duration::from_secs(1);
-        if let Some(due) = self.maybe_seal()? {
+        let due = self.maybe_seal()?;
+        if let Some(due) = due {
             next = next.min(due);
         }
         let inv = self
@@ -785,6 +800,12 @@ impl Worker {
             let mut s = self.shared.state.lock();
             if s.captured.is_some_and(|c| Some(c) <= s.shipped) {
                 s.pending_since_ms = None;
+            } else if s.captured.is_some() && due.is_none() {
+                // Transactions came during this round, after its seal decision: `notify` does
+                // not wake the shipper for them, so the next round comes soon (and schedules
+                // their segment's seal).
+                let soon = Duration::from_millis(self.config.seal_ms.clamp(1, 50));
+                next = next.min(Instant::now() + soon);
             }
         }
         self.maybe_request_generation(newest, &inv);

@@ -426,6 +426,8 @@ pub(crate) fn scan_segment(
     let mut pages: Vec<(u32, Hash)> = Vec::new();
     let mut end = SegmentEnd::Open;
     let mut saw_header = from.is_some();
+    // Page records of committed transactions in what was read, and in the open transaction.
+    let (mut committed_pages, mut open_pages) = (false, false);
     loop {
         let (offset, record) = match reader.next_record() {
             Ok(Some(r)) => r,
@@ -455,6 +457,7 @@ pub(crate) fn scan_segment(
                 open_txn = Some(b.seq);
             }
             (Body::Page(p), Some(_)) => {
+                open_pages = true;
                 let hash = hash_field(&p.hash).ok_or_else(|| {
                     corrupt(path, format!("page {}: hash is not 32 bytes", p.pgno))
                 })?;
@@ -478,6 +481,7 @@ pub(crate) fn scan_segment(
                 tail.reset = None;
                 tail.last_commit_page = last_page.map(|(pgno, h)| (pgno, c.db_size_pages, h));
                 tail.head_signed = false;
+                committed_pages |= std::mem::take(&mut open_pages);
                 if let Some(tree) = tree.as_deref_mut() {
                     for (pgno, hash) in pages.drain(..) {
                         tree.set_page(pgno, hash);
@@ -531,5 +535,15 @@ pub(crate) fn scan_segment(
         f.set_len(good_end).map_err(io_err(path))?;
     }
     tail.segment_len = good_end;
+    if from.is_none() && !committed_pages && matches!(end, SegmentEnd::Open) {
+        // A segment with no page yet (a header, perhaps markers; a torn transaction was just
+        // cut off): nothing in it is kept, so this writer may keep pages and store deltas, as
+        // if it had written the segment itself. A segment the S3 shipper sealed and rolled in
+        // this process's spool is the common case: without this, capture would store every
+        // page of it standalone.
+        if tail.segment_version >= 2 {
+            tail.codec.0.start_segment();
+        }
+    }
     Ok(end)
 }

@@ -618,7 +618,12 @@ mod tests {
 
     /// (encoding, kept) of every page record of the generation's first segment, by txn.
     fn encodings(dir: &std::path::Path) -> Vec<Vec<(&'static str, bool)>> {
-        let path = dir.join(layout::segment_key(1, 1));
+        encodings_of(dir, 1)
+    }
+
+    /// As `encodings`, for generation 1's segment that starts at transaction `first_seq`.
+    fn encodings_of(dir: &std::path::Path, first_seq: u64) -> Vec<Vec<(&'static str, bool)>> {
+        let path = dir.join(layout::segment_key(1, first_seq));
         let mut r = RecordReader::new(File::open(path).unwrap())
             .unwrap()
             .expect_kind(FileKind::Segment)
@@ -764,5 +769,24 @@ mod tests {
         lock.commit_txn(txn, pages, 1, &cursor(pages)).unwrap();
         drop(lock);
         assert_eq!(verify_all(tmp.path()), 1);
+    }
+
+    #[test]
+    fn a_writer_keeps_deltas_in_a_segment_another_spool_rolled_for_it() {
+        // The S3 shipper seals and rolls the active segment through its own `Spool`: the
+        // capture then finds a segment it did not start, but one with no page in it yet.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = start(tmp.path());
+        commit(&mut a, 1);
+        let mut shipper = Spool::open(tmp.path()).unwrap();
+        shipper.lock().unwrap().seal_active().unwrap();
+        commit(&mut a, 2);
+        commit(&mut a, 3);
+        let all = |how: &'static str, kept: bool| vec![(how, kept); 4];
+        assert_eq!(
+            encodings_of(tmp.path(), 2),
+            vec![all("zstd", true), all("delta", true)]
+        );
+        assert_eq!(verify_all(tmp.path()), 3);
     }
 }
