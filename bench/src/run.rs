@@ -21,6 +21,9 @@ pub enum Mode {
     Walstream,
     /// Plain SQLite with `litestream replicate` running to a local directory.
     Litestream,
+    /// Through the walstream VFS with an S3 target (`Job::s3_target`): the spool beside the
+    /// database, shipped by walstream's background shipper.
+    WalstreamS3,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +36,12 @@ pub struct Job {
     pub litestream: Option<PathBuf>,
     /// Record the bytes each transaction appends to the stream (walstream mode only).
     pub bytes: bool,
+    /// `s3://bucket/prefix` for `Mode::WalstreamS3`.
+    #[serde(default)]
+    pub s3_target: Option<String>,
+    /// `WALSTREAM_SEAL_MS` for the worker (None: walstream's default).
+    #[serde(default)]
+    pub seal_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -46,7 +55,20 @@ pub struct WorkerOut {
     pub stream_txns: Option<u64>,
     pub litestream: Option<LitestreamOut>,
     pub bytes: Option<TxnBytes>,
+    pub ship: Option<ShipOut>,
     pub error: Option<String>,
+}
+
+/// Shipping to S3 (`Mode::WalstreamS3`), from `walstream_status()`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShipOut {
+    /// Time from the last commit until the shipper reported every transaction uploaded (None:
+    /// not within the timeout).
+    pub lag_ms: Option<f64>,
+    /// Bytes the shipper uploaded from the start of the timed body until it caught up.
+    pub bytes_uploaded_body: u64,
+    /// Objects uploaded in the same time.
+    pub objects_uploaded_body: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -109,6 +131,21 @@ fn open(job: &Job, db: &Path) -> Connection {
                 | OpenFlags::SQLITE_OPEN_URI;
             Connection::open_with_flags(uri, flags).unwrap()
         }
+        Mode::WalstreamS3 => {
+            load_extension(&job.ext);
+            let target = job
+                .s3_target
+                .as_deref()
+                .expect("an S3 job names its target");
+            let uri = format!(
+                "file:{}?vfs=walstream&walstream_target={target}",
+                db.display()
+            );
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_URI;
+            Connection::open_with_flags(uri, flags).unwrap()
+        }
         Mode::Plain | Mode::Litestream => Connection::open(db).unwrap(),
     };
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
@@ -155,6 +192,7 @@ pub fn worker(job: &Job) -> WorkerOut {
         }
     };
     let after: &mut dyn FnMut(&Connection) = if job.bytes { &mut tap } else { &mut noop };
+    let ship_before = (job.mode == Mode::WalstreamS3).then(|| ship_status(&conn));
     let t0 = Instant::now();
     let fp = workload::run(&conn, job.workload, &job.scale, after).unwrap();
     let secs = t0.elapsed().as_secs_f64();
@@ -173,6 +211,9 @@ pub fn worker(job: &Job) -> WorkerOut {
     if let Some(before) = seq_before {
         out.stream_txns = stream_seq(&db).map(|s| s - before);
     }
+    if let Some(before) = ship_before {
+        out.ship = Some(ship_lag(&conn, &before, t0 + Duration::from_secs_f64(secs)));
+    }
     out.bytes = bytes.map(|b| b.finish(fp));
     let t1 = Instant::now();
     drop(conn);
@@ -187,6 +228,37 @@ pub fn worker(job: &Job) -> WorkerOut {
     }
     out.maxrss_kb = maxrss_kb();
     out
+}
+
+fn ship_status(conn: &Connection) -> serde_json::Value {
+    let s: String = conn
+        .query_row("SELECT walstream_status()", [], |r| r.get(0))
+        .unwrap();
+    serde_json::from_str(&s).unwrap()
+}
+
+/// Waits (polling every 2 ms, at most 120 s) until the shipper has uploaded every captured
+/// transaction; the lag is counted from `last_commit`.
+fn ship_lag(conn: &Connection, before: &serde_json::Value, last_commit: Instant) -> ShipOut {
+    let field = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = ship_status(conn);
+        let caught_up = !s["last_seq"].is_null()
+            && s["shipped_seq"] == s["last_seq"]
+            && s["shipped_generation"] == s["generation"]
+            && field(&s, "lag_txns") == 0;
+        if caught_up || Instant::now() > deadline {
+            return ShipOut {
+                lag_ms: caught_up.then(|| last_commit.elapsed().as_secs_f64() * 1e3),
+                bytes_uploaded_body: field(&s, "bytes_uploaded")
+                    .saturating_sub(field(before, "bytes_uploaded")),
+                objects_uploaded_body: field(&s, "objects_uploaded")
+                    .saturating_sub(field(before, "objects_uploaded")),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Reads what each transaction appended to the stream's segments.
@@ -512,6 +584,9 @@ pub struct Options {
     pub session_missing: Option<String>,
     pub work: PathBuf,
     pub only: Option<String>,
+    /// `s3://bucket` of a local S3 server (credentials and endpoint from the AWS environment).
+    pub s3_bucket: Option<String>,
+    pub s3_missing: Option<String>,
 }
 
 impl Default for Options {
@@ -528,6 +603,8 @@ impl Default for Options {
             session_missing: None,
             work: PathBuf::from("target/bench-work"),
             only: None,
+            s3_bucket: None,
+            s3_missing: None,
         }
     }
 }
@@ -558,12 +635,24 @@ impl Driver {
             ext: self.opts.ext.clone(),
             litestream: self.opts.litestream.clone(),
             bytes,
+            s3_target: (mode == Mode::WalstreamS3).then(|| {
+                let bucket = self.opts.s3_bucket.as_deref().unwrap_or("none");
+                format!(
+                    "s3://{bucket}/bench-{}-{}",
+                    std::process::id(),
+                    self.counter
+                )
+            }),
+            seal_ms: None,
         }
     }
 
     pub fn worker_cmd(&self, job: &Job) -> Command {
         let mut c = Command::new(&self.exe);
         c.arg("worker").arg(serde_json::to_string(job).unwrap());
+        if let Some(ms) = job.seal_ms {
+            c.env("WALSTREAM_SEAL_MS", ms.to_string());
+        }
         c
     }
 
@@ -603,6 +692,8 @@ pub struct Results {
     pub syscalls: Option<report::Syscalls>,
     pub bytes: Option<(TxnBytes, Option<Changesets>, Option<String>, Option<u64>)>,
     pub profile: Option<report::Profile>,
+    /// (workload, WALSTREAM_SEAL_MS) -> (plain, walstream with an S3 target) per repetition.
+    pub ship: BTreeMap<(String, Option<u64>), Vec<(WorkerOut, WorkerOut)>>,
     pub errors: Vec<String>,
     pub elapsed_secs: f64,
 }
@@ -671,6 +762,17 @@ pub fn driver(opts: Options) -> i32 {
         }
     }
 
+    // 1b. Shipping to a local S3 server: the writer's time against plain SQLite, and the lag.
+    if want("ship") && d.opts.s3_bucket.is_some() {
+        res.ship = crate::report::measure_ship(&mut d);
+        for (w, runs) in &res.ship {
+            for o in runs.iter().flat_map(|(p, x)| [p, x]) {
+                if let Some(e) = &o.error {
+                    res.errors.push(format!("ship {w:?}: {e}"));
+                }
+            }
+        }
+    }
     // 2. Bytes per transaction on the order book.
     if want("bytes") {
         res.bytes = Some(crate::report::measure_bytes(&mut d));
@@ -732,6 +834,8 @@ fn small_restores(d: &Driver, job: &Job) -> BTreeMap<String, f64> {
                 .arg("-o")
                 .arg(&out),
         ),
+        // Not restored: its spool holds the same stream as the local-target run's.
+        Mode::WalstreamS3 => return m,
         Mode::Litestream => measure(
             Command::new(d.opts.litestream.as_ref().unwrap())
                 .arg("restore")
