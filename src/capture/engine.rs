@@ -372,9 +372,14 @@ impl Capture {
         };
         let next = match next {
             Continuation::IfFileIsTail { then, otherwise } => {
-                // Reads and hashes the whole file: only in the rare cases described above.
-                let stream_root = lock.tail_state_root()?;
-                if file_state_root(io.db, tail_page_size)? == Some(stream_root) {
+                // Reads and hashes the whole file: only in the rare cases described above. A
+                // stream whose state cannot be read back (its spool directory was removed, say)
+                // cannot be shown to hold the file: a new generation.
+                let same = match lock.tail_state_root() {
+                    Ok(stream_root) => file_state_root(io.db, tail_page_size)? == Some(stream_root),
+                    Err(_) => false,
+                };
+                if same {
                     then.map_or(Continuation::Nothing, Continuation::From)
                 } else {
                     Continuation::Diverged(otherwise)
