@@ -184,3 +184,40 @@ fn default_vfs_setting_captures_plain_file_names() {
     assert_eq!(stream_head(target.as_ref()), (1, 2));
     assert_eq!(restore_latest(&db), std::fs::read(&db).unwrap());
 }
+
+#[test]
+fn a_removed_stream_and_a_touched_database_start_a_new_generation() {
+    // The process keeps its capture of the database (the stream's tail, an open handle on the
+    // active segment and on the spool lock) between connections. When the stream directory is
+    // removed while no connection is open, capture must notice (it once went on appending to
+    // the unlinked segment: transactions silently lost) and, as the database file no longer
+    // matches the close marker and the stream's state cannot be read back, start a new
+    // generation while commits keep working (SQLite's walfault-15 removes test.db* between its
+    // cases; capture once kept failing there with "database is locked").
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let conn = open_captured(&db, "");
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1); INSERT INTO t VALUES (2);",
+    )
+    .unwrap();
+    drop(conn);
+    std::fs::remove_dir_all(dir.path().join("app.db-walstream")).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    let modified = file.metadata().unwrap().modified().unwrap();
+    file.set_modified(modified + std::time::Duration::from_secs(3))
+        .unwrap();
+    drop(file);
+    let conn = open_captured(&db, "");
+    conn.execute_batch("INSERT INTO t VALUES (3); INSERT INTO t VALUES (4);")
+        .unwrap();
+    let s = status(&conn);
+    assert_eq!(s["behind"], false, "{s}");
+    assert!(s["last_error"].is_null(), "{s}");
+    let image = image(&conn);
+    drop(conn);
+    assert!(
+        restore_latest(&db) == image,
+        "the new stream does not restore the database"
+    );
+}

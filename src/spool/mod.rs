@@ -14,6 +14,7 @@ mod scan;
 mod writer;
 
 use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -88,14 +89,7 @@ pub struct Spool {
 impl Spool {
     /// Opens (creating if needed) the spool directory. Fails if it cannot be created or written.
     pub fn open(dir: &Path) -> Result<Self, SpoolError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let lock_path = dir.join(LOCK_NAME);
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
+        let lock_file = open_lock_file(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             lock_file,
@@ -119,6 +113,16 @@ impl Spool {
             .lock()
             .map_err(io_err(&self.dir.join(LOCK_NAME)))?;
         let unchanged = self.active_segment_unchanged();
+        // Looked at only when the stream changed (no system call on the commit path otherwise).
+        if !unchanged && unlinked(&self.lock_file) {
+            // The spool directory was removed (or its lock file): a lock on the old file
+            // excludes no one. Recreate the directory and lock its new lock file.
+            let _ = self.lock_file.unlock();
+            self.lock_file = open_lock_file(&self.dir)?;
+            self.lock_file
+                .lock()
+                .map_err(io_err(&self.dir.join(LOCK_NAME)))?;
+        }
         let mut guard = SpoolLock { spool: self };
         if !unchanged {
             guard.refresh()?;
@@ -133,9 +137,11 @@ impl Spool {
     /// an unchanged length means an unchanged tail.
     fn active_segment_unchanged(&self) -> bool {
         match (&self.segment, &self.tail) {
-            (Some(file), Some(tail)) if !tail.ended => {
-                file.metadata().is_ok_and(|m| m.len() == tail.segment_len)
-            }
+            // A segment that was unlinked (the spool directory removed) is not where the
+            // stream goes any more, whatever its length: appending to it would lose data.
+            (Some(file), Some(tail)) if !tail.ended => file
+                .metadata()
+                .is_ok_and(|m| m.len() == tail.segment_len && m.nlink() > 0),
             _ => false,
         }
     }
@@ -144,6 +150,23 @@ impl Spool {
     pub fn cached_tail(&self) -> Option<&Tail> {
         self.tail.as_ref()
     }
+}
+
+/// Creates `dir` if needed and opens its lock file.
+fn open_lock_file(dir: &Path) -> Result<File, SpoolError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let lock_path = dir.join(LOCK_NAME);
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(&lock_path))
+}
+
+/// Whether `file` no longer has a name (its directory or itself was removed).
+fn unlinked(file: &File) -> bool {
+    file.metadata().is_ok_and(|m| m.nlink() == 0)
 }
 
 /// The spool while its lock is held.
