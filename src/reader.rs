@@ -223,7 +223,21 @@ struct Ctx<'a> {
     key: &'a str,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// The chain head `summary` has reached, at `offset` in this object.
+    fn chain_point<'s>(&self, summary: &'s ReplaySummary, offset: u64) -> ChainPoint<'s>
+    where
+        'a: 's,
+    {
+        ChainPoint {
+            generation: self.generation,
+            seq: summary.last_seq,
+            head_hash: &summary.head_hash,
+            key: self.key,
+            offset,
+        }
+    }
+
     fn fail(
         &self,
         seq: Option<u64>,
@@ -955,13 +969,7 @@ fn replay_segment(
             (Some(Body::WalReset(_)), None) => {}
             (Some(Body::HeadSignature(sig)), None) => {
                 if skip.is_none() {
-                    let at = ChainPoint {
-                        generation: ctx.generation,
-                        seq: summary.last_seq,
-                        head_hash: &summary.head_hash,
-                        key: ctx.key,
-                        offset,
-                    };
+                    let at = ctx.chain_point(summary, offset);
                     visitor.head_signature(&sig, &at)?;
                 }
             }
@@ -994,13 +1002,7 @@ fn replay_segment(
                     ));
                 }
                 if skip.is_none() {
-                    let at = ChainPoint {
-                        generation: ctx.generation,
-                        seq: summary.last_seq,
-                        head_hash: &summary.head_hash,
-                        key: ctx.key,
-                        offset,
-                    };
+                    let at = ctx.chain_point(summary, offset);
                     visitor.segment_sealed(&at)?;
                 }
                 return Ok(match e.reason() {

@@ -62,6 +62,15 @@ fn num_cell(s: Option<Stat>, digits: usize, unit: &str) -> String {
     }
 }
 
+/// " (N runs: WHAT)" after a cell, or nothing when no run is concerned.
+fn runs_note(n: usize, what: &str) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} runs: {what})")
+    }
+}
+
 fn mib(kb: i64) -> f64 {
     kb as f64 / 1024.0
 }
@@ -177,16 +186,8 @@ fn render_ship(d: &Driver, res: &Results, s: &mut String) {
             seal_ms.map_or("10 (default)".to_string(), |ms| ms.to_string()),
             ratio_cell(stat(&ratio)),
             num_cell(stat(&lag), 0, ""),
-            if late > 0 {
-                format!(" ({late} runs: not within 120 s)")
-            } else {
-                String::new()
-            },
-            if failed > 0 {
-                format!(" ({failed} runs failed: see the errors below)")
-            } else {
-                String::new()
-            },
+            runs_note(late, "not within 120 s"),
+            runs_note(failed, "failed, see the errors below"),
             num_cell(stat(&bytes), 0, ""),
             num_cell(stat(&objects), 3, ""),
         );
@@ -953,11 +954,7 @@ pub fn render(d: &Driver, res: &Results) -> String {
                 "| {} | {}{} | {} | {} | {} |",
                 w.label(),
                 num_cell(stat(&lag), 0, ""),
-                if missing > 0 {
-                    format!(" ({missing} runs: not within 60 s)")
-                } else {
-                    String::new()
-                },
+                runs_note(missing, "not within 60 s"),
                 num_cell(stat(&bytes), 0, ""),
                 num_cell(stat(&rss), 1, ""),
                 num_cell(stat(&cpu), 2, ""),

@@ -122,31 +122,27 @@ fn load_extension(ext: &Path) {
 }
 
 fn open(job: &Job, db: &Path) -> Connection {
-    let conn = match job.mode {
-        Mode::Walstream => {
-            load_extension(&job.ext);
-            let uri = format!("file:{}?vfs=walstream", db.display());
-            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_URI;
-            Connection::open_with_flags(uri, flags).unwrap()
-        }
+    let target_param = match job.mode {
+        Mode::Plain | Mode::Litestream => None,
+        Mode::Walstream => Some(String::new()),
         Mode::WalstreamS3 => {
-            load_extension(&job.ext);
             let target = job
                 .s3_target
                 .as_deref()
                 .expect("an S3 job names its target");
-            let uri = format!(
-                "file:{}?vfs=walstream&walstream_target={target}",
-                db.display()
-            );
+            Some(format!("&walstream_target={target}"))
+        }
+    };
+    let conn = match target_param {
+        None => Connection::open(db).unwrap(),
+        Some(param) => {
+            load_extension(&job.ext);
+            let uri = format!("file:{}?vfs=walstream{param}", db.display());
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_URI;
             Connection::open_with_flags(uri, flags).unwrap()
         }
-        Mode::Plain | Mode::Litestream => Connection::open(db).unwrap(),
     };
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", job.workload.synchronous())
