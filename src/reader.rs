@@ -11,12 +11,15 @@ use std::fmt;
 use std::io::Read;
 
 use crate::layout::{self, ObjectName};
-use crate::record::chain::{page_hash, SnapshotHasher, TxnHasher};
+use crate::record::chain::{SnapshotHasher, TxnHasher};
 use crate::record::page::{PageDecoder, PAGE_BYTES_MAX};
 use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::{hash_field, hex, FileKind, Hash, RecordError, RecordReader};
 use crate::state::StateTree;
 use crate::target::{ObjectInfo, Target, TargetError};
+
+mod page_hashes;
+use page_hashes::{Hashed, PageHashes};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -299,30 +302,35 @@ fn hash32(
     })
 }
 
-/// The hash of a page read from the stream (snapshot chunk or transaction), checked against
-/// the hash recorded with it.
-fn checked_page_hash(
-    ctx: &Ctx,
-    seq: Option<u64>,
-    pgno: u32,
-    offset: u64,
-    recorded: &[u8],
-    data: &[u8],
-) -> Result<Hash, ReadError> {
-    let actual = page_hash(data);
-    if recorded != actual {
+/// A page's computed hash, checked against the hash recorded with it (snapshot chunk or
+/// transaction).
+fn check_page_hash(ctx: &Ctx, seq: Option<u64>, h: &Hashed) -> Result<Hash, ReadError> {
+    if h.recorded[..] != h.actual[..] {
         return Err(ctx.fail(
             seq,
-            Some(pgno),
-            Some(offset),
+            Some(h.pgno),
+            Some(h.offset),
             format!(
                 "page hash mismatch: recorded {}, computed {}",
-                hex(recorded),
-                hex(&actual)
+                hex(&h.recorded),
+                hex(&h.actual)
             ),
         ));
     }
-    Ok(actual)
+    Ok(h.actual)
+}
+
+/// Takes a snapshot page's checked hash into the snapshot hash and the state tree.
+fn snapshot_page_hashed(
+    ctx: &Ctx,
+    hasher: &mut SnapshotHasher,
+    tree: &mut StateTree,
+    h: Hashed,
+) -> Result<(), ReadError> {
+    let actual = check_page_hash(ctx, None, &h)?;
+    hasher.page(h.pgno, &actual);
+    tree.set_page(h.pgno, actual);
+    Ok(())
 }
 
 /// Checks a commit record's chain hash against the one computed for its transaction.
@@ -463,6 +471,7 @@ fn replay_segments(
     let mut expected_first = start;
     let mut dangling: Option<u64> = None;
     let mut skip = SkipTo::new(resume, start);
+    let mut hashes = PageHashes::new();
     if skip.is_some() {
         summary.last_seq = start - 1;
     }
@@ -481,7 +490,16 @@ fn replay_segments(
         }
         let is_last = i + 1 == segments.len();
         let end = replay_segment(
-            target, &ctx, *first_seq, summary, tree, &mut skip, limit, visitor, is_last,
+            target,
+            &ctx,
+            *first_seq,
+            summary,
+            tree,
+            &mut skip,
+            limit,
+            visitor,
+            is_last,
+            &mut hashes,
         )?;
         consumed += object.size;
         visitor.progress(consumed);
@@ -613,6 +631,7 @@ fn replay_snapshot(
     tree.resize(header.page_count);
     let mut next_pgno = 1u32;
     let mut pages = Vec::new();
+    let mut hashes = PageHashes::new();
     let (hash, state_root) = loop {
         let Some((offset, record)) = reader.next_record().map_err(rec_err)? else {
             return Err(ctx.fail(
@@ -659,17 +678,19 @@ fn replay_snapshot(
                         "chunk size does not match its page count".into(),
                     ));
                 }
-                for (i, recorded) in c.hashes.iter().enumerate() {
+                let count = c.hashes.len() as u32;
+                for (i, recorded) in c.hashes.into_iter().enumerate() {
                     let pgno = c.first_pgno + i as u32;
                     let data = &data[i * page_size as usize..(i + 1) * page_size as usize];
-                    let actual = checked_page_hash(&ctx, None, pgno, offset, recorded, data)?;
-                    hasher.page(pgno, &actual);
-                    tree.set_page(pgno, actual);
+                    hashes.push(pgno, offset, recorded.into(), data, &mut |h| {
+                        snapshot_page_hashed(&ctx, &mut hasher, &mut tree, h)
+                    })?;
                     visitor.snapshot_page(pgno, data)?;
                 }
-                next_pgno += c.hashes.len() as u32;
+                next_pgno += count;
             }
             Some(Body::SnapshotEnd(end)) => {
+                hashes.finish(&mut |h| snapshot_page_hashed(&ctx, &mut hasher, &mut tree, h))?;
                 let computed = hasher.finish();
                 if end.hash.as_slice() != computed {
                     return Err(ctx.fail(
@@ -777,6 +798,17 @@ struct OpenTxn {
     pages: Vec<(u32, Hash)>,
 }
 
+/// Takes a transaction page's checked hash into the transaction's hash and, unless the
+/// transaction is only being checked (`keep` false), its list of pages for the state tree.
+fn txn_page_hashed(ctx: &Ctx, t: &mut OpenTxn, keep: bool, h: Hashed) -> Result<(), ReadError> {
+    let actual = check_page_hash(ctx, Some(t.seq), &h)?;
+    t.hasher.page(h.pgno, &actual);
+    if keep {
+        t.pages.push((h.pgno, actual));
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn replay_segment(
     target: &dyn Target,
@@ -788,6 +820,7 @@ fn replay_segment(
     limit: ReplayLimit,
     visitor: &mut dyn Visitor,
     is_last: bool,
+    hashes: &mut PageHashes,
 ) -> Result<SegEnd, ReadError> {
     let mut reader = match open_records(target, ctx.key, FileKind::Segment) {
         Ok(r) => r,
@@ -848,6 +881,7 @@ fn replay_segment(
                         ),
                     ));
                 }
+                hashes.discard();
                 txn = Some(OpenTxn {
                     seq: b.seq,
                     hasher: TxnHasher::new(ctx.generation, b.seq, &summary.head_hash),
@@ -878,12 +912,13 @@ fn replay_segment(
                         ),
                     ));
                 }
-                let actual = checked_page_hash(ctx, Some(t.seq), p.pgno, offset, &p.hash, data)?;
-                t.hasher.page(p.pgno, &actual);
-                if skip.is_some() {
+                let keep = skip.is_none();
+                hashes.push(p.pgno, offset, p.hash.clone(), data, &mut |h| {
+                    txn_page_hashed(ctx, t, keep, h)
+                })?;
+                if !keep {
                     continue;
                 }
-                t.pages.push((p.pgno, actual));
                 if summary.page_size == 0 {
                     summary.page_size = data.len() as u32;
                     tree.set_page_size(summary.page_size);
@@ -891,7 +926,9 @@ fn replay_segment(
                 visitor.txn_page(t.seq, p.pgno, data)?;
             }
             (Some(Body::TxnCommit(c)), Some(_)) => {
-                let t = txn.take().expect("matched Some");
+                let mut t = txn.take().expect("matched Some");
+                let keep = skip.is_none();
+                hashes.finish(&mut |h| txn_page_hashed(ctx, &mut t, keep, h))?;
                 if c.seq != t.seq {
                     return Err(ctx.fail(
                         Some(t.seq),

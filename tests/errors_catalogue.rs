@@ -532,6 +532,7 @@ fn generation_ended_without_a_complete_successor_is_recovered() {
         &Record {
             body: Some(Body::SegmentEnd(end)),
         },
+        walstream::record::FORMAT_VERSION,
         &mut bytes,
     );
     std::fs::write(&segment, bytes).unwrap();

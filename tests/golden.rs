@@ -214,6 +214,16 @@ impl Golden {
         s
     }
 
+    /// The bytes of the file `key`.
+    fn file(&self, key: &str) -> Vec<u8> {
+        self.files
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap()
+            .1
+            .clone()
+    }
+
     /// Every file of `tests/golden/v<version>/`, expected.json included.
     fn all_files(&self) -> Vec<(String, Vec<u8>)> {
         let mut out: Vec<(String, Vec<u8>)> = self
@@ -259,7 +269,8 @@ fn page_record(
 }
 
 fn generate_version(version: u32) -> Golden {
-    let mut encoder = PageEncoder::new(walstream::record::page::EncoderMode::Delta);
+    let mut encoder =
+        PageEncoder::for_version(version, walstream::record::page::EncoderMode::Delta);
     // Snapshot: header, a chunk of pages 1-2, a chunk of page 3, end.
     let snapshot_pages: Vec<Vec<u8>> = SNAPSHOT_SEEDS.iter().map(|&s| page(s)).collect();
     let mut snapshot_hasher = SnapshotHasher::new(GENERATION, PAGE_SIZE, None);
@@ -331,7 +342,9 @@ fn generate_version(version: u32) -> Golden {
                     next_seq: t.seq,
                 })));
             }
-            encoder.start_segment();
+            if version >= 2 {
+                encoder.start_segment(version);
+            }
             segments.push(vec![rec(Body::SegmentHeader(pb::SegmentHeader {
                 generation: GENERATION,
                 first_seq: t.seq,
@@ -420,7 +433,7 @@ fn golden_dir() -> PathBuf {
 
 /// `tests/golden/v<version>`, regenerated first like `golden_dir`.
 fn golden_dir_version(version: u32) -> PathBuf {
-    static REGEN: [Once; 2] = [Once::new(), Once::new()];
+    static REGEN: [Once; 3] = [Once::new(), Once::new(), Once::new()];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/v{version}"));
     if regen_requested() {
         REGEN[version as usize - 1].call_once(|| {
@@ -562,6 +575,11 @@ fn golden_files_are_reproduced_byte_for_byte() {
 #[test]
 fn golden_v2_files_are_reproduced_byte_for_byte() {
     check_reproduced_byte_for_byte(2);
+}
+
+#[test]
+fn golden_v3_files_are_reproduced_byte_for_byte() {
+    check_reproduced_byte_for_byte(3);
 }
 
 fn check_reproduced_byte_for_byte(version: u32) {
@@ -803,26 +821,12 @@ fn shm_prefix() -> Vec<u8> {
 /// Every generated seed: (path relative to fuzz/seeds, bytes).
 fn fuzz_seeds() -> Vec<(String, Vec<u8>)> {
     let golden = generate();
-    let get = |key: &str| {
-        golden
-            .files
-            .iter()
-            .find(|(k, _)| *k == key)
-            .unwrap()
-            .1
-            .clone()
-    };
+    let get = |key: &str| golden.file(key);
     let (snapshot, segment1, segment4) = (get(SNAPSHOT_KEY), get(SEGMENT1_KEY), get(SEGMENT4_KEY));
     let golden_v2 = generate_version(2);
-    let v2 = |key: &str| {
-        golden_v2
-            .files
-            .iter()
-            .find(|(k, _)| *k == key)
-            .unwrap()
-            .1
-            .clone()
-    };
+    let v2 = |key: &str| golden_v2.file(key);
+    let golden_v3 = generate_version(3);
+    let v3 = |key: &str| golden_v3.file(key);
     let mut seeds = vec![
         (
             "record_decode/golden-snapshot.wsnap".to_string(),
@@ -856,6 +860,15 @@ fn fuzz_seeds() -> Vec<(String, Vec<u8>)> {
         (
             "segment_replay/golden-v2-full.bin".to_string(),
             pack_replay_input(&v2(SNAPSHOT_KEY), &v2(SEGMENT1_KEY), 4, &v2(SEGMENT4_KEY)),
+        ),
+        // Format v3: as v2, records checked with XXH3.
+        (
+            "record_decode/golden-v3-0000000000000001.wseg".to_string(),
+            v3(SEGMENT1_KEY),
+        ),
+        (
+            "segment_replay/golden-v3-full.bin".to_string(),
+            pack_replay_input(&v3(SNAPSHOT_KEY), &v3(SEGMENT1_KEY), 4, &v3(SEGMENT4_KEY)),
         ),
         ("wal_frame/golden-wal-le.bin".to_string(), golden_wal(false)),
         ("wal_frame/golden-wal-be.bin".to_string(), golden_wal(true)),
@@ -936,6 +949,11 @@ fn golden_stream_verifies_and_replays() {
 #[test]
 fn golden_v2_stream_verifies_and_replays() {
     check_verifies_and_replays(2);
+}
+
+#[test]
+fn golden_v3_stream_verifies_and_replays() {
+    check_verifies_and_replays(3);
 }
 
 fn check_verifies_and_replays(version: u32) {
@@ -1113,11 +1131,11 @@ fn changed_version_byte_is_an_unknown_format_version() {
         let (_tmp, root) = golden_copy();
         let path = root.join(key);
         let mut bytes = fs::read(&path).unwrap();
-        bytes[8] = 3;
+        bytes[8] = 4;
         fs::write(&path, bytes).unwrap();
         assert_eq!(
             verify_error(&root).to_string(),
-            format!("{key}: unknown format version 3 (this build reads versions 1 and 2)"),
+            format!("{key}: unknown format version 4 (this build reads versions 1 to 3)"),
             "version changed in {key}"
         );
     }
@@ -1362,4 +1380,54 @@ fn flipped_byte_in_a_compressed_snapshot_chunk_is_named() {
             "byte {byte}: {e}"
         );
     }
+}
+
+/// Version 3 changed only the record checksum: the same records at the same offsets as in
+/// version 2, and each file's checks are XXH3-64 of the record bodies.
+#[test]
+fn golden_v3_holds_the_v2_records_checked_with_xxh3() {
+    for key in [SNAPSHOT_KEY, SEGMENT1_KEY, SEGMENT4_KEY] {
+        let v2 = fs::read(golden_dir_version(2).join(key)).unwrap();
+        let v3 = fs::read(golden_dir_version(3).join(key)).unwrap();
+        assert_eq!(v2.len(), v3.len(), "{key}");
+        assert_eq!(
+            records(&golden_dir_version(2).join(key)),
+            records(&golden_dir_version(3).join(key)),
+            "{key}"
+        );
+        // Walk the framing by hand: length, body, XXH3-64(body) little-endian.
+        let mut at = 16;
+        while at < v3.len() {
+            let len = u32::from_le_bytes(v3[at..at + 4].try_into().unwrap()) as usize;
+            let body = &v3[at + 4..at + 4 + len];
+            let check = &v3[at + 4 + len..at + 12 + len];
+            assert_eq!(
+                check,
+                xxhash_rust::xxh3::xxh3_64(body).to_le_bytes(),
+                "{key} at {at}"
+            );
+            at += 12 + len;
+        }
+        assert_eq!(at, v3.len(), "{key}");
+    }
+    let v2 = fs::read_to_string(golden_dir_version(2).join("expected.json")).unwrap();
+    let v3 = fs::read_to_string(golden_dir_version(3).join("expected.json")).unwrap();
+    assert_eq!(
+        v3.replace("\"format_version\": 3", "\"format_version\": 2"),
+        v2
+    );
+}
+
+/// A version 2 file relabelled version 3 fails on its first record's checksum.
+#[test]
+fn golden_v2_file_relabelled_v3_is_a_corrupt_record() {
+    let (_tmp, root) = golden_copy_version(2);
+    let path = root.join(SEGMENT1_KEY);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[8] = 3;
+    fs::write(&path, bytes).unwrap();
+    assert_eq!(
+        verify_error(&root).to_string(),
+        format!("{SEGMENT1_KEY}: record at offset 16: checksum mismatch (corrupt record)")
+    );
 }

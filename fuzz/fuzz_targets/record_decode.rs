@@ -71,7 +71,7 @@ fn roundtrip(record: &pb::Record, framed_len: u64, kind: FileKind) {
         return;
     }
     let mut buf = Vec::new();
-    encode_record(record, &mut buf);
+    encode_record(record, FORMAT_VERSION, &mut buf);
     let mut again = RecordReader::resume(&buf[..], kind, FORMAT_VERSION, 0);
     match again.next_record() {
         Ok(Some((0, decoded))) => assert_eq!(

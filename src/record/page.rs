@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use zstd_safe::{CCtx, DCtx};
 
-use super::frame::{encode_page_record_as, PageEncoding};
+use super::frame::{encode_page_record_as, PageEncoding, FORMAT_VERSION};
 use super::pb;
 use super::Hash;
 
@@ -103,6 +103,8 @@ pub enum EncoderMode {
 /// A writer's side of the page codec, for the segment it appends to.
 pub struct PageEncoder {
     mode: EncoderMode,
+    /// Format version of the segment the records go into (it chooses their checksum).
+    version: u32,
     kept: KeptPages,
     kept_bytes_max: usize,
     scratch: Vec<u8>,
@@ -123,8 +125,17 @@ impl std::fmt::Debug for PageEncoder {
 }
 
 impl PageEncoder {
+    /// An encoder for a segment of this build's format version (version 1 for `Raw`).
     pub fn new(mode: EncoderMode) -> Self {
         Self::with_kept_bytes_max(mode, KEPT_BYTES_MAX)
+    }
+
+    /// An encoder appending to an existing segment of format `version`.
+    pub fn for_version(version: u32, mode: EncoderMode) -> Self {
+        Self {
+            version,
+            ..Self::new(mode)
+        }
     }
 
     /// An encoder that keeps at most `kept_bytes_max` (at most `KEPT_BYTES_MAX`) bytes of pages.
@@ -135,6 +146,11 @@ impl PageEncoder {
         );
         Self {
             mode,
+            version: if mode == EncoderMode::Raw {
+                1
+            } else {
+                FORMAT_VERSION
+            },
             kept: KeptPages::default(),
             kept_bytes_max,
             scratch: Vec::new(),
@@ -146,16 +162,24 @@ impl PageEncoder {
         self.mode
     }
 
+    /// Format version of the segment this encoder appends to.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
     /// Bytes of page images kept for the current segment.
     pub fn kept_bytes(&self) -> usize {
         self.kept.bytes
     }
 
-    /// A segment this encoder writes from its header on: deltas are allowed.
-    pub fn start_segment(&mut self) {
+    /// A segment of format `version` (2 or later) that this encoder writes from its header on:
+    /// deltas are allowed.
+    pub fn start_segment(&mut self, version: u32) {
+        debug_assert!(version >= 2, "version 1 segments hold raw pages only");
         self.kept.clear();
         self.open = false;
         self.mode = EncoderMode::Delta;
+        self.version = version;
     }
 
     /// For the rest of the segment, no deltas and nothing kept: someone else appended to it, or
@@ -183,13 +207,14 @@ impl PageEncoder {
         self.open = true;
         let Self {
             mode,
+            version,
             kept,
             scratch,
             kept_bytes_max,
             ..
         } = self;
         if *mode == EncoderMode::Raw {
-            encode_page_record_as(pgno, PageEncoding::Raw, data, hash, false, out);
+            encode_page_record_as(pgno, PageEncoding::Raw, data, hash, false, *version, out);
             return;
         }
         let base = match *mode {
@@ -214,7 +239,7 @@ impl PageEncoder {
         };
         let keep =
             *mode == EncoderMode::Delta && kept.bytes_after(pgno, data.len()) <= *kept_bytes_max;
-        encode_page_record_as(pgno, encoding, content, hash, keep, out);
+        encode_page_record_as(pgno, encoding, content, hash, keep, *version, out);
         if keep {
             kept.keep(pgno, data, chain);
         }
@@ -407,9 +432,9 @@ mod tests {
 
     const PAGE: usize = 512;
 
-    /// The `Page` records of framed bytes.
-    fn pages(framed: &[u8]) -> Vec<pb::Page> {
-        let mut r = RecordReader::resume(framed, FileKind::Segment, 2, 0);
+    /// The `Page` records of bytes framed for a segment of format `version`.
+    fn pages(framed: &[u8], version: u32) -> Vec<pb::Page> {
+        let mut r = RecordReader::resume(framed, FileKind::Segment, version, 0);
         let mut out = Vec::new();
         while let Some((_, rec)) = r.next_record().unwrap() {
             let Some(Body::Page(p)) = rec.body else {
@@ -423,7 +448,7 @@ mod tests {
     fn encode(e: &mut PageEncoder, pgno: u32, data: &[u8]) -> pb::Page {
         let mut framed = Vec::new();
         e.encode(pgno, data, blake3::hash(data).as_bytes(), &mut framed);
-        pages(&framed).pop().unwrap()
+        pages(&framed, e.version()).pop().unwrap()
     }
 
     fn version(seed: u64, n: usize) -> Vec<u8> {
@@ -470,7 +495,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::NewSegment => {
-                        enc.start_segment();
+                        enc.start_segment(FORMAT_VERSION);
                         dec = PageDecoder::with_kept_bytes_max(2, cap);
                         chain.clear();
                     }

@@ -65,7 +65,7 @@ impl SpoolLock<'_> {
 
     fn append_record(&mut self, body: Body) -> Result<(), SpoolError> {
         let mut buf = Vec::new();
-        encode_record(&rec(body), &mut buf);
+        encode_record(&rec(body), self.tail_mut().segment_version, &mut buf);
         self.append(&buf)
     }
 
@@ -122,7 +122,7 @@ impl SpoolLock<'_> {
         t.segment_len = len;
         t.head_signed = false;
         t.segment_version = FORMAT_VERSION;
-        t.codec.0.start_segment();
+        t.codec.0.start_segment(FORMAT_VERSION);
         Ok(())
     }
 
@@ -189,7 +189,11 @@ impl SpoolLock<'_> {
         // Grows as pages arrive (up to APPEND_BUFFER_BYTES, then flushed): a 1-row transaction
         // does not pay for a 1 MiB allocation.
         let mut buf = Vec::with_capacity(8 << 10);
-        encode_record(&rec(Body::TxnBegin(pb::TxnBegin { seq })), &mut buf);
+        encode_record(
+            &rec(Body::TxnBegin(pb::TxnBegin { seq })),
+            tail.segment_version,
+            &mut buf,
+        );
         TxnAppender {
             seq,
             hasher,
@@ -292,7 +296,8 @@ impl SpoolLock<'_> {
             wal: Some(wal_to_pb(wal)),
             state_root: state_root.to_vec(),
         };
-        encode_record(&rec(Body::TxnCommit(commit)), &mut txn.buf);
+        let version = self.tail_mut().segment_version;
+        encode_record(&rec(Body::TxnCommit(commit)), version, &mut txn.buf);
         if let Err(e) = self.append(&txn.buf) {
             // The tree already holds this transaction: forget it, it is rebuilt when needed.
             self.spool.tree = None;
