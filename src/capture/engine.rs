@@ -370,7 +370,9 @@ impl Capture {
                 )
             }
         };
-        let next = match next {
+        let from = match next {
+            Continuation::Nothing => return Ok(()),
+            Continuation::From(cursor) => cursor,
             Continuation::IfFileIsTail { then, otherwise } => {
                 // Reads and hashes the whole file: only in the rare cases described above. A
                 // stream whose state cannot be read back (its spool directory was removed, say)
@@ -379,17 +381,15 @@ impl Capture {
                     Ok(stream_root) => file_state_root(io.db, tail_page_size)? == Some(stream_root),
                     Err(_) => false,
                 };
-                if same {
-                    then.map_or(Continuation::Nothing, Continuation::From)
-                } else {
-                    Continuation::Diverged(otherwise)
+                match (same, then) {
+                    (true, Some(cursor)) => cursor,
+                    (true, None) => return Ok(()),
+                    (false, _) => {
+                        drop(lock);
+                        return self.new_generation(io, limit, &otherwise);
+                    }
                 }
             }
-            other => other,
-        };
-        let from = match next {
-            Continuation::Nothing | Continuation::IfFileIsTail { .. } => return Ok(()),
-            Continuation::From(cursor) => cursor,
             Continuation::Diverged(reason) => {
                 drop(lock);
                 return self.new_generation(io, limit, &reason);
