@@ -632,103 +632,124 @@ fn replay_snapshot(
     let mut next_pgno = 1u32;
     let mut pages = Vec::new();
     let mut hashes = PageHashes::new();
-    let (hash, state_root) = loop {
-        let Some((offset, record)) = reader.next_record().map_err(rec_err)? else {
-            return Err(ctx.fail(
-                None,
-                None,
-                Some(reader.offset()),
-                "snapshot ends without its end record".into(),
-            ));
-        };
-        match record.body {
-            Some(Body::SnapshotChunk(c)) => {
-                if c.first_pgno != next_pgno {
-                    return Err(ctx.fail(
-                        None,
-                        Some(c.first_pgno),
-                        Some(offset),
-                        format!(
-                            "chunk starts at page {} but page {next_pgno} comes next",
-                            c.first_pgno
-                        ),
-                    ));
-                }
-                let data = if c.zstd.is_empty() {
-                    &c.data
-                } else if reader.version() < 2 || !c.data.is_empty() {
-                    let problem = if c.data.is_empty() {
-                        "version 2 chunk fields in a version 1 file"
-                    } else {
-                        "chunk holds both data and zstd"
-                    };
-                    return Err(ctx.fail(None, Some(c.first_pgno), Some(offset), problem.into()));
-                } else {
-                    let len = c.hashes.len().saturating_mul(page_size as usize);
-                    crate::record::page::decompress_chunk(&c.zstd, len, &mut pages).map_err(
-                        |problem| ctx.fail(None, Some(c.first_pgno), Some(offset), problem),
-                    )?;
-                    &pages
-                };
-                if data.len() != c.hashes.len() * page_size as usize {
-                    return Err(ctx.fail(
-                        None,
-                        Some(c.first_pgno),
-                        Some(offset),
-                        "chunk size does not match its page count".into(),
-                    ));
-                }
-                let count = c.hashes.len() as u32;
-                for (i, recorded) in c.hashes.into_iter().enumerate() {
-                    let pgno = c.first_pgno + i as u32;
-                    let data = &data[i * page_size as usize..(i + 1) * page_size as usize];
-                    hashes.push(pgno, offset, recorded.into(), data, &mut |h| {
-                        snapshot_page_hashed(&ctx, &mut hasher, &mut tree, h)
-                    })?;
-                    visitor.snapshot_page(pgno, data)?;
-                }
-                next_pgno += count;
-            }
-            Some(Body::SnapshotEnd(end)) => {
-                hashes.finish(&mut |h| snapshot_page_hashed(&ctx, &mut hasher, &mut tree, h))?;
-                let computed = hasher.finish();
-                if end.hash.as_slice() != computed {
-                    return Err(ctx.fail(
-                        None,
-                        None,
-                        Some(offset),
-                        format!(
-                            "snapshot hash mismatch: recorded {}, computed {}",
-                            hex(&end.hash),
-                            hex(&computed)
-                        ),
-                    ));
-                }
-                let state_root = tree.root();
-                if end.state_root.as_slice() != state_root {
-                    return Err(ctx.fail(
-                        None,
-                        None,
-                        Some(offset),
-                        format!(
-                            "state root mismatch: recorded {}, computed {}",
-                            hex(&end.state_root),
-                            hex(&state_root)
-                        ),
-                    ));
-                }
-                break (computed, state_root);
-            }
-            other => {
+    let ended = (|| -> Result<(u64, pb::SnapshotEnd), ReadError> {
+        loop {
+            let Some((offset, record)) = reader.next_record().map_err(rec_err)? else {
                 return Err(ctx.fail(
                     None,
                     None,
-                    Some(offset),
-                    format!("unexpected record in snapshot: {}", kind_name(&other)),
-                ))
+                    Some(reader.offset()),
+                    "snapshot ends without its end record".into(),
+                ));
+            };
+            match record.body {
+                Some(Body::SnapshotChunk(c)) => {
+                    if c.first_pgno != next_pgno {
+                        return Err(ctx.fail(
+                            None,
+                            Some(c.first_pgno),
+                            Some(offset),
+                            format!(
+                                "chunk starts at page {} but page {next_pgno} comes next",
+                                c.first_pgno
+                            ),
+                        ));
+                    }
+                    let data = if c.zstd.is_empty() {
+                        &c.data
+                    } else if reader.version() < 2 || !c.data.is_empty() {
+                        let problem = if c.data.is_empty() {
+                            "version 2 chunk fields in a version 1 file"
+                        } else {
+                            "chunk holds both data and zstd"
+                        };
+                        return Err(ctx.fail(
+                            None,
+                            Some(c.first_pgno),
+                            Some(offset),
+                            problem.into(),
+                        ));
+                    } else {
+                        let len = c.hashes.len().saturating_mul(page_size as usize);
+                        crate::record::page::decompress_chunk(&c.zstd, len, &mut pages).map_err(
+                            |problem| ctx.fail(None, Some(c.first_pgno), Some(offset), problem),
+                        )?;
+                        &pages
+                    };
+                    if data.len() != c.hashes.len() * page_size as usize {
+                        return Err(ctx.fail(
+                            None,
+                            Some(c.first_pgno),
+                            Some(offset),
+                            "chunk size does not match its page count".into(),
+                        ));
+                    }
+                    let count = c.hashes.len() as u32;
+                    for (i, recorded) in c.hashes.into_iter().enumerate() {
+                        let pgno = c.first_pgno + i as u32;
+                        let data = &data[i * page_size as usize..(i + 1) * page_size as usize];
+                        hashes.push(pgno, offset, recorded.into(), data, &mut |h| {
+                            snapshot_page_hashed(&ctx, &mut hasher, &mut tree, h)
+                        })?;
+                        if pgno == header.page_count {
+                            // Every page's hash is checked before the last page is handed
+                            // over (a validator runs its checks on the image then).
+                            hashes.finish(&mut |h| {
+                                snapshot_page_hashed(&ctx, &mut hasher, &mut tree, h)
+                            })?;
+                        }
+                        visitor.snapshot_page(pgno, data)?;
+                    }
+                    next_pgno += count;
+                }
+                Some(Body::SnapshotEnd(end)) => return Ok((offset, end)),
+                other => {
+                    return Err(ctx.fail(
+                        None,
+                        None,
+                        Some(offset),
+                        format!("unexpected record in snapshot: {}", kind_name(&other)),
+                    ))
+                }
             }
         }
+    })();
+    // A page hash mismatch in an earlier chunk is reported before whatever failed later.
+    let (offset, end) = match ended {
+        Ok(ended) => ended,
+        Err(e) => {
+            hashes.finish(&mut |h| snapshot_page_hashed(&ctx, &mut hasher, &mut tree, h))?;
+            return Err(e);
+        }
     };
+    hashes.finish(&mut |h| snapshot_page_hashed(&ctx, &mut hasher, &mut tree, h))?;
+    let computed = hasher.finish();
+    if end.hash.as_slice() != computed {
+        return Err(ctx.fail(
+            None,
+            None,
+            Some(offset),
+            format!(
+                "snapshot hash mismatch: recorded {}, computed {}",
+                hex(&end.hash),
+                hex(&computed)
+            ),
+        ));
+    }
+    let state_root = tree.root();
+    if end.state_root.as_slice() != state_root {
+        return Err(ctx.fail(
+            None,
+            None,
+            Some(offset),
+            format!(
+                "state root mismatch: recorded {}, computed {}",
+                hex(&end.state_root),
+                hex(&state_root)
+            ),
+        ));
+    }
+    let hash = computed;
     if next_pgno - 1 != header.page_count {
         return Err(ctx.fail(
             None,
@@ -831,255 +852,270 @@ fn replay_segment(
         Err(e) => return Err(e),
     };
     let mut txn: Option<OpenTxn> = None;
-    let mut first = true;
-    // Kept page versions, from this segment's first record on (record::page).
-    let mut pages = PageDecoder::new(reader.version());
-    loop {
-        let (offset, record) = match reader.next_record() {
-            Ok(Some(r)) => r,
-            Ok(None) => break,
-            Err(e) if e.is_torn_tail() && is_last => {
-                summary.torn_tail = Some(format!("{}: {e}", ctx.key));
-                return Ok(SegEnd::Open);
-            }
-            Err(source) => {
-                return Err(ReadError::Record {
-                    key: ctx.key.to_string(),
-                    source,
-                })
-            }
-        };
-        let body = record.body;
-        if first {
-            let Some(Body::SegmentHeader(h)) = &body else {
-                return Err(ctx.fail(
-                    None,
-                    None,
-                    Some(offset),
-                    "segment does not start with its header".into(),
-                ));
-            };
-            if skip.is_some() && h.first_seq == first_seq {
-                // Resuming inside this segment: its own header says where the chain stood.
-                summary.head_hash =
-                    hash32(ctx, &h.prev_hash, None, None, offset, "segment prev_hash")?;
-            }
-            check_segment_header(ctx, h, first_seq, summary, offset)?;
-            first = false;
-            continue;
-        }
-        match (body, txn.as_mut()) {
-            (Some(Body::TxnBegin(b)), None) => {
-                if b.seq != summary.last_seq + 1 {
-                    return Err(ctx.fail(
-                        Some(b.seq),
-                        None,
-                        Some(offset),
-                        format!(
-                            "txn {} follows txn {} (sequence gap or reordering)",
-                            b.seq, summary.last_seq
-                        ),
-                    ));
+    let result = (|| -> Result<SegEnd, ReadError> {
+        let mut first = true;
+        // Kept page versions, from this segment's first record on (record::page).
+        let mut pages = PageDecoder::new(reader.version());
+        loop {
+            let (offset, record) = match reader.next_record() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) if e.is_torn_tail() && is_last => {
+                    summary.torn_tail = Some(format!("{}: {e}", ctx.key));
+                    return Ok(SegEnd::Open);
                 }
-                hashes.discard();
-                txn = Some(OpenTxn {
-                    seq: b.seq,
-                    hasher: TxnHasher::new(ctx.generation, b.seq, &summary.head_hash),
-                    pages: Vec::new(),
-                });
-            }
-            (Some(Body::Page(p)), Some(t)) => {
-                if p.pgno == 0 {
-                    return Err(ctx.fail(Some(t.seq), None, Some(offset), "page number 0".into()));
-                }
-                let limit = if summary.page_size == 0 {
-                    PAGE_BYTES_MAX
-                } else {
-                    summary.page_size as usize
-                };
-                let data = pages.decode(&p, limit).map_err(|problem| {
-                    ctx.fail(Some(t.seq), Some(p.pgno), Some(offset), problem)
-                })?;
-                if data.len() != summary.page_size as usize && summary.page_size != 0 {
-                    return Err(ctx.fail(
-                        Some(t.seq),
-                        Some(p.pgno),
-                        Some(offset),
-                        format!(
-                            "page is {} bytes, the generation's pages are {}",
-                            data.len(),
-                            summary.page_size
-                        ),
-                    ));
-                }
-                let keep = skip.is_none();
-                hashes.push(p.pgno, offset, p.hash.clone(), data, &mut |h| {
-                    txn_page_hashed(ctx, t, keep, h)
-                })?;
-                if !keep {
-                    continue;
-                }
-                if summary.page_size == 0 {
-                    summary.page_size = data.len() as u32;
-                    tree.set_page_size(summary.page_size);
-                }
-                visitor.txn_page(t.seq, p.pgno, data)?;
-            }
-            (Some(Body::TxnCommit(c)), Some(_)) => {
-                let mut t = txn.take().expect("matched Some");
-                let keep = skip.is_none();
-                hashes.finish(&mut |h| txn_page_hashed(ctx, &mut t, keep, h))?;
-                if c.seq != t.seq {
-                    return Err(ctx.fail(
-                        Some(t.seq),
-                        None,
-                        Some(offset),
-                        format!("commit record says txn {}", c.seq),
-                    ));
-                }
-                if c.page_count != t.hasher.pages() {
-                    return Err(ctx.fail(
-                        Some(t.seq),
-                        None,
-                        Some(offset),
-                        format!(
-                            "commit counts {} pages, the stream holds {}",
-                            c.page_count,
-                            t.hasher.pages()
-                        ),
-                    ));
-                }
-                if let Some(s) = skip.as_ref() {
-                    let recorded =
-                        hash32(ctx, &c.state_root, Some(t.seq), None, offset, "state root")?;
-                    let computed = t
-                        .hasher
-                        .finish(c.db_size_pages, c.commit_time_ms, &recorded);
-                    check_chain_hash(ctx, t.seq, offset, &c.hash, &computed)?;
-                    summary.last_seq = c.seq;
-                    summary.head_hash = computed;
-                    if c.seq == s.through {
-                        if computed != s.head {
-                            return Err(ctx.fail(Some(t.seq), None, Some(offset), format!(
-                                "the stream changed: this transaction's hash is {}, it was {} when last read",
-                                hex(&computed), hex(&s.head)
-                            )));
-                        }
-                        summary.state_root = recorded;
-                        summary.last_commit_ms = c.commit_time_ms;
-                        summary.db_size_pages = c.db_size_pages;
-                        *skip = None;
-                    }
-                    continue;
-                }
-                for &(pgno, hash) in &t.pages {
-                    tree.set_page(pgno, hash);
-                }
-                tree.resize(c.db_size_pages);
-                let state_root = tree.root();
-                if c.state_root.as_slice() != state_root {
-                    return Err(ctx.fail(
-                        Some(t.seq),
-                        None,
-                        Some(offset),
-                        format!(
-                            "state root mismatch: recorded {}, computed {}",
-                            hex(&c.state_root),
-                            hex(&state_root)
-                        ),
-                    ));
-                }
-                let computed = t
-                    .hasher
-                    .finish(c.db_size_pages, c.commit_time_ms, &state_root);
-                check_chain_hash(ctx, t.seq, offset, &c.hash, &computed)?;
-                visitor.txn_commit(&c)?;
-                summary.last_seq = c.seq;
-                summary.head_hash = computed;
-                summary.last_commit_ms = c.commit_time_ms;
-                summary.db_size_pages = c.db_size_pages;
-                summary.state_root = state_root;
-                if limit == ReplayLimit::Txn(c.seq) {
-                    return Ok(SegEnd::Stopped);
-                }
-            }
-            (Some(Body::WalReset(_)), None) => {}
-            (Some(Body::HeadSignature(sig)), None) => {
-                if skip.is_none() {
-                    let at = ctx.chain_point(summary, offset);
-                    visitor.head_signature(&sig, &at)?;
-                }
-            }
-            (Some(Body::SegmentEnd(e)), None) => {
-                if e.next_seq != summary.last_seq + 1 {
-                    return Err(ctx.fail(
-                        None,
-                        None,
-                        Some(offset),
-                        format!(
-                            "segment end names txn {} as next, expected {}",
-                            e.next_seq,
-                            summary.last_seq + 1
-                        ),
-                    ));
-                }
-                if reader
-                    .next_record()
-                    .map_err(|source| ReadError::Record {
+                Err(source) => {
+                    return Err(ReadError::Record {
                         key: ctx.key.to_string(),
                         source,
-                    })?
-                    .is_some()
-                {
+                    })
+                }
+            };
+            let body = record.body;
+            if first {
+                let Some(Body::SegmentHeader(h)) = &body else {
                     return Err(ctx.fail(
                         None,
                         None,
-                        Some(reader.offset()),
-                        "records after the segment's end".into(),
+                        Some(offset),
+                        "segment does not start with its header".into(),
+                    ));
+                };
+                if skip.is_some() && h.first_seq == first_seq {
+                    // Resuming inside this segment: its own header says where the chain stood.
+                    summary.head_hash =
+                        hash32(ctx, &h.prev_hash, None, None, offset, "segment prev_hash")?;
+                }
+                check_segment_header(ctx, h, first_seq, summary, offset)?;
+                first = false;
+                continue;
+            }
+            match (body, txn.as_mut()) {
+                (Some(Body::TxnBegin(b)), None) => {
+                    if b.seq != summary.last_seq + 1 {
+                        return Err(ctx.fail(
+                            Some(b.seq),
+                            None,
+                            Some(offset),
+                            format!(
+                                "txn {} follows txn {} (sequence gap or reordering)",
+                                b.seq, summary.last_seq
+                            ),
+                        ));
+                    }
+                    hashes.discard();
+                    txn = Some(OpenTxn {
+                        seq: b.seq,
+                        hasher: TxnHasher::new(ctx.generation, b.seq, &summary.head_hash),
+                        pages: Vec::new(),
+                    });
+                }
+                (Some(Body::Page(p)), Some(t)) => {
+                    if p.pgno == 0 {
+                        return Err(ctx.fail(
+                            Some(t.seq),
+                            None,
+                            Some(offset),
+                            "page number 0".into(),
+                        ));
+                    }
+                    let limit = if summary.page_size == 0 {
+                        PAGE_BYTES_MAX
+                    } else {
+                        summary.page_size as usize
+                    };
+                    let data = pages.decode(&p, limit).map_err(|problem| {
+                        ctx.fail(Some(t.seq), Some(p.pgno), Some(offset), problem)
+                    })?;
+                    if data.len() != summary.page_size as usize && summary.page_size != 0 {
+                        return Err(ctx.fail(
+                            Some(t.seq),
+                            Some(p.pgno),
+                            Some(offset),
+                            format!(
+                                "page is {} bytes, the generation's pages are {}",
+                                data.len(),
+                                summary.page_size
+                            ),
+                        ));
+                    }
+                    let keep = skip.is_none();
+                    hashes.push(p.pgno, offset, p.hash.clone(), data, &mut |h| {
+                        txn_page_hashed(ctx, t, keep, h)
+                    })?;
+                    if !keep {
+                        continue;
+                    }
+                    if summary.page_size == 0 {
+                        summary.page_size = data.len() as u32;
+                        tree.set_page_size(summary.page_size);
+                    }
+                    visitor.txn_page(t.seq, p.pgno, data)?;
+                }
+                (Some(Body::TxnCommit(c)), Some(_)) => {
+                    let mut t = txn.take().expect("matched Some");
+                    let keep = skip.is_none();
+                    hashes.finish(&mut |h| txn_page_hashed(ctx, &mut t, keep, h))?;
+                    if c.seq != t.seq {
+                        return Err(ctx.fail(
+                            Some(t.seq),
+                            None,
+                            Some(offset),
+                            format!("commit record says txn {}", c.seq),
+                        ));
+                    }
+                    if c.page_count != t.hasher.pages() {
+                        return Err(ctx.fail(
+                            Some(t.seq),
+                            None,
+                            Some(offset),
+                            format!(
+                                "commit counts {} pages, the stream holds {}",
+                                c.page_count,
+                                t.hasher.pages()
+                            ),
+                        ));
+                    }
+                    if let Some(s) = skip.as_ref() {
+                        let recorded =
+                            hash32(ctx, &c.state_root, Some(t.seq), None, offset, "state root")?;
+                        let computed =
+                            t.hasher
+                                .finish(c.db_size_pages, c.commit_time_ms, &recorded);
+                        check_chain_hash(ctx, t.seq, offset, &c.hash, &computed)?;
+                        summary.last_seq = c.seq;
+                        summary.head_hash = computed;
+                        if c.seq == s.through {
+                            if computed != s.head {
+                                return Err(ctx.fail(Some(t.seq), None, Some(offset), format!(
+                                    "the stream changed: this transaction's hash is {}, it was {} when last read",
+                                    hex(&computed), hex(&s.head)
+                                )));
+                            }
+                            summary.state_root = recorded;
+                            summary.last_commit_ms = c.commit_time_ms;
+                            summary.db_size_pages = c.db_size_pages;
+                            *skip = None;
+                        }
+                        continue;
+                    }
+                    for &(pgno, hash) in &t.pages {
+                        tree.set_page(pgno, hash);
+                    }
+                    tree.resize(c.db_size_pages);
+                    let state_root = tree.root();
+                    if c.state_root.as_slice() != state_root {
+                        return Err(ctx.fail(
+                            Some(t.seq),
+                            None,
+                            Some(offset),
+                            format!(
+                                "state root mismatch: recorded {}, computed {}",
+                                hex(&c.state_root),
+                                hex(&state_root)
+                            ),
+                        ));
+                    }
+                    let computed = t
+                        .hasher
+                        .finish(c.db_size_pages, c.commit_time_ms, &state_root);
+                    check_chain_hash(ctx, t.seq, offset, &c.hash, &computed)?;
+                    visitor.txn_commit(&c)?;
+                    summary.last_seq = c.seq;
+                    summary.head_hash = computed;
+                    summary.last_commit_ms = c.commit_time_ms;
+                    summary.db_size_pages = c.db_size_pages;
+                    summary.state_root = state_root;
+                    if limit == ReplayLimit::Txn(c.seq) {
+                        return Ok(SegEnd::Stopped);
+                    }
+                }
+                (Some(Body::WalReset(_)), None) => {}
+                (Some(Body::HeadSignature(sig)), None) => {
+                    if skip.is_none() {
+                        let at = ctx.chain_point(summary, offset);
+                        visitor.head_signature(&sig, &at)?;
+                    }
+                }
+                (Some(Body::SegmentEnd(e)), None) => {
+                    if e.next_seq != summary.last_seq + 1 {
+                        return Err(ctx.fail(
+                            None,
+                            None,
+                            Some(offset),
+                            format!(
+                                "segment end names txn {} as next, expected {}",
+                                e.next_seq,
+                                summary.last_seq + 1
+                            ),
+                        ));
+                    }
+                    if reader
+                        .next_record()
+                        .map_err(|source| ReadError::Record {
+                            key: ctx.key.to_string(),
+                            source,
+                        })?
+                        .is_some()
+                    {
+                        return Err(ctx.fail(
+                            None,
+                            None,
+                            Some(reader.offset()),
+                            "records after the segment's end".into(),
+                        ));
+                    }
+                    if skip.is_none() {
+                        let at = ctx.chain_point(summary, offset);
+                        visitor.segment_sealed(&at)?;
+                    }
+                    return Ok(match e.reason() {
+                        Reason::Rolled => SegEnd::Rolled {
+                            next_seq: e.next_seq,
+                        },
+                        _ => {
+                            summary.ended = true;
+                            SegEnd::NewGeneration
+                        }
+                    });
+                }
+                (other, open) => {
+                    return Err(ctx.fail(
+                        open.map(|t| t.seq),
+                        None,
+                        Some(offset),
+                        format!("unexpected {} record here", kind_name(&other)),
                     ));
                 }
-                if skip.is_none() {
-                    let at = ctx.chain_point(summary, offset);
-                    visitor.segment_sealed(&at)?;
-                }
-                return Ok(match e.reason() {
-                    Reason::Rolled => SegEnd::Rolled {
-                        next_seq: e.next_seq,
-                    },
-                    _ => {
-                        summary.ended = true;
-                        SegEnd::NewGeneration
-                    }
-                });
             }
-            (other, open) => {
+        }
+        if first {
+            return Err(ctx.fail(None, None, None, "segment holds no header".into()));
+        }
+        if let Some(t) = &txn {
+            if !is_last {
                 return Err(ctx.fail(
-                    open.map(|t| t.seq),
+                    Some(t.seq),
                     None,
-                    Some(offset),
-                    format!("unexpected {} record here", kind_name(&other)),
+                    None,
+                    "transaction has no commit record".into(),
                 ));
             }
-        }
-    }
-    if first {
-        return Err(ctx.fail(None, None, None, "segment holds no header".into()));
-    }
-    if let Some(t) = txn {
-        if !is_last {
-            return Err(ctx.fail(
-                Some(t.seq),
-                None,
-                None,
-                "transaction has no commit record".into(),
+            summary.torn_tail = Some(format!(
+                "{}: txn {} is incomplete (a writer stopped mid-append)",
+                ctx.key, t.seq
             ));
         }
-        summary.torn_tail = Some(format!(
-            "{}: txn {} is incomplete (a writer stopped mid-append)",
-            ctx.key, t.seq
-        ));
+        Ok(SegEnd::Open)
+    })();
+    // The hashes still outstanding for a transaction left open (whatever ended the segment: a
+    // later record that does not decode, a torn tail, a missing commit) are checked first, so
+    // that a page hash mismatch earlier in it is the failure reported, as it was found first.
+    if let Some(t) = txn.as_mut() {
+        let keep = skip.is_none();
+        hashes.finish(&mut |h| txn_page_hashed(ctx, t, keep, h))?;
     }
-    Ok(SegEnd::Open)
+    result
 }
 
 fn check_segment_header(

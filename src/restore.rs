@@ -105,14 +105,36 @@ impl<'a> PageWriter<'a> {
     }
 
     fn write(&mut self, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
-        self.pages = self.pages.max(u64::from(pgno));
         let size = self.page_size as usize;
+        let at = u64::from(pgno);
         if data.len() != size || size == 0 {
             // Not this generation's page size (replay refuses that before it gets here): never
             // held, written on its own.
             self.flush()?;
+            self.pages = self.pages.max(at);
             let size = if size == 0 { data.len() } else { size };
-            return self.write_at((u64::from(pgno) - 1) * size as u64, data);
+            return self.write_at((at - 1) * size as u64, data);
+        }
+        let gathered = (self.run.len() / size) as u64;
+        if (self.run_first..self.run_first + gathered).contains(&at) {
+            // A newer version of a page of the growing run, not written yet.
+            let i = ((at - self.run_first) as usize) * size;
+            self.run[i..i + size].copy_from_slice(data);
+            return Ok(());
+        }
+        if at > self.pages {
+            // The database grows: pages past every page so far are gathered into runs and
+            // written as they come (a growing database would otherwise pass through `slots`).
+            if self.run.is_empty()
+                || at != self.run_first + gathered
+                || self.run.len() + size > WRITE_RUN_BYTES
+            {
+                self.write_run()?;
+                self.run_first = at;
+            }
+            self.run.extend_from_slice(data);
+            self.pages = at;
+            return Ok(());
         }
         if let Some(&slot) = self.held.get(&pgno) {
             self.slots[slot * size..(slot + 1) * size].copy_from_slice(data);
@@ -128,19 +150,38 @@ impl<'a> PageWriter<'a> {
 
     /// Writes every held page, in page order, and forgets them.
     fn flush(&mut self) -> Result<(), ReadError> {
+        self.write_run()?;
         let size = self.page_size as usize;
         let mut order: Vec<(u32, usize)> = self.held.drain().collect();
         order.sort_unstable();
-        for (pgno, slot) in order {
-            let pgno = u64::from(pgno);
+        let mut i = 0;
+        while i < order.len() {
+            let (pgno, slot) = order[i];
+            // Consecutive pages in consecutive slots (they came in order, as a growing
+            // database's pages do) are written straight from `slots`, without a copy.
+            let mut n = 1;
+            while i + n < order.len()
+                && u64::from(order[i + n].0) == u64::from(pgno) + n as u64
+                && order[i + n].1 == slot + n
+            {
+                n += 1;
+            }
+            i += n;
+            let offset = u64::from(pgno - 1) * self.page_size;
+            if n > 1 {
+                self.write_run()?;
+                self.write_at(offset, &self.slots[slot * size..(slot + n) * size])?;
+                continue;
+            }
             let gathered = (self.run.len() / size) as u64;
             if !self.run.is_empty()
-                && (pgno != self.run_first + gathered || self.run.len() + size > WRITE_RUN_BYTES)
+                && (u64::from(pgno) != self.run_first + gathered
+                    || self.run.len() + size > WRITE_RUN_BYTES)
             {
                 self.write_run()?;
             }
             if self.run.is_empty() {
-                self.run_first = pgno;
+                self.run_first = u64::from(pgno);
             }
             self.run
                 .extend_from_slice(&self.slots[slot * size..(slot + 1) * size]);

@@ -332,3 +332,63 @@ fn output_to_a_closed_pipe_stops_quietly() {
         );
     }
 }
+
+/// Replay hashes the pages of a big transaction on a helper thread; a page hash mismatch must
+/// still be the failure reported when a later page of the same transaction fails too (it does
+/// not decode, or the segment ends there), as it was when every page was hashed in turn.
+#[test]
+fn earliest_failure_in_a_big_transaction_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let conn = open_captured(&db, "");
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(x);
+         BEGIN; WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 150)
+         INSERT INTO t SELECT randomblob(3000) FROM c; COMMIT;",
+    )
+    .unwrap();
+    drop(conn);
+    let target = PathBuf::from(format!("{}-walstream", db.display()));
+    let segment = target.join("generations/0000000000000001/0000000000000001.wseg");
+    let recs = records(&segment);
+    let begin = recs
+        .iter()
+        .rposition(|r| matches!(r.body, Some(Body::TxnBegin(_))))
+        .unwrap();
+    let page_at = |k: usize| begin + 1 + k;
+    assert!(
+        recs[page_at(120)..]
+            .iter()
+            .filter(|r| matches!(r.body, Some(Body::Page(_))))
+            .count()
+            > 1,
+        "the transaction holds more than 120 pages"
+    );
+    // Page 40 of the transaction: its image altered and stored raw (only its hash can tell).
+    let mut altered = recs.clone();
+    let mut pages = walstream::record::page::PageDecoder::new(walstream::record::FORMAT_VERSION);
+    let mut image = Vec::new();
+    for r in &recs[..=page_at(40)] {
+        if let Some(Body::Page(p)) = &r.body {
+            image = pages.decode(p, 65536).unwrap().to_vec();
+        }
+    }
+    let Some(Body::Page(p)) = &mut altered[page_at(40)].body else {
+        panic!("not a page")
+    };
+    image[100] ^= 0xff;
+    (p.data, p.zstd, p.zstd_delta) = (image.into(), Default::default(), Default::default());
+    let pgno = p.pgno;
+    let expected = format!("page {pgno}");
+    // Then page 120 does not decode...
+    let mut undecodable = altered.clone();
+    let Some(Body::Page(p)) = &mut undecodable[page_at(120)].body else {
+        panic!("not a page")
+    };
+    (p.data, p.zstd, p.zstd_delta) = (Default::default(), vec![1, 2, 3].into(), Default::default());
+    rewrite(&segment, &undecodable);
+    verify_fails_with(&target, &[&expected, "page hash mismatch"]);
+    // ... or the segment ends inside the transaction, after page 120.
+    rewrite(&segment, &altered[..page_at(121)]);
+    verify_fails_with(&target, &[&expected, "page hash mismatch"]);
+}
