@@ -20,7 +20,7 @@ use crate::record::chain::page_hash;
 use crate::record::Hash;
 
 /// Pages of a run hashed on the caller's thread before any is handed to the helper.
-const INLINE_PAGES: usize = 16;
+const INLINE_PAGES: usize = 64;
 /// Pages per batch handed to the helper.
 const BATCH_PAGES: usize = 64;
 /// Batches handed to the helper and not taken back yet, at most: with the batch being filled,
