@@ -82,7 +82,7 @@ pub const SHIP_WORKLOADS: [Workload; 3] =
     [Workload::Txn1Normal, Workload::Txn100, Workload::OrderBook];
 
 /// `WALSTREAM_SEAL_MS` settings of the S3 section: walstream's default (10 ms) and one second
-/// (Litestream's sync interval). Each sealed segment starts its page bases afresh (format v2), so
+/// (Litestream's sync interval). Each sealed segment starts its page bases afresh (format v2 and later), so
 /// the seal interval trades lag for bytes.
 pub const SHIP_SEAL_MS: [Option<u64>; 2] = [None, Some(1000)];
 
@@ -144,7 +144,7 @@ fn render_ship(d: &Driver, res: &Results, s: &mut String) {
          uploaded (polled every 2 ms). Uploaded: bytes the shipper sent during the body and the wait, \
          ÷ transactions. The shipper uploads a segment once it is sealed, and seals the active segment \
          once its oldest transaction waited `WALSTREAM_SEAL_MS` (docs/S3.md); every segment starts \
-         its page bases afresh (format v2: a segment decodes alone), so a short interval buys lag \
+         its page bases afresh (format v2 and later: a segment decodes alone), so a short interval buys lag \
          with bytes: measured at walstream's default and at one second (Litestream's interval).\n"
     );
     let _ = writeln!(
