@@ -714,17 +714,12 @@ fn replay_snapshot(
             }
         }
     })();
-    // A page hash mismatch in an earlier chunk is reported before whatever failed later.
-    let (offset, end) = match ended {
-        Ok(ended) => ended,
-        Err(e) => {
-            hashes.finish(&mut |h| snapshot_page_hashed(&ctx, &mut hasher, &mut tree, h))?;
-            return Err(e);
-        }
-    };
+    // The hashes still outstanding are checked first, so that a page hash mismatch in an
+    // earlier chunk is reported before whatever failed later.
     hashes.finish(&mut |h| snapshot_page_hashed(&ctx, &mut hasher, &mut tree, h))?;
-    let computed = hasher.finish();
-    if end.hash.as_slice() != computed {
+    let (offset, end) = ended?;
+    let hash = hasher.finish();
+    if end.hash.as_slice() != hash {
         return Err(ctx.fail(
             None,
             None,
@@ -732,7 +727,7 @@ fn replay_snapshot(
             format!(
                 "snapshot hash mismatch: recorded {}, computed {}",
                 hex(&end.hash),
-                hex(&computed)
+                hex(&hash)
             ),
         ));
     }
@@ -749,7 +744,6 @@ fn replay_snapshot(
             ),
         ));
     }
-    let hash = computed;
     if next_pgno - 1 != header.page_count {
         return Err(ctx.fail(
             None,

@@ -125,14 +125,7 @@ impl<'a> PageWriter<'a> {
         if at > self.pages {
             // The database grows: pages past every page so far are gathered into runs and
             // written as they come (a growing database would otherwise pass through `slots`).
-            if self.run.is_empty()
-                || at != self.run_first + gathered
-                || self.run.len() + size > WRITE_RUN_BYTES
-            {
-                self.write_run()?;
-                self.run_first = at;
-            }
-            self.run.extend_from_slice(data);
+            self.gather(at, data)?;
             self.pages = at;
             return Ok(());
         }
@@ -152,42 +145,31 @@ impl<'a> PageWriter<'a> {
     fn flush(&mut self) -> Result<(), ReadError> {
         self.write_run()?;
         let size = self.page_size as usize;
+        let slots = std::mem::take(&mut self.slots);
         let mut order: Vec<(u32, usize)> = self.held.drain().collect();
         order.sort_unstable();
-        let mut i = 0;
-        while i < order.len() {
-            let (pgno, slot) = order[i];
-            // Consecutive pages in consecutive slots (they came in order, as a growing
-            // database's pages do) are written straight from `slots`, without a copy.
-            let mut n = 1;
-            while i + n < order.len()
-                && u64::from(order[i + n].0) == u64::from(pgno) + n as u64
-                && order[i + n].1 == slot + n
-            {
-                n += 1;
-            }
-            i += n;
-            let offset = u64::from(pgno - 1) * self.page_size;
-            if n > 1 {
-                self.write_run()?;
-                self.write_at(offset, &self.slots[slot * size..(slot + n) * size])?;
-                continue;
-            }
-            let gathered = (self.run.len() / size) as u64;
-            if !self.run.is_empty()
-                && (u64::from(pgno) != self.run_first + gathered
-                    || self.run.len() + size > WRITE_RUN_BYTES)
-            {
-                self.write_run()?;
-            }
-            if self.run.is_empty() {
-                self.run_first = u64::from(pgno);
-            }
-            self.run
-                .extend_from_slice(&self.slots[slot * size..(slot + 1) * size]);
+        for (pgno, slot) in order {
+            self.gather(u64::from(pgno), &slots[slot * size..(slot + 1) * size])?;
         }
         self.write_run()?;
+        self.slots = slots;
         self.slots.clear();
+        Ok(())
+    }
+
+    /// Adds page `pgno` to the run being gathered, writing the run first if the page does not
+    /// extend it or would take it past `WRITE_RUN_BYTES`.
+    fn gather(&mut self, pgno: u64, data: &[u8]) -> Result<(), ReadError> {
+        let gathered = (self.run.len() / data.len()) as u64;
+        if !self.run.is_empty()
+            && (pgno != self.run_first + gathered || self.run.len() + data.len() > WRITE_RUN_BYTES)
+        {
+            self.write_run()?;
+        }
+        if self.run.is_empty() {
+            self.run_first = pgno;
+        }
+        self.run.extend_from_slice(data);
         Ok(())
     }
 

@@ -261,7 +261,7 @@ fn page_record(
         return rec(Body::Page(page));
     }
     let mut framed = Vec::new();
-    encoder.encode(pgno, &data, &hash, &mut framed);
+    encoder.encode(pgno, &data, &hash, version, &mut framed);
     let mut r = RecordReader::resume(&framed[..], FileKind::Segment, version, 0);
     let (_, record) = r.next_record().unwrap().unwrap();
     assert!(r.next_record().unwrap().is_none());
@@ -269,8 +269,7 @@ fn page_record(
 }
 
 fn generate_version(version: u32) -> Golden {
-    let mut encoder =
-        PageEncoder::for_version(version, walstream::record::page::EncoderMode::Delta);
+    let mut encoder = PageEncoder::new(walstream::record::page::EncoderMode::Delta);
     // Snapshot: header, a chunk of pages 1-2, a chunk of page 3, end.
     let snapshot_pages: Vec<Vec<u8>> = SNAPSHOT_SEEDS.iter().map(|&s| page(s)).collect();
     let mut snapshot_hasher = SnapshotHasher::new(GENERATION, PAGE_SIZE, None);
@@ -342,9 +341,7 @@ fn generate_version(version: u32) -> Golden {
                     next_seq: t.seq,
                 })));
             }
-            if version >= 2 {
-                encoder.start_segment(version);
-            }
+            encoder.start_segment();
             segments.push(vec![rec(Body::SegmentHeader(pb::SegmentHeader {
                 generation: GENERATION,
                 first_seq: t.seq,

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use zstd_safe::{CCtx, DCtx};
 
-use super::frame::{encode_page_record_as, PageEncoding, FORMAT_VERSION};
+use super::frame::{encode_page_record_as, PageEncoding};
 use super::pb;
 use super::Hash;
 
@@ -103,8 +103,6 @@ pub enum EncoderMode {
 /// A writer's side of the page codec, for the segment it appends to.
 pub struct PageEncoder {
     mode: EncoderMode,
-    /// Format version of the segment the records go into (it chooses their checksum).
-    version: u32,
     kept: KeptPages,
     kept_bytes_max: usize,
     scratch: Vec<u8>,
@@ -125,17 +123,8 @@ impl std::fmt::Debug for PageEncoder {
 }
 
 impl PageEncoder {
-    /// An encoder for a segment of this build's format version (version 1 for `Raw`).
     pub fn new(mode: EncoderMode) -> Self {
         Self::with_kept_bytes_max(mode, KEPT_BYTES_MAX)
-    }
-
-    /// An encoder appending to an existing segment of format `version`.
-    pub fn for_version(version: u32, mode: EncoderMode) -> Self {
-        Self {
-            version,
-            ..Self::new(mode)
-        }
     }
 
     /// An encoder that keeps at most `kept_bytes_max` (at most `KEPT_BYTES_MAX`) bytes of pages.
@@ -146,11 +135,6 @@ impl PageEncoder {
         );
         Self {
             mode,
-            version: if mode == EncoderMode::Raw {
-                1
-            } else {
-                FORMAT_VERSION
-            },
             kept: KeptPages::default(),
             kept_bytes_max,
             scratch: Vec::new(),
@@ -162,24 +146,16 @@ impl PageEncoder {
         self.mode
     }
 
-    /// Format version of the segment this encoder appends to.
-    pub fn version(&self) -> u32 {
-        self.version
-    }
-
     /// Bytes of page images kept for the current segment.
     pub fn kept_bytes(&self) -> usize {
         self.kept.bytes
     }
 
-    /// A segment of format `version` (2 or later) that this encoder writes from its header on:
-    /// deltas are allowed.
-    pub fn start_segment(&mut self, version: u32) {
-        debug_assert!(version >= 2, "version 1 segments hold raw pages only");
+    /// A segment this encoder writes from its header on: deltas are allowed.
+    pub fn start_segment(&mut self) {
         self.kept.clear();
         self.open = false;
         self.mode = EncoderMode::Delta;
-        self.version = version;
     }
 
     /// For the rest of the segment, no deltas and nothing kept: someone else appended to it, or
@@ -202,19 +178,19 @@ impl PageEncoder {
         self.open = false;
     }
 
-    /// Appends one framed `Page` record of `data` (whose hash is `hash`) to `out`.
-    pub fn encode(&mut self, pgno: u32, data: &[u8], hash: &Hash, out: &mut Vec<u8>) {
+    /// Appends one framed `Page` record of `data` (whose hash is `hash`) to `out`, framed for a
+    /// segment of format `version`.
+    pub fn encode(&mut self, pgno: u32, data: &[u8], hash: &Hash, version: u32, out: &mut Vec<u8>) {
         self.open = true;
         let Self {
             mode,
-            version,
             kept,
             scratch,
             kept_bytes_max,
             ..
         } = self;
         if *mode == EncoderMode::Raw {
-            encode_page_record_as(pgno, PageEncoding::Raw, data, hash, false, *version, out);
+            encode_page_record_as(pgno, PageEncoding::Raw, data, hash, false, version, out);
             return;
         }
         let base = match *mode {
@@ -239,7 +215,7 @@ impl PageEncoder {
         };
         let keep =
             *mode == EncoderMode::Delta && kept.bytes_after(pgno, data.len()) <= *kept_bytes_max;
-        encode_page_record_as(pgno, encoding, content, hash, keep, *version, out);
+        encode_page_record_as(pgno, encoding, content, hash, keep, version, out);
         if keep {
             kept.keep(pgno, data, chain);
         }
@@ -425,7 +401,7 @@ pub fn stored_page_len(p: &pb::Page) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::frame::RecordReader;
+    use crate::record::frame::{RecordReader, FORMAT_VERSION};
     use crate::record::pb::record::Body;
     use crate::record::FileKind;
     use proptest::prelude::*;
@@ -447,8 +423,20 @@ mod tests {
 
     fn encode(e: &mut PageEncoder, pgno: u32, data: &[u8]) -> pb::Page {
         let mut framed = Vec::new();
-        e.encode(pgno, data, blake3::hash(data).as_bytes(), &mut framed);
-        pages(&framed, e.version()).pop().unwrap()
+        // A raw encoder writes version 1 segments; the others this build's version.
+        let version = if e.mode() == EncoderMode::Raw {
+            1
+        } else {
+            FORMAT_VERSION
+        };
+        e.encode(
+            pgno,
+            data,
+            blake3::hash(data).as_bytes(),
+            version,
+            &mut framed,
+        );
+        pages(&framed, version).pop().unwrap()
     }
 
     fn version(seed: u64, n: usize) -> Vec<u8> {
@@ -495,7 +483,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::NewSegment => {
-                        enc.start_segment(FORMAT_VERSION);
+                        enc.start_segment();
                         dec = PageDecoder::with_kept_bytes_max(2, cap);
                         chain.clear();
                     }

@@ -56,13 +56,17 @@ impl SegmentCodec {
         } else {
             EncoderMode::Standalone
         };
-        SegmentCodec(PageEncoder::for_version(version, mode))
+        SegmentCodec(PageEncoder::new(mode))
     }
 }
 
 impl Clone for SegmentCodec {
     fn clone(&self) -> Self {
-        SegmentCodec::found(self.0.version())
+        let mode = match self.0.mode() {
+            EncoderMode::Raw => EncoderMode::Raw,
+            _ => EncoderMode::Standalone,
+        };
+        SegmentCodec(PageEncoder::new(mode))
     }
 }
 
@@ -538,7 +542,7 @@ pub(crate) fn scan_segment(
         // this process's spool is the common case: without this, capture would store every
         // page of it standalone.
         if tail.segment_version >= 2 {
-            tail.codec.0.start_segment(tail.segment_version);
+            tail.codec.0.start_segment();
         }
     }
     Ok(end)

@@ -122,7 +122,7 @@ impl SpoolLock<'_> {
         t.segment_len = len;
         t.head_signed = false;
         t.segment_version = FORMAT_VERSION;
-        t.codec.0.start_segment(FORMAT_VERSION);
+        t.codec.0.start_segment();
         Ok(())
     }
 
@@ -247,7 +247,9 @@ impl SpoolLock<'_> {
             txn.buf.clear();
         }
         let tail = self.spool.tail.as_mut().expect("a generation is open");
-        tail.codec.0.encode(pgno, data, &hash, &mut txn.buf);
+        tail.codec
+            .0
+            .encode(pgno, data, &hash, tail.segment_version, &mut txn.buf);
         Ok(())
     }
 
