@@ -42,6 +42,9 @@ pub enum ReadError {
     },
     #[error("output: {0}")]
     Output(std::io::Error),
+    /// A state tree's scratch file failed (only trees told to spill have one).
+    #[error("{0}")]
+    StateTree(std::io::Error),
 }
 
 /// Where and what an integrity failure is.
@@ -431,7 +434,7 @@ pub fn replay_after(
         db_size_pages: tree.page_count(),
         torn_tail: None,
         ended: false,
-        state_root: tree.root(),
+        state_root: tree.root().map_err(ReadError::StateTree)?,
     };
     replay_segments(
         target,
@@ -731,7 +734,7 @@ fn replay_snapshot(
             ),
         ));
     }
-    let state_root = tree.root();
+    let state_root = tree.root().map_err(ReadError::StateTree)?;
     if end.state_root.as_slice() != state_root {
         return Err(ctx.fail(
             None,
@@ -997,7 +1000,7 @@ fn replay_segment(
                         tree.set_page(pgno, hash);
                     }
                     tree.resize(c.db_size_pages);
-                    let state_root = tree.root();
+                    let state_root = tree.root().map_err(ReadError::StateTree)?;
                     if c.state_root.as_slice() != state_root {
                         return Err(ctx.fail(
                             Some(t.seq),

@@ -535,7 +535,7 @@ fn root_of_file(path: &Path) -> Result<(u32, walstream::record::Hash)> {
             Err(e) => return Err(e.into()),
         }
     }
-    Ok((page_size, tree.root()))
+    Ok((page_size, tree.root()?))
 }
 
 fn cmd_keygen(curve: &str, out: &Path) -> Result<()> {

@@ -596,7 +596,7 @@ fn file_state_root(
             .map_err(CaptureError::Db)?;
         tree.set_page(pgno, crate::record::chain::page_hash(&page));
     }
-    Ok(Some(tree.root()))
+    Ok(Some(tree.root().map_err(CaptureError::Db)?))
 }
 
 /// Whether the WAL still holds the frame the stream's position names, with the recorded salts

@@ -30,6 +30,12 @@ pub const KEPT_BYTES_MAX: usize = 4 << 20;
 /// memory depends on K; a small K only costs bytes: on the order-book benchmark K = 32 stored
 /// 31.7 KB per transaction, K = 256 24.9 KB, no limit at all 24.7 KB.
 pub const DELTA_CHAIN_MAX: u32 = 256;
+/// Bytes of kept page images a writer holds in memory at most. A reader holds every version a
+/// segment marks kept (up to `KEPT_BYTES_MAX`), but a writer may let go of the images it used
+/// least recently: it then stores the page's next version without a base (and keeps that one),
+/// which costs bytes only for pages that are written again after a long time. The host process
+/// so holds half of what a reader may.
+pub const HELD_BYTES_MAX: usize = 2 << 20;
 /// zstd level of page content. On the order-book benchmark (K = 256) levels 1, 2 and 3 stored
 /// 24.9, 24.8 and 24.7 KB per transaction and level -1 25.4 KB: level 1, the cheapest positive
 /// level, since the commit path pays for it.
@@ -47,45 +53,85 @@ thread_local! {
 }
 
 struct Kept {
+    /// The image; empty once a writer let go of it (`KeptPages::let_go_beyond`).
     data: Vec<u8>,
+    /// The image's size, which counts against the segment's `KEPT_BYTES_MAX` either way.
+    len: usize,
     /// Versions in this page's chain up to and including this one (1: stored without a base).
     chain: u32,
+    /// When it was kept (`KeptPages::clock`).
+    kept_at: u64,
 }
 
 /// Kept page versions of one segment.
 #[derive(Default)]
 struct KeptPages {
     pages: HashMap<u32, Kept>,
+    /// The sum of the kept versions' sizes: what a reader holds.
     bytes: usize,
+    /// Bytes of images held (`bytes`, less what was let go of).
+    held: usize,
+    /// Counts `keep` calls.
+    clock: u64,
 }
 
 impl KeptPages {
     /// The kept version of `pgno` if a new version may be stored as a delta against it.
     fn base(&self, pgno: u32) -> Option<&Kept> {
-        self.pages
-            .get(&pgno)
-            .filter(|k| k.chain < DELTA_CHAIN_MAX && !k.data.starts_with(&ZSTD_DICT_MAGIC))
+        self.pages.get(&pgno).filter(|k| {
+            k.chain < DELTA_CHAIN_MAX && !k.data.is_empty() && !k.data.starts_with(&ZSTD_DICT_MAGIC)
+        })
     }
 
     /// Bytes kept once `pgno`'s kept version is replaced by one of `len` bytes.
     fn bytes_after(&self, pgno: u32, len: usize) -> usize {
-        self.bytes - self.pages.get(&pgno).map_or(0, |k| k.data.len()) + len
+        self.bytes - self.pages.get(&pgno).map_or(0, |k| k.len) + len
     }
 
     fn keep(&mut self, pgno: u32, data: &[u8], chain: u32) {
         self.bytes = self.bytes_after(pgno, data.len());
+        self.clock += 1;
         let kept = self.pages.entry(pgno).or_insert_with(|| Kept {
             data: Vec::new(),
+            len: 0,
             chain,
+            kept_at: 0,
         });
+        self.held = self.held - kept.data.len() + data.len();
         kept.data.clear();
         kept.data.extend_from_slice(data);
+        kept.len = data.len();
         kept.chain = chain;
+        kept.kept_at = self.clock;
+    }
+
+    /// A writer's side only: when more than `held_max` bytes of images are held, lets go of the
+    /// least recently kept ones until three quarters of it are (sorting once per many pages).
+    fn let_go_beyond(&mut self, held_max: usize) {
+        if self.held <= held_max {
+            return;
+        }
+        let mut by_age: Vec<(u64, u32)> = self
+            .pages
+            .iter()
+            .filter(|(_, k)| !k.data.is_empty())
+            .map(|(&pgno, k)| (k.kept_at, pgno))
+            .collect();
+        by_age.sort_unstable();
+        for (_, pgno) in by_age {
+            if self.held <= held_max / 4 * 3 {
+                break;
+            }
+            let kept = self.pages.get_mut(&pgno).expect("listed above");
+            self.held -= kept.data.len();
+            kept.data = Vec::new();
+        }
     }
 
     fn clear(&mut self) {
         self.pages = HashMap::new();
         self.bytes = 0;
+        self.held = 0;
     }
 }
 
@@ -105,6 +151,8 @@ pub struct PageEncoder {
     mode: EncoderMode,
     kept: KeptPages,
     kept_bytes_max: usize,
+    /// Bytes of kept images held at most (`HELD_BYTES_MAX`).
+    held_bytes_max: usize,
     scratch: Vec<u8>,
     /// Pages were encoded since the last `txn_done`: a transaction is being appended.
     open: bool,
@@ -129,6 +177,12 @@ impl PageEncoder {
 
     /// An encoder that keeps at most `kept_bytes_max` (at most `KEPT_BYTES_MAX`) bytes of pages.
     pub fn with_kept_bytes_max(mode: EncoderMode, kept_bytes_max: usize) -> Self {
+        Self::with_limits(mode, kept_bytes_max, HELD_BYTES_MAX)
+    }
+
+    /// An encoder that keeps at most `kept_bytes_max` bytes of pages (at most `KEPT_BYTES_MAX`)
+    /// and holds at most `held_bytes_max` of them.
+    pub fn with_limits(mode: EncoderMode, kept_bytes_max: usize, held_bytes_max: usize) -> Self {
         assert!(
             kept_bytes_max <= KEPT_BYTES_MAX,
             "{kept_bytes_max} > KEPT_BYTES_MAX"
@@ -137,6 +191,7 @@ impl PageEncoder {
             mode,
             kept: KeptPages::default(),
             kept_bytes_max,
+            held_bytes_max,
             scratch: Vec::new(),
             open: false,
         }
@@ -146,9 +201,14 @@ impl PageEncoder {
         self.mode
     }
 
-    /// Bytes of page images kept for the current segment.
+    /// Bytes of page images kept for the current segment (what a reader holds).
     pub fn kept_bytes(&self) -> usize {
         self.kept.bytes
+    }
+
+    /// Bytes of kept page images this encoder holds.
+    pub fn held_bytes(&self) -> usize {
+        self.kept.held
     }
 
     /// A segment this encoder writes from its header on: deltas are allowed.
@@ -187,6 +247,7 @@ impl PageEncoder {
             kept,
             scratch,
             kept_bytes_max,
+            held_bytes_max,
             ..
         } = self;
         if *mode == EncoderMode::Raw {
@@ -218,6 +279,7 @@ impl PageEncoder {
         encode_page_record_as(pgno, encoding, content, hash, keep, version, out);
         if keep {
             kept.keep(pgno, data, chain);
+            kept.let_go_beyond(*held_bytes_max);
         }
     }
 }
@@ -474,9 +536,11 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
-        fn random_page_histories_round_trip(ops in proptest::collection::vec(op(), 1..400), cap_pages in 0usize..12) {
+        fn random_page_histories_round_trip(ops in proptest::collection::vec(op(), 1..400), cap_pages in 0usize..12, held_pages in proptest::option::of(0usize..8)) {
             let cap = cap_pages * PAGE;
-            let mut enc = PageEncoder::with_kept_bytes_max(EncoderMode::Delta, cap);
+            // The writer may hold fewer kept images than the reader (it lets go of the oldest).
+            let held = held_pages.map_or(HELD_BYTES_MAX, |n| n * PAGE);
+            let mut enc = PageEncoder::with_limits(EncoderMode::Delta, cap, held);
             let mut dec = PageDecoder::with_kept_bytes_max(2, cap);
             let mut current: HashMap<u32, Vec<u8>> = HashMap::new();
             let mut chain: HashMap<u32, u32> = HashMap::new();
@@ -511,6 +575,7 @@ mod tests {
                         prop_assert!(c <= DELTA_CHAIN_MAX);
                         if p.kept { chain.insert(pgno, c); }
                         prop_assert!(dec.kept_bytes() <= cap);
+                        prop_assert!(enc.held_bytes() <= held.max(PAGE));
                         if enc.mode() == EncoderMode::Delta {
                             // Once deltas stop, the reader still holds what was kept before.
                             prop_assert_eq!(dec.kept_bytes(), enc.kept_bytes());
@@ -544,6 +609,30 @@ mod tests {
             assert_eq!(dec.decode(&p, PAGE).unwrap(), &data[..]);
         }
         assert_eq!(standalone, vec![0, 256, 512]);
+    }
+
+    #[test]
+    fn a_writer_lets_go_of_the_oldest_images_and_stores_their_next_version_whole() {
+        // It holds at most 4 pages' images; the reader keeps all 6 pages.
+        let mut enc = PageEncoder::with_limits(EncoderMode::Delta, KEPT_BYTES_MAX, 4 * PAGE);
+        let mut dec = PageDecoder::new(3);
+        let mut how = Vec::new();
+        for (round, pgno) in [1, 2, 3, 4, 5, 6, 6, 5, 1].into_iter().enumerate() {
+            let mut data = version(u64::from(pgno), 0);
+            data[round] ^= 0x77;
+            let p = encode(&mut enc, pgno, &data);
+            assert!(p.kept, "every version is kept (the reader has room)");
+            assert_eq!(dec.decode(&p, PAGE).unwrap(), &data[..]);
+            how.push(!p.zstd_delta.is_empty());
+            assert!(enc.held_bytes() <= 4 * PAGE);
+        }
+        // Pages 6 and 5 were kept recently: deltas. Page 1 was let go of: whole.
+        assert_eq!(
+            how,
+            [false, false, false, false, false, false, true, true, false]
+        );
+        assert_eq!(dec.kept_bytes(), 6 * PAGE);
+        assert_eq!(enc.kept_bytes(), 6 * PAGE);
     }
 
     #[test]

@@ -32,8 +32,9 @@ pub const LOCK_NAME: &str = "spool.lock";
 /// re-reading the active segment when a process starts.
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 16 << 20;
 /// Bytes of a transaction buffered before they are written to the segment; bounds capture's
-/// memory for transactions of any size.
-pub const APPEND_BUFFER_BYTES: usize = 1 << 20;
+/// memory for transactions of any size (a 10 MB transaction takes some 40 writes: their cost
+/// is lost in that of encoding 10 MB).
+pub const APPEND_BUFFER_BYTES: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -81,6 +82,9 @@ pub struct Spool {
     /// rebuilt from the spool when it does not match the tail.
     tree: Option<(u64, u64, StateTree)>,
     pub segment_bytes_max: u64,
+    /// The state tree keeps at most this many page hashes in memory, the rest in a scratch file
+    /// in the spool directory (`state::SPILL_LEAVES`; tests make it small).
+    pub tree_spill_leaves: usize,
     /// Signs the chain head before every `SegmentEnd` and at `SpoolLock::sign_head`
     /// (docs/FORMAT.md, "Signed heads").
     pub signer: Option<Arc<Signer>>,
@@ -98,6 +102,7 @@ impl Spool {
             unsynced: false,
             tree: None,
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
+            tree_spill_leaves: crate::state::SPILL_LEAVES,
             signer: None,
         })
     }

@@ -156,7 +156,9 @@ impl SpoolLock<'_> {
         let gen_dir = dir.join(layout::generation_dir(generation));
         fs::create_dir_all(&gen_dir).map_err(io_err(&gen_dir))?;
         let prev_hash = prev.as_ref().map(|t| t.head_hash);
-        let (hash, tree) = write_snapshot(&dir, generation, meta, prev_hash.as_ref(), read_page)?;
+        let spill = self.spool.tree_spill_leaves;
+        let (hash, tree) =
+            write_snapshot(&dir, spill, generation, meta, prev_hash.as_ref(), read_page)?;
         self.spool.tree = Some((generation, 0, tree));
         self.spool.tail = Some(Tail {
             generation,
@@ -330,7 +332,17 @@ impl SpoolLock<'_> {
     ) -> Result<Hash, SpoolError> {
         let tree = self.txn_tree(txn.page_size == 0, txn.page_size)?;
         tree.resize(db_size_pages);
-        Ok(tree.root())
+        let root = tree.root();
+        self.tree_root(root)
+    }
+
+    /// `root`, the result of the cached tree's `root`; on an error (its scratch file failed) the
+    /// tree is dropped, to be rebuilt from the spool when needed.
+    fn tree_root(&mut self, root: std::io::Result<Hash>) -> Result<Hash, SpoolError> {
+        root.map_err(|e| {
+            self.spool.tree = None;
+            io_err(&self.spool.dir)(e)
+        })
     }
 
     /// The state tree of the tail's database image, rebuilt from the spool if the cached one
@@ -344,7 +356,12 @@ impl SpoolLock<'_> {
             .as_ref()
             .is_some_and(|(g, s, _)| (*g, *s) == (generation, seq));
         if !current {
-            let tree = rebuild_tree(&self.spool.dir, generation, seq)?;
+            let tree = rebuild_tree(
+                &self.spool.dir,
+                self.spool.tree_spill_leaves,
+                generation,
+                seq,
+            )?;
             self.spool.tree = Some((generation, seq, tree));
         }
         Ok(&mut self.spool.tree.as_mut().expect("set above").2)
@@ -352,7 +369,8 @@ impl SpoolLock<'_> {
 
     /// The state root of the database image after the tail's last transaction.
     pub fn tail_state_root(&mut self) -> Result<Hash, SpoolError> {
-        Ok(self.tail_tree()?.root())
+        let root = self.tail_tree()?.root();
+        self.tree_root(root)
     }
 
     /// Cuts off whatever of `txn` was already written.
@@ -448,12 +466,21 @@ impl SpoolLock<'_> {
     }
 }
 
-/// The state tree of `generation` after transaction `seq`, replayed from the spool directory.
-fn rebuild_tree(dir: &std::path::Path, generation: u64, seq: u64) -> Result<StateTree, SpoolError> {
-    struct Pages(StateTree);
+/// The state tree of `generation` after transaction `seq`, replayed from the spool directory
+/// (where it spills past `spill` pages).
+fn rebuild_tree(
+    dir: &std::path::Path,
+    spill: usize,
+    generation: u64,
+    seq: u64,
+) -> Result<StateTree, SpoolError> {
+    /// The tree, where it spills and past how many pages.
+    struct Pages(StateTree, std::path::PathBuf, usize);
     impl Visitor for Pages {
         fn snapshot_header(&mut self, h: &pb::SnapshotHeader) -> Result<(), ReadError> {
-            self.0 = StateTree::new(h.page_size);
+            let mut tree = StateTree::new(h.page_size);
+            tree.spill_to(&self.1, self.2);
+            self.0 = tree;
             self.0.resize(h.page_count);
             Ok(())
         }
@@ -476,13 +503,14 @@ fn rebuild_tree(dir: &std::path::Path, generation: u64, seq: u64) -> Result<Stat
     let target = LocalTarget::new(dir.to_path_buf());
     let replay_err = |e: ReadError| SpoolError::Replay(e.to_string());
     let objects = reader::generation(&target, generation).map_err(replay_err)?;
-    let mut pages = Pages(StateTree::default());
+    let mut pages = Pages(StateTree::default(), dir.to_path_buf(), spill);
     reader::replay(&target, &objects, ReplayLimit::Txn(seq), &mut pages).map_err(replay_err)?;
     Ok(pages.0)
 }
 
 fn write_snapshot(
     dir: &std::path::Path,
+    spill: usize,
     generation: u64,
     meta: &SnapshotMeta,
     prev_generation: Option<&Hash>,
@@ -507,6 +535,7 @@ fn write_snapshot(
     let per_chunk = (SNAPSHOT_CHUNK_BYTES_MAX / page_size.max(1)).max(1) as u32;
     let mut hasher = SnapshotHasher::new(generation, meta.page_size, prev_generation);
     let mut tree = StateTree::new(meta.page_size);
+    tree.spill_to(dir, spill);
     tree.resize(meta.page_count);
     let mut page = vec![0u8; page_size];
     let mut compressed = Vec::new();
@@ -534,7 +563,7 @@ fn write_snapshot(
         first = last + 1;
     }
     let hash = hasher.finish();
-    let state_root = tree.root();
+    let state_root = tree.root().map_err(io_err(dir))?;
     let end = pb::SnapshotEnd {
         hash: hash.to_vec(),
         state_root: state_root.to_vec(),
@@ -595,7 +624,13 @@ mod tests {
     }
 
     fn start(dir: &std::path::Path) -> Spool {
+        start_spilling_past(dir, crate::state::SPILL_LEAVES)
+    }
+
+    /// `start`, with a state tree that spills past `spill` pages.
+    fn start_spilling_past(dir: &std::path::Path, spill: usize) -> Spool {
         let mut spool = Spool::open(dir).unwrap();
+        spool.tree_spill_leaves = spill;
         let meta = SnapshotMeta {
             page_size: PAGE as u32,
             page_count: 4,
@@ -750,6 +785,41 @@ mod tests {
             commit_page_2(&mut a, 3);
             assert_eq!(verify_all(tmp.path()), 3, "abort: {abort}");
         }
+    }
+
+    #[test]
+    fn a_writer_whose_tree_spills_writes_the_same_state_roots() {
+        // The tree spills past 2 pages: the snapshot's 4 pages already do, then transactions
+        // grow the database past a block of leaves and shrink it; the verifier, whose tree is
+        // in memory, checks every state root. A second writer rebuilds its tree, spilled.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = start_spilling_past(tmp.path(), 2);
+        let txn = |spool: &mut Spool, pages: std::ops::RangeInclusive<u32>, size: u32, v: u32| {
+            let mut lock = spool.lock().unwrap();
+            let mut txn = lock.begin_txn();
+            for pgno in pages {
+                lock.txn_page(&mut txn, pgno, &page(pgno, v)).unwrap();
+            }
+            lock.commit_txn(txn, size, i64::from(v), &cursor(v))
+                .unwrap();
+        };
+        commit(&mut a, 1);
+        txn(&mut a, 60..=150, 150, 2);
+        txn(&mut a, 2..=3, 70, 3);
+        txn(&mut a, 140..=141, 141, 4);
+        assert!(a.tree.as_ref().unwrap().2.spilled());
+        let mut b = Spool::open(tmp.path()).unwrap();
+        b.tree_spill_leaves = 2;
+        txn(&mut b, 100..=100, 141, 5);
+        assert!(b.tree.as_ref().unwrap().2.spilled());
+        assert_eq!(verify_all(tmp.path()), 5);
+        // The scratch files are unlinked: the spool holds only its own files.
+        let stray: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tmp"))
+            .collect();
+        assert!(stray.is_empty(), "{stray:?}");
     }
 
     #[test]

@@ -7,10 +7,16 @@
 //! pages to the root (about 32 for one page, shared between pages), whatever the database size.
 //! The construction is specified in docs/FORMAT.md ("State roots").
 
+mod leaves;
+
 use std::collections::HashMap;
+use std::io;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use crate::record::Hash;
+use leaves::Leaves;
+pub use leaves::SPILL_LEAVES;
 
 /// Height of the tree: 2^32 leaves cover every page number SQLite allows.
 pub const TREE_HEIGHT: usize = 32;
@@ -66,13 +72,20 @@ const DIRTY_ENTRIES_MIN: usize = 4096;
 
 /// The Merkle tree of one database image, updated incrementally.
 ///
-/// Memory: 32 bytes per page for the leaves, about one byte per page for the kept levels, and
-/// the inner nodes of at most `CACHED_BLOCKS_MAX` blocks.
-#[derive(Debug, Clone, Default)]
+/// Memory: 32 bytes per page for the leaves (at most `SPILL_LEAVES` of them in a tree told to
+/// `spill_to` a directory), about one byte per page for the kept levels, and the inner nodes of
+/// at most `CACHED_BLOCKS_MAX` blocks.
+///
+/// A spilled tree can meet an I/O error on its scratch file: the tree is then unusable, every
+/// later `root` reports the error, and its owner drops it (a tree can always be rebuilt from
+/// the stream).
+#[derive(Debug, Default)]
 pub struct StateTree {
     page_size: u32,
     /// Page hashes; the length is the page count.
-    leaves: Vec<Hash>,
+    leaves: Leaves,
+    /// The first I/O error of the scratch file, if any.
+    error: Option<io::Error>,
     /// `levels[k]` holds the nodes of height BLOCK_LEVEL + k that cover any page; nodes past
     /// the end are empty subtrees.
     levels: Vec<Vec<Hash>>,
@@ -98,6 +111,25 @@ impl StateTree {
 
     pub fn page_count(&self) -> u32 {
         self.leaves.len() as u32
+    }
+
+    /// From now on, page hashes beyond the first `spill_at` are kept in an unlinked scratch file
+    /// created in `dir` instead of memory.
+    pub fn spill_to(&mut self, dir: &Path, spill_at: usize) {
+        let r = self.leaves.spill_to(dir, spill_at);
+        self.note(r);
+    }
+
+    /// Whether the page hashes are in a scratch file.
+    pub fn spilled(&self) -> bool {
+        self.leaves.spilled()
+    }
+
+    /// Keeps the first I/O error.
+    fn note(&mut self, r: io::Result<()>) {
+        if let Err(e) = r {
+            self.error.get_or_insert(e);
+        }
     }
 
     pub fn page_size(&self) -> u32 {
@@ -160,7 +192,8 @@ impl StateTree {
         if index >= self.leaves.len() {
             self.resize(pgno);
         }
-        self.leaves[index] = hash;
+        let r = self.leaves.set(index, hash);
+        self.note(r);
         self.mark(index / BLOCK_LEAVES, 1 << (index % BLOCK_LEAVES));
     }
 
@@ -171,18 +204,25 @@ impl StateTree {
         if new == old {
             return;
         }
-        if new > old {
-            let fill = self.zero_page_hash();
-            self.leaves.resize(new, fill);
+        let fill = if new > old {
+            self.zero_page_hash()
         } else {
-            self.leaves.truncate(new);
-        }
+            EMPTY_LEAF
+        };
+        let r = self.leaves.resize(new, fill);
+        self.note(r);
         // Grown leaves became zero pages, cut ones empty leaves.
         self.mark_range(old.min(new), old.max(new));
     }
 
-    /// The state root of the image as it is now.
-    pub fn root(&mut self) -> Hash {
+    /// The state root of the image as it is now; an error if the scratch file failed.
+    pub fn root(&mut self) -> io::Result<Hash> {
+        if let Some(e) = &self.error {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("state tree scratch file: {e}"),
+            ));
+        }
         let n = self.leaves.len();
         let heights = TREE_HEIGHT - BLOCK_LEVEL + 1;
         if self.levels.len() != heights {
@@ -203,7 +243,15 @@ impl StateTree {
         let width = self.levels[0].len();
         for &(block, mask) in &self.dirty {
             if block < width {
-                self.levels[0][block] = self.cache.block_root(&self.leaves, block, mask, keep);
+                let leaves = match self.leaves.block(block) {
+                    Ok(leaves) => leaves,
+                    Err(e) => {
+                        // The dirty list is lost with the tree: it is unusable from here on.
+                        self.error = Some(io::Error::new(e.kind(), e.to_string()));
+                        return Err(e);
+                    }
+                };
+                self.levels[0][block] = self.cache.block_root(leaves, block, mask, keep);
             } else {
                 // Past the end after shrinking: no node of its own any more, but its ancestors
                 // must still be recomputed.
@@ -233,7 +281,7 @@ impl StateTree {
             .first()
             .copied()
             .unwrap_or(*empty(TREE_HEIGHT));
-        state_root(self.page_size, n as u32, &top)
+        Ok(state_root(self.page_size, n as u32, &top))
     }
 }
 
@@ -263,11 +311,11 @@ fn parents(mask: u64) -> u64 {
 /// Inner nodes of one block, height by height from height 1 (32 nodes) to BLOCK_LEVEL - 1.
 type BlockInner = [Hash; BLOCK_INNER];
 
-/// Recomputes the inner nodes of `block` above the leaves in `mask` (all of them must be
-/// current outside those paths) and returns the block's root.
-fn update_block(leaves: &[Hash], block: usize, inner: &mut BlockInner, mask: u64) -> Hash {
-    let start = block * BLOCK_LEAVES;
-    let leaf = |i: usize| leaves.get(start + i).unwrap_or(&EMPTY_LEAF);
+/// Recomputes the inner nodes of a block whose leaves are `leaves` (fewer than `BLOCK_LEAVES` at
+/// the end of the image) above the leaves in `mask` (all of them must be current outside those
+/// paths) and returns the block's root.
+fn update_block(leaves: &[Hash], inner: &mut BlockInner, mask: u64) -> Hash {
+    let leaf = |i: usize| leaves.get(i).unwrap_or(&EMPTY_LEAF);
     let mut changed = parents(mask);
     let mut bits = changed;
     while bits != 0 {
@@ -291,7 +339,7 @@ fn update_block(leaves: &[Hash], block: usize, inner: &mut BlockInner, mask: u64
 }
 
 /// The inner nodes of the most recently changed blocks.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 struct BlockCache {
     slots: Vec<CachedBlock>,
     /// Block number to its index in `slots`.
@@ -302,7 +350,7 @@ struct BlockCache {
     scratch: Option<Box<BlockInner>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct CachedBlock {
     block: usize,
     last_used: u64,
@@ -310,7 +358,7 @@ struct CachedBlock {
 }
 
 impl BlockCache {
-    /// The root of `block` after the leaves in `mask` changed: only their paths are hashed
+    /// The root of `block`, whose leaves are `leaves`, after those in `mask` changed: only their paths are hashed
     /// again when the block's inner nodes are kept, else all of them (and kept if `keep`, in
     /// place of the least recently used block).
     fn block_root(&mut self, leaves: &[Hash], block: usize, mask: u64, keep: bool) -> Hash {
@@ -318,13 +366,13 @@ impl BlockCache {
         if let Some(&slot) = self.index.get(&block) {
             let cached = &mut self.slots[slot];
             cached.last_used = self.clock;
-            return update_block(leaves, block, &mut cached.inner, mask);
+            return update_block(leaves, &mut cached.inner, mask);
         }
         if !keep {
             let inner = self
                 .scratch
                 .get_or_insert_with(|| Box::new([EMPTY_LEAF; BLOCK_INNER]));
-            return update_block(leaves, block, inner, u64::MAX);
+            return update_block(leaves, inner, u64::MAX);
         }
         let slot = if self.slots.len() < CACHED_BLOCKS_MAX {
             let inner = Box::new([EMPTY_LEAF; BLOCK_INNER]);
@@ -343,7 +391,7 @@ impl BlockCache {
             slot
         };
         self.index.insert(block, slot);
-        update_block(leaves, block, &mut self.slots[slot].inner, u64::MAX)
+        update_block(leaves, &mut self.slots[slot].inner, u64::MAX)
     }
 
     /// Drops the inner nodes of a block cut off the image.
@@ -366,6 +414,7 @@ pub fn root_of_image(page_size: u32, image: &[u8]) -> Hash {
         tree.set_page(i as u32 + 1, *blake3::hash(page).as_bytes());
     }
     tree.root()
+        .expect("a tree in memory has no scratch file to fail")
 }
 
 #[cfg(test)]
@@ -417,15 +466,53 @@ mod tests {
             }
             tree.resize(*count);
             model.resize(*count as usize, zero);
-            assert_eq!(tree.root(), naive(512, &model), "after resizing to {count}");
+            assert_eq!(
+                tree.root().unwrap(),
+                naive(512, &model),
+                "after resizing to {count}"
+            );
         }
     }
 
     #[test]
     fn incremental_root_equals_the_definition_with_kept_and_evicted_blocks() {
-        // More blocks than the cache keeps, changed in random order, grown and cut: every root
+        random_changes_keep_the_definition(StateTree::new(1024));
+    }
+
+    #[test]
+    fn a_spilled_tree_has_the_roots_of_one_in_memory() {
+        // Spilled from the first page on, and past the first blocks: the leaf cache holds fewer
+        // blocks than the changes touch, so blocks are written back, read again and grown.
+        for spill_at in [0, 5 * BLOCK_LEAVES + 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut tree = StateTree::new(1024);
+            tree.spill_to(dir.path(), spill_at);
+            let tree = random_changes_keep_the_definition(tree);
+            assert!(tree.spilled(), "spill_at {spill_at}");
+            // Unlinked: nothing is left in the directory.
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
+    }
+
+    #[test]
+    fn a_tree_whose_scratch_file_cannot_be_made_reports_it_at_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let mut tree = StateTree::new(512);
+        tree.spill_to(&missing, 10);
+        tree.set_page(3, h(3));
+        assert!(tree.root().is_ok(), "not spilled yet: in memory");
+        tree.set_page(11, h(11));
+        let e = tree.root().unwrap_err();
+        assert!(e.to_string().contains("scratch file"), "{e}");
+        assert!(tree.root().is_err(), "the tree stays unusable");
+    }
+
+    /// Applies random changes to `tree` (empty at first), checking every root against the
+    /// definition; returns the tree.
+    fn random_changes_keep_the_definition(mut tree: StateTree) -> StateTree {
+        // More blocks than the caches keep, changed in random order, grown and cut: every root
         // must equal the definition whether a block's inner nodes were kept, evicted or new.
-        let mut tree = StateTree::new(1024);
         let zero = *blake3::hash(&[0u8; 1024]).as_bytes();
         let mut model: Vec<Hash> = Vec::new();
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -435,7 +522,7 @@ mod tests {
             state ^= state << 17;
             state % below
         };
-        let blocks = (CACHED_BLOCKS_MAX + 20) as u64;
+        let blocks = (CACHED_BLOCKS_MAX.max(leaves::CACHED_LEAF_BLOCKS) + 20) as u64;
         for step in 0..60u32 {
             let hot = next(3) == 0;
             let count = if hot { 1 + next(4) } else { 1 + next(300) };
@@ -457,8 +544,9 @@ mod tests {
                 tree.resize(size);
                 model.resize(size as usize, zero);
             }
-            assert_eq!(tree.root(), naive(1024, &model), "at step {step}");
+            assert_eq!(tree.root().unwrap(), naive(1024, &model), "at step {step}");
         }
+        tree
     }
 
     #[test]
