@@ -376,12 +376,33 @@ pub fn replay_with_tree(
     limit: ReplayLimit,
     visitor: &mut dyn Visitor,
 ) -> Result<(ReplaySummary, StateTree), ReadError> {
+    replay_with_tree_spilling(target, objects, limit, visitor, None)
+}
+
+/// `replay_with_tree`, with a tree that spills its page hashes past `spill.1` pages to a scratch
+/// file in `spill.0` (`StateTree::spill_to`): how a writer rebuilds its own tree.
+pub fn replay_with_tree_spilling(
+    target: &dyn Target,
+    objects: &GenerationObjects,
+    limit: ReplayLimit,
+    visitor: &mut dyn Visitor,
+    spill: Option<(&std::path::Path, usize)>,
+) -> Result<(ReplaySummary, StateTree), ReadError> {
     let snapshot = objects
         .snapshot
         .as_ref()
         .ok_or(ReadError::NoSuchGeneration(objects.generation))?;
-    let (mut summary, mut tree) =
-        replay_snapshot(target, objects.generation, &snapshot.key, visitor)?;
+    let mut tree = StateTree::default();
+    if let Some((dir, spill_at)) = spill {
+        tree.spill_to(dir, spill_at);
+    }
+    let mut summary = replay_snapshot(
+        target,
+        objects.generation,
+        &snapshot.key,
+        visitor,
+        &mut tree,
+    )?;
     visitor.progress(snapshot.size);
     let resume = Resume {
         after_seq: 0,
@@ -572,12 +593,14 @@ impl SkipTo {
     }
 }
 
+/// Replays the snapshot into `tree` (empty: only its spilling may be set).
 fn replay_snapshot(
     target: &dyn Target,
     generation: u64,
     key: &str,
     visitor: &mut dyn Visitor,
-) -> Result<(ReplaySummary, StateTree), ReadError> {
+    tree: &mut StateTree,
+) -> Result<ReplaySummary, ReadError> {
     let ctx = Ctx { generation, key };
     let mut reader = open_records(target, key, FileKind::Snapshot)?;
     let rec_err = |source| ReadError::Record {
@@ -630,7 +653,7 @@ fn replay_snapshot(
     };
     visitor.snapshot_header(&header)?;
     let mut hasher = SnapshotHasher::new(generation, page_size, prev.as_ref());
-    let mut tree = StateTree::new(page_size);
+    tree.set_page_size(page_size);
     tree.resize(header.page_count);
     let mut next_pgno = 1u32;
     let mut pages = Vec::new();
@@ -692,13 +715,13 @@ fn replay_snapshot(
                         let pgno = c.first_pgno + i as u32;
                         let data = &data[i * page_size as usize..(i + 1) * page_size as usize];
                         hashes.push(pgno, offset, recorded.into(), data, &mut |h| {
-                            snapshot_page_hashed(&ctx, &mut hasher, &mut tree, h)
+                            snapshot_page_hashed(&ctx, &mut hasher, tree, h)
                         })?;
                         if pgno == header.page_count {
                             // Every page's hash is checked before the last page is handed
                             // over (a validator runs its checks on the image then).
                             hashes.finish(&mut |h| {
-                                snapshot_page_hashed(&ctx, &mut hasher, &mut tree, h)
+                                snapshot_page_hashed(&ctx, &mut hasher, tree, h)
                             })?;
                         }
                         visitor.snapshot_page(pgno, data)?;
@@ -719,7 +742,7 @@ fn replay_snapshot(
     })();
     // The hashes still outstanding are checked first, so that a page hash mismatch in an
     // earlier chunk is reported before whatever failed later.
-    hashes.finish(&mut |h| snapshot_page_hashed(&ctx, &mut hasher, &mut tree, h))?;
+    hashes.finish(&mut |h| snapshot_page_hashed(&ctx, &mut hasher, tree, h))?;
     let (offset, end) = ended?;
     let hash = hasher.finish();
     if end.hash.as_slice() != hash {
@@ -783,7 +806,7 @@ fn replay_snapshot(
         ended: false,
         state_root,
     };
-    Ok((summary, tree))
+    Ok(summary)
 }
 
 /// The name of a record's kind, for messages.

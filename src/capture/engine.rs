@@ -378,7 +378,10 @@ impl Capture {
                 // stream whose state cannot be read back (its spool directory was removed, say)
                 // cannot be shown to hold the file: a new generation.
                 let same = match lock.tail_state_root() {
-                    Ok(stream_root) => file_state_root(io.db, tail_page_size)? == Some(stream_root),
+                    Ok(stream_root) => {
+                        let tree = lock.new_tree(tail_page_size);
+                        file_state_root(io.db, tree)? == Some(stream_root)
+                    }
                     Err(_) => false,
                 };
                 match (same, then) {
@@ -581,14 +584,14 @@ fn db_file_stat(path: &std::path::Path) -> std::io::Result<(u64, i64)> {
 /// pages). Reads and hashes every page: only for the rare cases of `IfFileIsTail`.
 fn file_state_root(
     db: &mut dyn ReadAt,
-    page_size: u32,
+    mut tree: crate::state::StateTree,
 ) -> Result<Option<crate::record::Hash>, CaptureError> {
+    let page_size = tree.page_size();
     let size = db.size().map_err(CaptureError::Db)?;
     if page_size == 0 || size % u64::from(page_size) != 0 {
         return Ok(None);
     }
     let count = (size / u64::from(page_size)) as u32;
-    let mut tree = crate::state::StateTree::new(page_size);
     tree.resize(count);
     let mut page = vec![0u8; page_size as usize];
     for pgno in 1..=count {

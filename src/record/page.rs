@@ -633,6 +633,14 @@ mod tests {
         );
         assert_eq!(dec.kept_bytes(), 6 * PAGE);
         assert_eq!(enc.kept_bytes(), 6 * PAGE);
+        // Page 2 was let go of too; an incompressible next version is stored raw, and kept.
+        let noise: Vec<u8> = (0..PAGE as u64)
+            .map(|i| blake3::hash(&i.to_le_bytes()).as_bytes()[0])
+            .collect();
+        let p = encode(&mut enc, 2, &noise);
+        assert!(p.kept && p.data.len() == PAGE);
+        assert_eq!(dec.decode(&p, PAGE).unwrap(), &noise[..]);
+        assert_eq!(dec.kept_bytes(), enc.kept_bytes());
     }
 
     #[test]

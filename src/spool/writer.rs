@@ -287,7 +287,16 @@ impl SpoolLock<'_> {
         wal: &WalCursor,
     ) -> Result<Hash, SpoolError> {
         let page_count = txn.hasher.pages();
-        let state_root = self.next_state_root(&txn, db_size_pages)?;
+        let state_root = match self.next_state_root(&txn, db_size_pages) {
+            Ok(root) => root,
+            Err(e) => {
+                // Records of the transaction may already be in the segment (a large one is
+                // flushed as it goes): cut them off, so that a retry starts it afresh.
+                self.spool.tree = None;
+                let _ = self.abort_txn(txn);
+                return Err(e);
+            }
+        };
         let hash = txn
             .hasher
             .finish(db_size_pages, commit_time_ms, &state_root);
@@ -354,7 +363,7 @@ impl SpoolLock<'_> {
             .spool
             .tree
             .as_ref()
-            .is_some_and(|(g, s, _)| (*g, *s) == (generation, seq));
+            .is_some_and(|(g, s, t)| (*g, *s) == (generation, seq) && !t.failed());
         if !current {
             let tree = rebuild_tree(
                 &self.spool.dir,
@@ -370,7 +379,20 @@ impl SpoolLock<'_> {
     /// The state root of the database image after the tail's last transaction.
     pub fn tail_state_root(&mut self) -> Result<Hash, SpoolError> {
         let root = self.tail_tree()?.root();
+        if let Ok(root) = self.tree_root(root) {
+            return Ok(root);
+        }
+        // The tree's scratch file failed: it was dropped, and is rebuilt once.
+        let root = self.tail_tree()?.root();
         self.tree_root(root)
+    }
+
+    /// An empty state tree for a database image of pages of `page_size`, spilling as this
+    /// spool's trees do.
+    pub fn new_tree(&self, page_size: u32) -> StateTree {
+        let mut tree = StateTree::new(page_size);
+        tree.spill_to(&self.spool.dir, self.spool.tree_spill_leaves);
+        tree
     }
 
     /// Cuts off whatever of `txn` was already written.
@@ -466,46 +488,28 @@ impl SpoolLock<'_> {
     }
 }
 
-/// The state tree of `generation` after transaction `seq`, replayed from the spool directory
-/// (where it spills past `spill` pages).
+/// The state tree of `generation` after transaction `seq`, replayed (and so checked) from the
+/// spool directory; it spills past `spill` pages into that directory.
 fn rebuild_tree(
     dir: &std::path::Path,
     spill: usize,
     generation: u64,
     seq: u64,
 ) -> Result<StateTree, SpoolError> {
-    /// The tree, where it spills and past how many pages.
-    struct Pages(StateTree, std::path::PathBuf, usize);
-    impl Visitor for Pages {
-        fn snapshot_header(&mut self, h: &pb::SnapshotHeader) -> Result<(), ReadError> {
-            let mut tree = StateTree::new(h.page_size);
-            tree.spill_to(&self.1, self.2);
-            self.0 = tree;
-            self.0.resize(h.page_count);
-            Ok(())
-        }
-        fn snapshot_page(&mut self, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
-            self.0.set_page(pgno, page_hash(data));
-            Ok(())
-        }
-        fn txn_page(&mut self, _seq: u64, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
-            if self.0.page_size() == 0 {
-                self.0.set_page_size(data.len() as u32);
-            }
-            self.0.set_page(pgno, page_hash(data));
-            Ok(())
-        }
-        fn txn_commit(&mut self, c: &pb::TxnCommit) -> Result<(), ReadError> {
-            self.0.resize(c.db_size_pages);
-            Ok(())
-        }
-    }
+    struct Nothing;
+    impl Visitor for Nothing {}
     let target = LocalTarget::new(dir.to_path_buf());
     let replay_err = |e: ReadError| SpoolError::Replay(e.to_string());
     let objects = reader::generation(&target, generation).map_err(replay_err)?;
-    let mut pages = Pages(StateTree::default(), dir.to_path_buf(), spill);
-    reader::replay(&target, &objects, ReplayLimit::Txn(seq), &mut pages).map_err(replay_err)?;
-    Ok(pages.0)
+    let (_, tree) = reader::replay_with_tree_spilling(
+        &target,
+        &objects,
+        ReplayLimit::Txn(seq),
+        &mut Nothing,
+        Some((dir, spill)),
+    )
+    .map_err(replay_err)?;
+    Ok(tree)
 }
 
 fn write_snapshot(
@@ -820,6 +824,40 @@ mod tests {
             .filter(|n| n.starts_with(".tmp"))
             .collect();
         assert!(stray.is_empty(), "{stray:?}");
+    }
+
+    #[test]
+    fn a_tree_that_fails_in_a_large_transaction_fails_only_that_commit() {
+        // The tree's scratch file fails (as in a fork child) while a transaction larger than
+        // the append buffer is being appended: the commit fails and cuts off what was written,
+        // and the same transaction then commits on a rebuilt tree.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = start_spilling_past(tmp.path(), 2);
+        commit(&mut a, 1);
+        a.tree.as_mut().unwrap().2.pretend_forked();
+        let pages = (APPEND_BUFFER_BYTES / PAGE) as u32 * 3;
+        let big_txn = |spool: &mut Spool| {
+            let mut lock = spool.lock().unwrap();
+            let mut txn = lock.begin_txn();
+            let mut x = 1u64;
+            for pgno in 1..=pages {
+                let data: Vec<u8> = (0..PAGE)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                lock.txn_page(&mut txn, pgno, &data).unwrap();
+            }
+            lock.commit_txn(txn, pages, 2, &cursor(2))
+        };
+        let e = big_txn(&mut a).unwrap_err();
+        assert!(e.to_string().contains("forked"), "{e}");
+        assert_eq!(verify_all(tmp.path()), 1);
+        big_txn(&mut a).unwrap();
+        assert_eq!(verify_all(tmp.path()), 2);
     }
 
     #[test]

@@ -56,6 +56,14 @@ impl Leaves {
         self.spill_if_needed()
     }
 
+    /// Tests: behave as a `fork()` child would, whose scratch file is its parent's.
+    #[cfg(test)]
+    pub fn pretend_forked(&mut self) {
+        if let Store::File(f) = &mut self.store {
+            f.owner = f.owner.wrapping_add(1);
+        }
+    }
+
     /// Whether the leaves are in a scratch file.
     pub fn spilled(&self) -> bool {
         matches!(self.store, Store::File(_))
@@ -67,7 +75,12 @@ impl Leaves {
 
     /// Sets leaf `index` (below `len`).
     pub fn set(&mut self, index: usize, hash: Hash) -> io::Result<()> {
-        debug_assert!(index < self.len);
+        if index >= self.len {
+            return Err(io::Error::other(format!(
+                "leaf {index} set past the end ({})",
+                self.len
+            )));
+        }
         match &mut self.store {
             Store::Memory(v) => {
                 v[index] = hash;
@@ -85,6 +98,10 @@ impl Leaves {
 
     /// Sets the number of leaves: new ones are `fill`.
     pub fn resize(&mut self, len: usize, fill: Hash) -> io::Result<()> {
+        if self.spill.as_ref().is_some_and(|(_, at)| len > *at) {
+            // Spilled before growing, so that the leaves are never all in memory at once.
+            self.spill_now()?;
+        }
         let old = self.len;
         match &mut self.store {
             Store::Memory(v) => v.resize(len, fill),
@@ -107,7 +124,7 @@ impl Leaves {
             }
         }
         self.len = len;
-        self.spill_if_needed()
+        Ok(())
     }
 
     /// The leaves of `block`: up to `BLOCK_LEAVES` of them, fewer (or none) at the end.
@@ -126,15 +143,17 @@ impl Leaves {
     }
 
     fn spill_if_needed(&mut self) -> io::Result<()> {
-        let Some((dir, spill_at)) = &self.spill else {
-            return Ok(());
-        };
-        let Store::Memory(v) = &self.store else {
-            return Ok(());
-        };
-        if self.len <= *spill_at {
-            return Ok(());
+        match &self.spill {
+            Some((_, spill_at)) if self.len > *spill_at => self.spill_now(),
+            _ => Ok(()),
         }
+    }
+
+    /// Moves the leaves to a scratch file in the spill directory, if not there yet.
+    fn spill_now(&mut self) -> io::Result<()> {
+        let (Some((dir, _)), Store::Memory(v)) = (&self.spill, &self.store) else {
+            return Ok(());
+        };
         let file = tempfile::tempfile_in(dir)?;
         for (block, leaves) in v.chunks(BLOCK_LEAVES).enumerate() {
             let mut whole: Block = [EMPTY_LEAF; BLOCK_LEAVES];
@@ -213,8 +232,10 @@ impl FileLeaves {
         slot.block = block;
         slot.last_used = self.clock;
         if let Err(e) = read_block(&self.file, block, &mut slot.hashes) {
-            // The slot holds nothing valid: leave it unindexed and oldest, to be reused.
+            // The slot holds nothing valid: unindexed, oldest and naming no block, to be reused.
+            slot.block = usize::MAX;
             slot.last_used = 0;
+            slot.dirty = false;
             return Err(e);
         }
         self.index.insert(block, i);

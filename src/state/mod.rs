@@ -125,6 +125,17 @@ impl StateTree {
         self.leaves.spilled()
     }
 
+    /// Tests: behave as a `fork()` child would (its next scratch-file access fails).
+    #[cfg(test)]
+    pub(crate) fn pretend_forked(&mut self) {
+        self.leaves.pretend_forked();
+    }
+
+    /// Whether the scratch file failed: the tree is unusable (`root` reports why).
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
     /// Keeps the first I/O error.
     fn note(&mut self, r: io::Result<()>) {
         if let Err(e) = r {
@@ -188,9 +199,15 @@ impl StateTree {
     /// old end and `pgno` read as zeros until written.
     pub fn set_page(&mut self, pgno: u32, hash: Hash) {
         assert!(pgno >= 1, "page numbers start at 1");
+        if self.failed() {
+            return;
+        }
         let index = pgno as usize - 1;
         if index >= self.leaves.len() {
             self.resize(pgno);
+            if self.failed() {
+                return;
+            }
         }
         let r = self.leaves.set(index, hash);
         self.note(r);
@@ -201,7 +218,7 @@ impl StateTree {
     pub fn resize(&mut self, page_count: u32) {
         let old = self.leaves.len();
         let new = page_count as usize;
-        if new == old {
+        if new == old || self.failed() {
             return;
         }
         let fill = if new > old {
@@ -436,6 +453,8 @@ mod tests {
         state_root(page_size, leaves.len() as u32, &level[0])
     }
 
+    const CACHED_LEAF_BLOCKS_FOR_TESTS: usize = leaves::CACHED_LEAF_BLOCKS;
+
     fn h(i: u32) -> Hash {
         *blake3::hash(&i.to_le_bytes()).as_bytes()
     }
@@ -492,6 +511,26 @@ mod tests {
             // Unlinked: nothing is left in the directory.
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         }
+    }
+
+    #[test]
+    fn a_forked_child_never_touches_its_parents_scratch_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = StateTree::new(512);
+        tree.spill_to(dir.path(), 0);
+        let far = (CACHED_LEAF_BLOCKS_FOR_TESTS * BLOCK_LEAVES) as u32 * 2;
+        tree.set_page(1, h(1));
+        tree.set_page(far, h(far));
+        assert!(tree.root().is_ok());
+        tree.pretend_forked();
+        // A block that is cached is still usable; the next one that is not fails the tree.
+        tree.set_page(1, h(2));
+        for p in (1..far).step_by(BLOCK_LEAVES) {
+            tree.set_page(p, h(p));
+        }
+        let e = tree.root().unwrap_err();
+        assert!(e.to_string().contains("forked"), "{e}");
+        assert!(tree.failed());
     }
 
     #[test]
