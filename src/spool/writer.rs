@@ -839,16 +839,7 @@ mod tests {
         let big_txn = |spool: &mut Spool| {
             let mut lock = spool.lock().unwrap();
             let mut txn = lock.begin_txn();
-            let mut x = 1u64;
-            for pgno in 1..=pages {
-                let data: Vec<u8> = (0..PAGE)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect();
+            for (pgno, data) in (1..=pages).zip(noise_pages()) {
                 lock.txn_page(&mut txn, pgno, &data).unwrap();
             }
             lock.commit_txn(txn, pages, 2, &cursor(2))
@@ -860,24 +851,29 @@ mod tests {
         assert_eq!(verify_all(tmp.path()), 2);
     }
 
-    #[test]
-    fn a_huge_transaction_never_grows_the_append_buffer_past_its_size() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut a = start(tmp.path());
-        let mut lock = a.lock().unwrap();
-        let mut txn = lock.begin_txn();
-        // Pages that do not compress, so each record is a whole page.
+    /// Pages that do not compress, so that each record holds a whole page.
+    fn noise_pages() -> impl Iterator<Item = Vec<u8>> {
         let mut x = 1u64;
-        let pages = (APPEND_BUFFER_BYTES / PAGE) as u32 * 3;
-        for pgno in 1..=pages {
-            let data: Vec<u8> = (0..PAGE)
+        std::iter::repeat_with(move || {
+            (0..PAGE)
                 .map(|_| {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
                     x as u8
                 })
-                .collect();
+                .collect()
+        })
+    }
+
+    #[test]
+    fn a_huge_transaction_never_grows_the_append_buffer_past_its_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = start(tmp.path());
+        let mut lock = a.lock().unwrap();
+        let mut txn = lock.begin_txn();
+        let pages = (APPEND_BUFFER_BYTES / PAGE) as u32 * 3;
+        for (pgno, data) in (1..=pages).zip(noise_pages()) {
             lock.txn_page(&mut txn, pgno, &data).unwrap();
             assert!(txn.buf.capacity() <= APPEND_BUFFER_BYTES, "page {pgno}");
         }
