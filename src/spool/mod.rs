@@ -10,6 +10,7 @@
 //!
 //! Relevant docs: docs/DESIGN.md ("The spool"), docs/FORMAT.md.
 
+mod rebuild;
 mod scan;
 mod writer;
 

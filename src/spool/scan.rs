@@ -461,6 +461,12 @@ pub(crate) fn scan_segment(
                 let hash = hash_field(&p.hash).ok_or_else(|| {
                     corrupt(path, format!("page {}: hash is not 32 bytes", p.pgno))
                 })?;
+                if p.pgno == 0 {
+                    return Err(corrupt(
+                        path,
+                        format!("page record at offset {offset}: page 0"),
+                    ));
+                }
                 last_page = Some((p.pgno, hash));
                 if let Some(tree) = tree.as_deref_mut() {
                     if tree.page_size() == 0 {

@@ -4,16 +4,15 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 
+use super::rebuild::rebuild_tree;
 use super::scan::{list_generations, wal_to_pb, SegmentCodec, Tail};
 use super::{io_err, SnapshotMeta, SpoolError, SpoolLock, APPEND_BUFFER_BYTES};
 use crate::layout;
-use crate::reader::{self, ReadError, ReplayLimit, Visitor};
 use crate::record::chain::{page_hash, SnapshotHasher, TxnHasher};
 use crate::record::frame::encode_record;
 use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::{FileKind, Hash, RecordWriter, FORMAT_VERSION};
 use crate::state::StateTree;
-use crate::target::LocalTarget;
 use crate::wal::WalCursor;
 
 /// Pages per snapshot chunk record are limited to this many bytes (at least one page).
@@ -488,30 +487,6 @@ impl SpoolLock<'_> {
     }
 }
 
-/// The state tree of `generation` after transaction `seq`, replayed (and so checked) from the
-/// spool directory; it spills past `spill` pages into that directory.
-fn rebuild_tree(
-    dir: &std::path::Path,
-    spill: usize,
-    generation: u64,
-    seq: u64,
-) -> Result<StateTree, SpoolError> {
-    struct Nothing;
-    impl Visitor for Nothing {}
-    let target = LocalTarget::new(dir.to_path_buf());
-    let replay_err = |e: ReadError| SpoolError::Replay(e.to_string());
-    let objects = reader::generation(&target, generation).map_err(replay_err)?;
-    let (_, tree) = reader::replay_with_tree_spilling(
-        &target,
-        &objects,
-        ReplayLimit::Txn(seq),
-        &mut Nothing,
-        Some((dir, spill)),
-    )
-    .map_err(replay_err)?;
-    Ok(tree)
-}
-
 fn write_snapshot(
     dir: &std::path::Path,
     spill: usize,
@@ -695,8 +670,11 @@ mod tests {
     }
 
     fn verify_all(dir: &std::path::Path) -> u64 {
-        let report =
-            crate::verify::verify(&LocalTarget::new(dir.to_path_buf()), &mut |_| {}).unwrap();
+        let report = crate::verify::verify(
+            &crate::target::LocalTarget::new(dir.to_path_buf()),
+            &mut |_| {},
+        )
+        .unwrap();
         report.generations.last().unwrap().last_seq
     }
 
