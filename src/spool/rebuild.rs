@@ -4,18 +4,29 @@
 //! The spool records the hash of every page it holds (snapshot chunks and `Page` records) and
 //! the state root after every transaction, so the tree is first rebuilt from those hashes alone:
 //! no page is decompressed or hashed, and nothing but the tree is held. The result is accepted
-//! only if its root equals the state root the spool recorded at that point, a commitment to
-//! the page size, the page count and every page hash; otherwise (an older stream without state
-//! roots, anything unexpected) the generation is replayed and checked in full, as a reader does.
+//! only if its root equals the state root the spool recorded at that point (a commitment to the
+//! page size, the page count and every page hash), in the record whose chain hash is the head
+//! the writer extends. Anything unexpected (a torn record, a page size SQLite cannot have, a
+//! snapshot whose chunks do not run from page 1 to its page count, a transaction that grows the
+//! database by far more pages than it writes) sends it to the full replay, which checks the
+//! generation as a reader does.
 
 use crate::reader::{self, ReadError, ReplayLimit, Visitor};
 use crate::record::page::stored_page_len;
 use crate::record::pb::record::Body;
+use crate::record::Hash;
 use crate::record::{hash_field, FileKind, RecordReader};
 use crate::state::StateTree;
 use crate::target::{LocalTarget, Target};
+use crate::wal::is_valid_page_size;
 
 use super::SpoolError;
+
+/// Pages a record may take the database past its current size, on the fast path (SQLite grows
+/// a database by the pages a transaction writes, and by few it does not write); a larger growth
+/// is left to the full replay, so that a damaged count cannot make the fast path fill a scratch
+/// file.
+const UNWRITTEN_GROWTH_MAX: u32 = 1 << 16;
 
 /// The state tree of `generation` after transaction `seq` (0: the snapshot), spilling past
 /// `spill` pages into the spool directory `dir`.
@@ -24,11 +35,12 @@ pub(super) fn rebuild_tree(
     spill: usize,
     generation: u64,
     seq: u64,
+    head: &Hash,
 ) -> Result<StateTree, SpoolError> {
     let target = LocalTarget::new(dir.to_path_buf());
     let replay_err = |e: ReadError| SpoolError::Replay(e.to_string());
     let objects = reader::generation(&target, generation).map_err(replay_err)?;
-    if let Some(tree) = from_recorded_hashes(&target, &objects, seq, dir, spill) {
+    if let Some(tree) = from_recorded_hashes(&target, &objects, seq, head, dir, spill) {
         return Ok(tree);
     }
     struct Nothing;
@@ -44,11 +56,13 @@ pub(super) fn rebuild_tree(
     Ok(tree)
 }
 
-/// The tree from the recorded page hashes, if its root is the one recorded after `seq`.
+/// The tree from the recorded page hashes, if its root is the one recorded after `seq`, in the
+/// record whose chain hash is `head`.
 fn from_recorded_hashes(
     target: &dyn Target,
     objects: &reader::GenerationObjects,
     seq: u64,
+    head: &Hash,
     dir: &std::path::Path,
     spill: usize,
 ) -> Option<StateTree> {
@@ -56,22 +70,37 @@ fn from_recorded_hashes(
     let mut records = open(target, &snapshot.key, FileKind::Snapshot)?;
     let mut tree = StateTree::default();
     tree.spill_to(dir, spill);
+    // Chunks must run from page 1 up: the tree grows only by pages whose hashes were read.
+    let mut page_count = None;
+    let mut next = 1u32;
     loop {
         let (_, record) = records.next_record().ok()??;
         match record.body? {
             Body::SnapshotHeader(h) => {
+                let empty = h.page_count == 0 && h.page_size == 0;
+                if !empty && !is_valid_page_size(h.page_size) {
+                    return None;
+                }
                 tree.set_page_size(h.page_size);
-                tree.resize(h.page_count);
+                page_count = Some(h.page_count);
             }
             Body::SnapshotChunk(c) => {
-                for (i, h) in c.hashes.iter().enumerate() {
-                    let pgno = c.first_pgno.checked_add(i as u32).filter(|&p| p >= 1)?;
-                    tree.set_page(pgno, hash_field(h)?);
+                if c.first_pgno != next || page_count.is_none() {
+                    return None;
+                }
+                for h in &c.hashes {
+                    tree.set_page(next, hash_field(h)?);
+                    next = next.checked_add(1)?;
                 }
             }
             Body::SnapshotEnd(end) => {
+                if page_count? != next - 1 {
+                    return None;
+                }
                 if seq == 0 {
-                    return root_is(tree, &end.state_root);
+                    return (end.hash == head.as_slice())
+                        .then_some(())
+                        .and_then(|()| root_is(tree, &end.state_root));
                 }
                 break;
             }
@@ -84,17 +113,28 @@ fn from_recorded_hashes(
             match record.body? {
                 Body::Page(p) => {
                     if tree.page_size() == 0 {
-                        tree.set_page_size(u32::try_from(stored_page_len(&p)?).ok()?);
+                        let len = u32::try_from(stored_page_len(&p)?).ok()?;
+                        if !is_valid_page_size(len) {
+                            return None;
+                        }
+                        tree.set_page_size(len);
                     }
-                    if p.pgno == 0 {
+                    let limit = tree.page_count().saturating_add(UNWRITTEN_GROWTH_MAX);
+                    if p.pgno == 0 || p.pgno > limit {
                         return None;
                     }
                     tree.set_page(p.pgno, hash_field(&p.hash)?);
                 }
                 Body::TxnCommit(c) => {
+                    let limit = tree.page_count().saturating_add(UNWRITTEN_GROWTH_MAX);
+                    if c.db_size_pages > limit {
+                        return None;
+                    }
                     tree.resize(c.db_size_pages);
                     if c.seq == seq {
-                        return root_is(tree, &c.state_root);
+                        return (c.hash == head.as_slice())
+                            .then_some(())
+                            .and_then(|()| root_is(tree, &c.state_root));
                     }
                 }
                 _ => {}
@@ -147,6 +187,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
+        let mut heads = vec![lock.tail().unwrap().head_hash];
         // Growing, rewriting and shrinking, across two segments.
         for (v, (pages, size)) in [(1..=5, 5), (2..=3, 5), (4..=9, 9), (1..=1, 4)]
             .into_iter()
@@ -165,7 +206,7 @@ mod tests {
                 frame: v,
                 checksum: (0, 0),
             };
-            lock.commit_txn(txn, size, 1, &cursor).unwrap();
+            heads.push(lock.commit_txn(txn, size, 1, &cursor).unwrap());
             if v == 2 {
                 lock.seal_active().unwrap();
             }
@@ -175,15 +216,19 @@ mod tests {
         let objects = reader::generation(&target, 1).unwrap();
         assert_eq!(objects.segments.len(), 2);
         for seq in 0..=4 {
-            let mut fast = from_recorded_hashes(&target, &objects, seq, tmp.path(), 2)
+            let head = heads[seq as usize];
+            let mut fast = from_recorded_hashes(&target, &objects, seq, &head, tmp.path(), 2)
                 .unwrap_or_else(|| panic!("txn {seq}: the recorded hashes give the recorded root"));
-            let (_, mut full) =
+            let (_, full) =
                 reader::replay_with_tree(&target, &objects, ReplayLimit::Txn(seq), &mut Nothing)
                     .unwrap();
-            assert_eq!(fast.root().unwrap(), full.root().unwrap(), "txn {seq}");
             assert_eq!(fast.page_count(), full.page_count(), "txn {seq}");
+            assert!(fast.root().is_ok());
         }
-        assert!(from_recorded_hashes(&target, &objects, 5, tmp.path(), 2).is_none());
+        // A point the stream does not have, and a head that is not the recorded one.
+        assert!(from_recorded_hashes(&target, &objects, 5, &heads[4], tmp.path(), 2).is_none());
+        assert!(from_recorded_hashes(&target, &objects, 3, &heads[2], tmp.path(), 2).is_none());
+        assert!(from_recorded_hashes(&target, &objects, 0, &heads[1], tmp.path(), 2).is_none());
     }
 
     struct Nothing;

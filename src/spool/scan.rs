@@ -470,10 +470,13 @@ pub(crate) fn scan_segment(
                 last_page = Some((p.pgno, hash));
                 if let Some(tree) = tree.as_deref_mut() {
                     if tree.page_size() == 0 {
-                        let len = stored_page_len(&p).ok_or_else(|| {
-                            corrupt(path, format!("page {}: size unknown", p.pgno))
-                        })?;
-                        tree.set_page_size(len as u32);
+                        let len = stored_page_len(&p)
+                            .and_then(|n| u32::try_from(n).ok())
+                            .filter(|&n| crate::wal::is_valid_page_size(n))
+                            .ok_or_else(|| {
+                                corrupt(path, format!("page {}: size unknown or invalid", p.pgno))
+                            })?;
+                        tree.set_page_size(len);
                     }
                     pages.push((p.pgno, hash));
                 }

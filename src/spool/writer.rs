@@ -357,7 +357,7 @@ impl SpoolLock<'_> {
     /// describes another point.
     fn tail_tree(&mut self) -> Result<&mut StateTree, SpoolError> {
         let tail = self.spool.tail.as_ref().expect("a generation is open");
-        let (generation, seq) = (tail.generation, tail.last_seq);
+        let (generation, seq, head) = (tail.generation, tail.last_seq, tail.head_hash);
         let current = self
             .spool
             .tree
@@ -369,6 +369,7 @@ impl SpoolLock<'_> {
                 self.spool.tree_spill_leaves,
                 generation,
                 seq,
+                &head,
             )?;
             self.spool.tree = Some((generation, seq, tree));
         }

@@ -228,6 +228,9 @@ impl StateTree {
         };
         let r = self.leaves.resize(new, fill);
         self.note(r);
+        if self.failed() {
+            return;
+        }
         // Grown leaves became zero pages, cut ones empty leaves.
         self.mark_range(old.min(new), old.max(new));
     }
