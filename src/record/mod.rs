@@ -2,6 +2,7 @@
 //! (`frame`), and the hash chain (`chain`). Specified in docs/FORMAT.md.
 
 pub mod chain;
+pub mod delta;
 pub mod frame;
 pub mod page;
 

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use zstd_safe::{CCtx, DCtx};
 
+use super::delta;
 use super::frame::{encode_page_record_as, PageEncoding};
 use super::pb;
 use super::Hash;
@@ -260,12 +261,17 @@ impl PageEncoder {
         };
         scratch.clear();
         scratch.reserve(zstd_safe::compress_bound(data.len()));
-        let compressed = CCTX.with(|c| {
-            let mut c = c.borrow_mut();
-            match base {
-                Some(b) => c.compress_using_dict(scratch, data, &b.data, ZSTD_LEVEL),
-                None => c.compress(scratch, data, ZSTD_LEVEL),
-            }
+        // A page that differs little from its base is written by `delta`, for a fraction of
+        // libzstd's cost; libzstd takes the rest.
+        let direct = base.and_then(|b| delta::encode(data, &b.data, scratch));
+        let compressed = direct.map(Ok).unwrap_or_else(|| {
+            CCTX.with(|c| {
+                let mut c = c.borrow_mut();
+                match base {
+                    Some(b) => c.compress_using_dict(scratch, data, &b.data, ZSTD_LEVEL),
+                    None => c.compress(scratch, data, ZSTD_LEVEL),
+                }
+            })
         });
         let (encoding, content, chain) = match (compressed, base) {
             (Ok(n), Some(b)) if n < data.len() => {
