@@ -46,7 +46,7 @@ pub const PAGE_BYTES_MAX: usize = 65536;
 /// zstd's dictionary magic number (0xEC30A437, little-endian). A base that starts with it would
 /// be taken for a structured zstd dictionary by zstd's `usingDict` calls, so such a version is
 /// never a base: writers store the next version without one and readers refuse a delta on it.
-const ZSTD_DICT_MAGIC: [u8; 4] = [0x37, 0xa4, 0x30, 0xec];
+pub(super) const ZSTD_DICT_MAGIC: [u8; 4] = [0x37, 0xa4, 0x30, 0xec];
 
 thread_local! {
     /// The compression context of the commit path, reused for every page of this thread.
