@@ -719,7 +719,13 @@ fn machine(d: &Driver) -> String {
     let _ = writeln!(
         s,
         "| walstream | {} |",
-        sh("git rev-parse --short HEAD 2>/dev/null")
+        sh(concat!(
+            // A run of a tree with uncommitted changes says so: its numbers belong to no commit.
+            "h=$(git rev-parse --short HEAD 2>/dev/null) && ",
+            "[ -n \"$(git status --porcelain --untracked-files=no -- ':/' ",
+            "':(top,exclude)docs/BENCHMARKS.md')\" ] && h=\"$h with uncommitted changes\"; ",
+            "echo \"$h\""
+        ))
     );
     let _ = writeln!(
         s,
