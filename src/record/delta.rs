@@ -196,22 +196,20 @@ fn write_frame(page: &[u8], sequences: &[Sequence], out: &mut Vec<u8>) {
     out.extend_from_slice(&[0; 3]);
     let block_start = out.len();
 
-    // Literals section: every byte not copied from the base, in order, stored raw.
-    let mut literals = Vec::new();
-    let mut end = 0;
-    for s in sequences {
-        literals.extend_from_slice(&page[s.at - s.literals..s.at]);
-        end = s.at + s.match_len;
-    }
-    literals.extend_from_slice(&page[end..]);
-    let n = literals.len();
+    // Literals section: every byte not copied from the base, in order, stored raw (copied from
+    // the page straight into the frame).
+    let end = sequences.last().map_or(0, |s| s.at + s.match_len);
+    let n = sequences.iter().map(|s| s.literals).sum::<usize>() + (len - end);
     const _: () = assert!(LITERALS_MAX < 4096, "literal sizes need the 3-byte header");
     if n < 32 {
         out.push((n as u8) << 3);
     } else {
         out.extend_from_slice(&(((n as u16) << 4) | 0b0100).to_le_bytes());
     }
-    out.extend_from_slice(&literals);
+    for s in sequences {
+        out.extend_from_slice(&page[s.at - s.literals..s.at]);
+    }
+    out.extend_from_slice(&page[end..]);
 
     // Sequences section: their number, then (if any) the modes byte (0: all three predefined)
     // and the bitstream.
@@ -483,7 +481,7 @@ mod tests {
         Some(n)
     }
 
-    pub(super) fn noise(seed: u64, n: usize) -> Vec<u8> {
+    fn noise(seed: u64, n: usize) -> Vec<u8> {
         let mut x = seed | 1;
         (0..n)
             .map(|_| {
