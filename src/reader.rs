@@ -15,7 +15,7 @@ use crate::record::chain::{SnapshotHasher, TxnHasher};
 use crate::record::page::{PageDecoder, PAGE_BYTES_MAX};
 use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::{hash_field, hex, FileKind, Hash, RecordError, RecordReader};
-use crate::state::StateTree;
+use crate::state::{RootScheme, StateTree};
 use crate::target::{ObjectInfo, Target, TargetError};
 
 mod page_hashes;
@@ -603,6 +603,8 @@ fn replay_snapshot(
 ) -> Result<ReplaySummary, ReadError> {
     let ctx = Ctx { generation, key };
     let mut reader = open_records(target, key, FileKind::Snapshot)?;
+    // Every root is computed by the scheme of the file that records it.
+    tree.set_scheme(RootScheme::of_version(reader.version()));
     let rec_err = |source| ReadError::Record {
         key: key.to_string(),
         source,
@@ -876,6 +878,7 @@ fn replay_segment(
         let mut first = true;
         // Kept page versions, from this segment's first record on (record::page).
         let mut pages = PageDecoder::new(reader.version());
+        tree.set_scheme(RootScheme::of_version(reader.version()));
         loop {
             let (offset, record) = match reader.next_record() {
                 Ok(Some(r)) => r,

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::reader::{self, GenerationObjects, ReadError, ReplayLimit, Resume, Visitor};
 use crate::record::{hex, pb, Hash};
-use crate::state::StateTree;
+use crate::state::{RootScheme, StateTree};
 use crate::target::Target;
 
 #[derive(Debug, thiserror::Error)]
@@ -444,7 +444,9 @@ impl Follower {
         let page_size: u32 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(|e| self.replica_err(e))?;
-        let mut tree = StateTree::new(page_size);
+        // Replaying a segment sets its scheme; the newest is the likely one.
+        let scheme = RootScheme::of_version(crate::record::FORMAT_VERSION);
+        let mut tree = StateTree::new(page_size, scheme);
         let conn = self.conn.as_ref().expect("opened");
         let mut stmt = conn
             .prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")

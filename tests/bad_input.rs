@@ -201,7 +201,7 @@ fn unknown_format_version_is_named() {
     fs::write(&segment, bytes).unwrap();
     verify_fails_with(
         &target,
-        &["unknown format version 7 (this build reads versions 1 to 3)"],
+        &["unknown format version 7 (this build reads versions 1 to 4)"],
     );
     let (ok, _, err) = cli(&["inspect", segment.to_str().unwrap()]);
     assert!(!ok);

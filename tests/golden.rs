@@ -20,7 +20,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
-use walstream::state::root_of_image;
+use walstream::state::{root_of_image, RootScheme};
 
 use walstream::reader::{Integrity, ReadError};
 use walstream::record::chain::{page_hash, SnapshotHasher, TxnHasher};
@@ -157,6 +157,7 @@ struct ExpectedTxn {
     commit_time_ms: i64,
     chain_hash: Hash,
     image: Hash,
+    state_root: Hash,
 }
 
 struct Golden {
@@ -165,6 +166,7 @@ struct Golden {
     files: Vec<(&'static str, Vec<u8>)>,
     snapshot_hash: Hash,
     snapshot_image: Hash,
+    snapshot_root: Hash,
     txns: Vec<ExpectedTxn>,
 }
 
@@ -183,10 +185,20 @@ impl Golden {
             "    \"hash\": \"{}\",\n",
             hex(&self.snapshot_hash)
         ));
+        // Version 4 also lists the state roots: its own scheme, for other implementations to
+        // check (versions 1 to 3 keep their files as they were).
+        let with_roots = self.version >= 4;
         s.push_str(&format!(
-            "    \"image_blake3\": \"{}\"\n",
-            hex(&self.snapshot_image)
+            "    \"image_blake3\": \"{}\"{}\n",
+            hex(&self.snapshot_image),
+            if with_roots { "," } else { "" }
         ));
+        if with_roots {
+            s.push_str(&format!(
+                "    \"state_root\": \"{}\"\n",
+                hex(&self.snapshot_root)
+            ));
+        }
         s.push_str("  },\n");
         s.push_str("  \"txns\": [\n");
         for (i, t) in self.txns.iter().enumerate() {
@@ -202,7 +214,17 @@ impl Golden {
                 "      \"chain_hash\": \"{}\",\n",
                 hex(&t.chain_hash)
             ));
-            s.push_str(&format!("      \"image_blake3\": \"{}\"\n", hex(&t.image)));
+            s.push_str(&format!(
+                "      \"image_blake3\": \"{}\"{}\n",
+                hex(&t.image),
+                if with_roots { "," } else { "" }
+            ));
+            if with_roots {
+                s.push_str(&format!(
+                    "      \"state_root\": \"{}\"\n",
+                    hex(&t.state_root)
+                ));
+            }
             s.push_str(if i + 1 == self.txns.len() {
                 "    }\n"
             } else {
@@ -269,6 +291,7 @@ fn page_record(
 }
 
 fn generate_version(version: u32) -> Golden {
+    let scheme = RootScheme::of_version(version);
     let mut encoder = PageEncoder::new(walstream::record::page::EncoderMode::Delta);
     // Snapshot: header, a chunk of pages 1-2, a chunk of page 3, end.
     let snapshot_pages: Vec<Vec<u8>> = SNAPSHOT_SEEDS.iter().map(|&s| page(s)).collect();
@@ -280,6 +303,7 @@ fn generate_version(version: u32) -> Golden {
     }
     let snapshot_hash = snapshot_hasher.finish();
     let snapshot_image = *blake3::hash(&image_at(&image, SNAPSHOT_PAGES)).as_bytes();
+    let snapshot_root = root_of_image(scheme, PAGE_SIZE, &image_at(&image, SNAPSHOT_PAGES));
     // Version 2 stores a chunk's pages as one zstd frame, as the spool's writer does.
     let chunk = |first: u32, pages: &[Vec<u8>]| {
         let mut c = pb::SnapshotChunk {
@@ -314,7 +338,7 @@ fn generate_version(version: u32) -> Golden {
             chunk(3, &snapshot_pages[2..]),
             rec(Body::SnapshotEnd(pb::SnapshotEnd {
                 hash: snapshot_hash.to_vec(),
-                state_root: root_of_image(PAGE_SIZE, &image_at(&image, SNAPSHOT_PAGES)).to_vec(),
+                state_root: snapshot_root.to_vec(),
             })),
         ],
     );
@@ -361,7 +385,7 @@ fn generate_version(version: u32) -> Golden {
             records.push(page_record(version, &mut encoder, pgno, data, hash));
         }
         frame += t.pages.len() as u32;
-        let state_root = root_of_image(PAGE_SIZE, &image_at(&image, t.db_size_pages));
+        let state_root = root_of_image(scheme, PAGE_SIZE, &image_at(&image, t.db_size_pages));
         let chain_hash = hasher.finish(t.db_size_pages, t.commit_time_ms, &state_root);
         records.push(rec(Body::TxnCommit(pb::TxnCommit {
             seq: t.seq,
@@ -394,6 +418,7 @@ fn generate_version(version: u32) -> Golden {
             commit_time_ms: t.commit_time_ms,
             chain_hash,
             image: *blake3::hash(&image_at(&image, t.db_size_pages)).as_bytes(),
+            state_root,
         });
         head = chain_hash;
         prev_time = t.commit_time_ms;
@@ -409,6 +434,7 @@ fn generate_version(version: u32) -> Golden {
         ],
         snapshot_hash,
         snapshot_image,
+        snapshot_root,
         txns: expected,
     }
 }
@@ -430,7 +456,7 @@ fn golden_dir() -> PathBuf {
 
 /// `tests/golden/v<version>`, regenerated first like `golden_dir`.
 fn golden_dir_version(version: u32) -> PathBuf {
-    static REGEN: [Once; 3] = [Once::new(), Once::new(), Once::new()];
+    static REGEN: [Once; 4] = [Once::new(), Once::new(), Once::new(), Once::new()];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/v{version}"));
     if regen_requested() {
         REGEN[version as usize - 1].call_once(|| {
@@ -577,6 +603,11 @@ fn golden_v2_files_are_reproduced_byte_for_byte() {
 #[test]
 fn golden_v3_files_are_reproduced_byte_for_byte() {
     check_reproduced_byte_for_byte(3);
+}
+
+#[test]
+fn golden_v4_files_are_reproduced_byte_for_byte() {
+    check_reproduced_byte_for_byte(4);
 }
 
 fn check_reproduced_byte_for_byte(version: u32) {
@@ -728,7 +759,7 @@ fn golden_hashes_follow_the_documented_layout() {
                     let at_n = image_at(&image, c.db_size_pages);
                     assert_eq!(
                         c.state_root,
-                        root_of_image(PAGE_SIZE, &at_n).to_vec(),
+                        root_of_image(RootScheme::V1, PAGE_SIZE, &at_n).to_vec(),
                         "root of txn {seq}"
                     );
                     seen.push((seq, c.db_size_pages, hex(&hash), hex(&hash_bytes(&at_n))));
@@ -953,6 +984,11 @@ fn golden_v3_stream_verifies_and_replays() {
     check_verifies_and_replays(3);
 }
 
+#[test]
+fn golden_v4_stream_verifies_and_replays() {
+    check_verifies_and_replays(4);
+}
+
 fn check_verifies_and_replays(version: u32) {
     let dir = golden_dir_version(version);
     let expected = expected_json_version(version);
@@ -1128,11 +1164,11 @@ fn changed_version_byte_is_an_unknown_format_version() {
         let (_tmp, root) = golden_copy();
         let path = root.join(key);
         let mut bytes = fs::read(&path).unwrap();
-        bytes[8] = 4;
+        bytes[8] = 5;
         fs::write(&path, bytes).unwrap();
         assert_eq!(
             verify_error(&root).to_string(),
-            format!("{key}: unknown format version 4 (this build reads versions 1 to 3)"),
+            format!("{key}: unknown format version 5 (this build reads versions 1 to 4)"),
             "version changed in {key}"
         );
     }
@@ -1426,5 +1462,119 @@ fn golden_v2_file_relabelled_v3_is_a_corrupt_record() {
     assert_eq!(
         verify_error(&root).to_string(),
         format!("{SEGMENT1_KEY}: record at offset 16: checksum mismatch (corrupt record)")
+    );
+}
+
+/// Version 4 changed only how state roots are computed: the version 3 records at the same
+/// offsets but for the roots and the chain hashes that cover them (same lengths: 32 bytes each).
+#[test]
+fn golden_v4_holds_the_v3_records_with_v4_roots() {
+    for key in [SNAPSHOT_KEY, SEGMENT1_KEY, SEGMENT4_KEY] {
+        let v3 = records(&golden_dir_version(3).join(key));
+        let v4 = records(&golden_dir_version(4).join(key));
+        assert_eq!(v3.len(), v4.len(), "{key}");
+        for ((at3, r3), (at4, mut r4)) in v3.into_iter().zip(v4) {
+            assert_eq!(at3, at4, "{key}");
+            match (&r3.body, &mut r4.body) {
+                (Some(Body::TxnCommit(c3)), Some(Body::TxnCommit(c4))) => {
+                    assert_ne!(c3.state_root, c4.state_root, "{key} txn {}", c3.seq);
+                    assert_ne!(c3.hash, c4.hash, "{key} txn {}", c3.seq);
+                    c4.state_root = c3.state_root.clone();
+                    c4.hash = c3.hash.clone();
+                }
+                (Some(Body::SnapshotEnd(e3)), Some(Body::SnapshotEnd(e4))) => {
+                    assert_ne!(e3.state_root, e4.state_root, "{key}");
+                    e4.state_root = e3.state_root.clone();
+                }
+                (Some(Body::SegmentHeader(h3)), Some(Body::SegmentHeader(h4)))
+                    if h3.first_seq > 1 =>
+                {
+                    h4.prev_hash = h3.prev_hash.clone();
+                }
+                _ => {}
+            }
+            assert_eq!(r3, r4, "{key} at {at3}");
+        }
+    }
+}
+
+/// The version 4 state roots, computed from FORMAT.md ("State roots") by hand: BLAKE3 keyed
+/// with the 32 ASCII bytes `walstream/v4/state-tree/node-key` over the two children, a tree of
+/// height max(6, ceil(log2(page_count))) whose missing leaves are 32 zero bytes, wrapped with
+/// the domain `walstream/root/v4`, the page size and the page count.
+#[test]
+fn golden_v4_state_roots_follow_the_documented_definition() {
+    fn by_hand(image: &[u8]) -> String {
+        let leaves: Vec<Hash> = image.chunks(PAGE_SIZE as usize).map(hash_bytes).collect();
+        let n = leaves.len();
+        let mut height = 6;
+        while (1usize << height) < n {
+            height += 1;
+        }
+        let mut level = leaves;
+        level.resize(1 << height, [0; 32]);
+        while level.len() > 1 {
+            level = level
+                .chunks(2)
+                .map(|pair| {
+                    let mut h = blake3::Hasher::new_keyed(b"walstream/v4/state-tree/node-key");
+                    h.update(&pair[0]).update(&pair[1]);
+                    *h.finalize().as_bytes()
+                })
+                .collect();
+        }
+        let mut bytes = b"walstream/root/v4".to_vec();
+        bytes.extend_from_slice(&PAGE_SIZE.to_le_bytes());
+        bytes.extend_from_slice(&(n as u32).to_le_bytes());
+        bytes.extend_from_slice(&level[0]);
+        hex(&hash_bytes(&bytes))
+    }
+    let dir = golden_dir_version(4);
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let restored = tempfile::tempdir().unwrap();
+    let mut roots = vec![(
+        "snapshot".to_string(),
+        json["snapshot"]["state_root"].clone(),
+    )];
+    for t in json["txns"].as_array().unwrap() {
+        roots.push((t["seq"].to_string(), t["state_root"].clone()));
+    }
+    for (i, (what, expected)) in roots.into_iter().enumerate() {
+        let out = restored.path().join(format!("{i}.db"));
+        restore_to(&dir, &out, Point::Txn(i as u64)).unwrap();
+        let image = fs::read(&out).unwrap();
+        assert_eq!(by_hand(&image), expected.as_str().unwrap(), "{what}");
+    }
+    // And the recorded ones (the chain covers them).
+    for (_, r) in records(&dir.join(SEGMENT1_KEY)) {
+        if let Some(Body::TxnCommit(c)) = r.body {
+            let t = &json["txns"][(c.seq - 1) as usize];
+            assert_eq!(hex(&c.state_root), t["state_root"].as_str().unwrap());
+        }
+    }
+}
+
+/// A version 3 file relabelled version 4 frames and chains as before, but its recorded roots
+/// are not version 4's: the first state root check names it.
+#[test]
+fn golden_v3_file_relabelled_v4_is_a_state_root_mismatch() {
+    let (_tmp, root) = golden_copy_version(3);
+    let path = root.join(SEGMENT1_KEY);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[8] = 4;
+    fs::write(&path, bytes).unwrap();
+    let e = verify_error(&root).to_string();
+    // The root computed is version 4's for the same image.
+    let v4: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(golden_dir_version(4).join("expected.json")).unwrap(),
+    )
+    .unwrap();
+    let v4_root = v4["txns"][0]["state_root"].as_str().unwrap();
+    assert!(
+        e.starts_with(&format!("generation 1, txn 1 ({SEGMENT1_KEY} at offset "))
+            && e.contains("state root mismatch: recorded ")
+            && e.ends_with(&format!(", computed {v4_root}")),
+        "{e}"
     );
 }

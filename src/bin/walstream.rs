@@ -148,6 +148,14 @@ enum Command {
         /// Generation (default: the newest).
         #[arg(long)]
         generation: Option<u64>,
+        /// With --db: the root as this format version defines it, to compare with a stream
+        /// written in it (versions 1 to 3 share one definition, version 4 has its own)
+        /// [default: 4]
+        #[arg(long,
+              value_parser = clap::value_parser!(u32).range(
+                  i64::from(walstream::record::frame::FORMAT_VERSION_MIN)
+                      ..=i64::from(walstream::record::FORMAT_VERSION)))]
+        format_version: Option<u32>,
     },
     /// List generations, snapshots and segments with their transaction ranges, sizes and times.
     Ls { target: String },
@@ -261,7 +269,14 @@ fn main() -> ExitCode {
             db,
             txn,
             generation,
-        } => cmd_root(target.as_deref(), db.as_deref(), txn, generation),
+            format_version,
+        } => cmd_root(
+            target.as_deref(),
+            db.as_deref(),
+            txn,
+            generation,
+            format_version,
+        ),
         Command::Ls { target } => cmd_ls(&target),
         Command::Prune {
             target,
@@ -470,11 +485,20 @@ fn cmd_root(
     db: Option<&Path>,
     txn: Option<u64>,
     generation: Option<u64>,
+    format_version: Option<u32>,
 ) -> Result<()> {
+    if db.is_none() && format_version.is_some() {
+        bail!(
+            "--format-version applies to --db only: the roots a stream records follow the \
+             format version of the files that hold them"
+        );
+    }
     if let Some(path) = db {
-        let (page_size, root) = root_of_file(path)?;
+        let format_version = format_version.unwrap_or(walstream::record::FORMAT_VERSION);
+        let scheme = walstream::state::RootScheme::of_version(format_version);
+        let (page_size, root) = root_of_file(path, scheme)?;
         out!(
-            "{}  {} ({} pages of {page_size} bytes)",
+            "{}  {} ({} pages of {page_size} bytes, format version {format_version})",
             hex(&root),
             path.display(),
             std::fs::metadata(path)?.len() / u64::from(page_size)
@@ -509,7 +533,10 @@ fn cmd_root(
 }
 
 /// The state root of a database file, read page by page.
-fn root_of_file(path: &Path) -> Result<(u32, walstream::record::Hash)> {
+fn root_of_file(
+    path: &Path,
+    scheme: walstream::state::RootScheme,
+) -> Result<(u32, walstream::record::Hash)> {
     use std::io::Read;
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut header = [0u8; 100];
@@ -522,7 +549,7 @@ fn root_of_file(path: &Path) -> Result<(u32, walstream::record::Hash)> {
     let page_size = if raw == 1 { 65536 } else { raw };
     let file = File::open(path)?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    let mut tree = walstream::state::StateTree::new(page_size);
+    let mut tree = walstream::state::StateTree::new(page_size, scheme);
     let mut page = vec![0u8; page_size as usize];
     let mut pgno = 0u32;
     loop {

@@ -4,7 +4,7 @@
 //! file   := header record*
 //! header := magic "WALSTRM\0" (8) | format version u32 LE (4) | file kind u32 LE (4)
 //! record := body length u32 LE (4) | body (protobuf `Record`) | check (8)
-//! check  := XXH3-64(body) as u64 LE          (format version 3)
+//! check  := XXH3-64(body) as u64 LE          (format versions 3 and 4)
 //!         | BLAKE3(body)[0..8]                (format versions 1 and 2)
 //! ```
 //! The per-record checksum catches torn writes and corruption of any record; tampering is caught
@@ -19,11 +19,12 @@ use prost::Message;
 use super::pb;
 
 pub const MAGIC: [u8; 8] = *b"WALSTRM\0";
-/// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 3;
+/// The format version this build writes (a generation begun in versions 1 to 3 goes on in
+/// version 3: `state::RootScheme::newest_version`).
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format version this build reads. Version 1 differs from 2 only in its `Page`
-/// records, which hold raw `data` only; 2 from 3 only in its record checksum (docs/FORMAT.md,
-/// "Version history").
+/// records, which hold raw `data` only; 2 from 3 only in its record checksum; 3 from 4 only in
+/// how state roots are computed (docs/FORMAT.md, "Version history").
 pub const FORMAT_VERSION_MIN: u32 = 1;
 pub const FILE_HEADER_BYTES: usize = 16;
 const LEN_BYTES: usize = 4;
@@ -525,7 +526,7 @@ mod tests {
         let err = RecordReader::new(&bytes[..]).err().unwrap();
         assert_eq!(
             err.to_string(),
-            "unknown format version 9 (this build reads versions 1 to 3)"
+            "unknown format version 9 (this build reads versions 1 to 4)"
         );
     }
 

@@ -16,7 +16,7 @@ use crate::record::page::stored_page_len;
 use crate::record::pb::record::Body;
 use crate::record::Hash;
 use crate::record::{hash_field, FileKind, RecordReader};
-use crate::state::StateTree;
+use crate::state::{RootScheme, StateTree};
 use crate::target::{LocalTarget, Target};
 use crate::wal::is_valid_page_size;
 
@@ -68,7 +68,7 @@ fn from_recorded_hashes(
 ) -> Option<StateTree> {
     let snapshot = objects.snapshot.as_ref()?;
     let mut records = open(target, &snapshot.key, FileKind::Snapshot)?;
-    let mut tree = StateTree::default();
+    let mut tree = StateTree::new(0, RootScheme::of_version(records.version()));
     tree.spill_to(dir, spill);
     // Chunks must run from page 1 up: the tree grows only by pages whose hashes were read.
     let mut page_count = None;
@@ -109,6 +109,8 @@ fn from_recorded_hashes(
     }
     for (_, segment) in objects.segments.range(..=seq) {
         let mut records = open(target, &segment.key, FileKind::Segment)?;
+        // The root recorded in a file follows that file's scheme.
+        tree.set_scheme(RootScheme::of_version(records.version()));
         while let Some((_, record)) = records.next_record().ok()? {
             match record.body? {
                 Body::Page(p) => {

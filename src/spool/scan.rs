@@ -9,7 +9,7 @@ use crate::layout;
 use crate::record::page::{stored_page_len, EncoderMode, PageEncoder};
 use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::{hash_field, FileKind, Hash, RecordReader, FORMAT_VERSION};
-use crate::state::StateTree;
+use crate::state::{RootScheme, StateTree};
 use crate::wal::WalCursor;
 
 /// Where the stream in the spool ends.
@@ -268,8 +268,9 @@ impl SpoolLock<'_> {
             segment_first_seq: 1,
             segment_len: 0,
             head_signed: false,
-            segment_version: FORMAT_VERSION,
-            codec: SegmentCodec::found(FORMAT_VERSION),
+            // The first segment takes the snapshot's root scheme (`create_segment`).
+            segment_version: summary.version,
+            codec: SegmentCodec::found(summary.version),
         });
         self.create_segment(1)
     }
@@ -363,6 +364,8 @@ fn snapshot_page_size(dir: &Path, generation: u64) -> Result<u32, SpoolError> {
 pub(crate) struct SnapshotSummary {
     pub header: pb::SnapshotHeader,
     pub hash: Hash,
+    /// The snapshot file's format version.
+    pub version: u32,
 }
 
 pub(crate) fn read_snapshot_summary(path: &Path) -> Result<SnapshotSummary, SpoolError> {
@@ -379,7 +382,12 @@ pub(crate) fn read_snapshot_summary(path: &Path) -> Result<SnapshotSummary, Spoo
                     .ok_or_else(|| corrupt(path, "snapshot hash is not 32 bytes".into()))?;
                 let header =
                     header.ok_or_else(|| corrupt(path, "snapshot has no header".into()))?;
-                return Ok(SnapshotSummary { header, hash });
+                let version = reader.version();
+                return Ok(SnapshotSummary {
+                    header,
+                    hash,
+                    version,
+                });
             }
             _ => {}
         }
@@ -419,6 +427,9 @@ pub(crate) fn scan_segment(
             tail.codec = SegmentCodec::found(reader.version());
         }
         Some(_) => tail.codec.0.stop_deltas(),
+    }
+    if let Some(tree) = tree.as_deref_mut() {
+        tree.set_scheme(RootScheme::of_version(tail.segment_version));
     }
     let mut good_end = reader.offset();
     let mut open_txn: Option<u64> = None;

@@ -12,7 +12,7 @@ use crate::record::chain::{page_hash, SnapshotHasher, TxnHasher};
 use crate::record::frame::encode_record;
 use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::{FileKind, Hash, RecordWriter, FORMAT_VERSION};
-use crate::state::StateTree;
+use crate::state::{RootScheme, StateTree};
 use crate::wal::WalCursor;
 
 /// Pages per snapshot chunk record are limited to this many bytes (at least one page).
@@ -95,6 +95,9 @@ impl SpoolLock<'_> {
     /// Starts the segment whose first transaction is `first_seq`, after the current tail.
     pub(crate) fn create_segment(&mut self, first_seq: u64) -> Result<(), SpoolError> {
         let tail = self.spool.tail.clone().expect("a generation is open");
+        // One generation never mixes root schemes: a generation begun by an older writer goes
+        // on in the newest format version of its scheme.
+        let version = RootScheme::of_version(tail.segment_version).newest_version();
         let path = self.segment_path(tail.generation, first_seq);
         let file = OpenOptions::new()
             .create(true)
@@ -102,8 +105,8 @@ impl SpoolLock<'_> {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        let mut w =
-            RecordWriter::new(BufWriter::new(file), FileKind::Segment).map_err(io_err(&path))?;
+        let mut w = RecordWriter::with_version(BufWriter::new(file), FileKind::Segment, version)
+            .map_err(io_err(&path))?;
         w.write(&rec(Body::SegmentHeader(pb::SegmentHeader {
             generation: tail.generation,
             first_seq,
@@ -120,7 +123,7 @@ impl SpoolLock<'_> {
         t.segment_first_seq = first_seq;
         t.segment_len = len;
         t.head_signed = false;
-        t.segment_version = FORMAT_VERSION;
+        t.segment_version = version;
         t.codec.0.start_segment();
         Ok(())
     }
@@ -338,7 +341,9 @@ impl SpoolLock<'_> {
         txn: &TxnAppender,
         db_size_pages: u32,
     ) -> Result<Hash, SpoolError> {
+        let scheme = self.tail_scheme();
         let tree = self.txn_tree(txn.page_size == 0, txn.page_size)?;
+        tree.set_scheme(scheme);
         tree.resize(db_size_pages);
         let root = tree.root();
         self.tree_root(root)
@@ -378,19 +383,30 @@ impl SpoolLock<'_> {
 
     /// The state root of the database image after the tail's last transaction.
     pub fn tail_state_root(&mut self) -> Result<Hash, SpoolError> {
-        let root = self.tail_tree()?.root();
+        let scheme = self.tail_scheme();
+        let tree = self.tail_tree()?;
+        tree.set_scheme(scheme);
+        let root = tree.root();
         if let Ok(root) = self.tree_root(root) {
             return Ok(root);
         }
         // The tree's scratch file failed: it was dropped, and is rebuilt once.
-        let root = self.tail_tree()?.root();
+        let tree = self.tail_tree()?;
+        tree.set_scheme(scheme);
+        let root = tree.root();
         self.tree_root(root)
     }
 
+    /// The root scheme of the tail segment: the one its next commit records.
+    fn tail_scheme(&self) -> RootScheme {
+        let tail = self.spool.tail.as_ref().expect("a generation is open");
+        RootScheme::of_version(tail.segment_version)
+    }
+
     /// An empty state tree for a database image of pages of `page_size`, spilling as this
-    /// spool's trees do.
+    /// spool's trees do, with the tail segment's root scheme.
     pub fn new_tree(&self, page_size: u32) -> StateTree {
-        let mut tree = StateTree::new(page_size);
+        let mut tree = StateTree::new(page_size, self.tail_scheme());
         tree.spill_to(&self.spool.dir, self.spool.tree_spill_leaves);
         tree
     }
@@ -514,7 +530,7 @@ fn write_snapshot(
     let page_size = meta.page_size as usize;
     let per_chunk = (SNAPSHOT_CHUNK_BYTES_MAX / page_size.max(1)).max(1) as u32;
     let mut hasher = SnapshotHasher::new(generation, meta.page_size, prev_generation);
-    let mut tree = StateTree::new(meta.page_size);
+    let mut tree = StateTree::new(meta.page_size, RootScheme::of_version(FORMAT_VERSION));
     tree.spill_to(dir, spill);
     tree.resize(meta.page_count);
     let mut page = vec![0u8; page_size];
@@ -677,6 +693,86 @@ mod tests {
         )
         .unwrap();
         report.generations.last().unwrap().last_seq
+    }
+
+    /// The format version in a file's header.
+    fn file_version(path: &std::path::Path) -> u32 {
+        let bytes = std::fs::read(path).unwrap();
+        u32::from_le_bytes(bytes[8..12].try_into().unwrap())
+    }
+
+    #[test]
+    fn a_generation_begun_in_version_3_goes_on_in_version_3_and_a_new_one_is_version_4() {
+        // The golden version 3 stream (page size 512, txns 1 to 4, its last segment open) as
+        // the spool of a writer of this build: one generation never mixes root schemes.
+        let tmp = tempfile::tempdir().unwrap();
+        let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v3");
+        let copy = |from: &std::path::Path, to: &std::path::Path| {
+            let mut stack = vec![(from.to_path_buf(), to.to_path_buf())];
+            while let Some((from, to)) = stack.pop() {
+                std::fs::create_dir_all(&to).unwrap();
+                for e in std::fs::read_dir(&from).unwrap() {
+                    let e = e.unwrap();
+                    if e.file_type().unwrap().is_dir() {
+                        stack.push((e.path(), to.join(e.file_name())));
+                    } else {
+                        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+                    }
+                }
+            }
+        };
+        copy(&golden.join("generations"), &tmp.path().join("generations"));
+        let wal = WalCursor {
+            page_size: 512,
+            ..cursor(1)
+        };
+        let mut spool = Spool::open(tmp.path()).unwrap();
+        let append = |spool: &mut Spool, seed: u8| {
+            let mut lock = spool.lock().unwrap();
+            let mut txn = lock.begin_txn();
+            lock.txn_page(&mut txn, 2, &[seed; 512]).unwrap();
+            lock.txn_page(&mut txn, 9, &[seed ^ 1; 512]).unwrap();
+            lock.commit_txn(txn, 9, 1_700_000_100_000, &wal).unwrap();
+        };
+        append(&mut spool, 1);
+        assert!(spool.lock().unwrap().seal_active().unwrap());
+        append(&mut spool, 2);
+        let generation_1 = |first_seq| tmp.path().join(layout::segment_key(1, first_seq));
+        assert_eq!(
+            file_version(&generation_1(4)),
+            3,
+            "appended to in its version"
+        );
+        assert_eq!(
+            file_version(&generation_1(6)),
+            3,
+            "a new segment of a v3 generation"
+        );
+        // Every root the writer recorded is version 1's scheme: verify recomputes them.
+        assert_eq!(verify_all(tmp.path()), 6);
+
+        let meta = SnapshotMeta {
+            page_size: 512,
+            page_count: 2,
+            reason: "test".into(),
+            wal: None,
+        };
+        let mut lock = spool.lock().unwrap();
+        let generation = lock
+            .start_generation(&meta, &mut |_, buf| {
+                buf.fill(7);
+                Ok(())
+            })
+            .unwrap();
+        drop(lock);
+        append(&mut spool, 3);
+        let dir = tmp.path();
+        assert_eq!(file_version(&dir.join(layout::snapshot_key(generation))), 4);
+        assert_eq!(
+            file_version(&dir.join(layout::segment_key(generation, 1))),
+            4
+        );
+        assert_eq!(verify_all(dir), 1);
     }
 
     #[test]

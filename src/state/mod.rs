@@ -1,11 +1,13 @@
 //! State roots: one hash that commits to a whole database image, so that a validator can prove
 //! that a database file equals the state after transaction N without replaying the stream.
 //!
-//! The root is a Merkle tree of fixed height 32 over the page hashes (leaf `i` is page `i + 1`;
-//! pages past the end of the database are empty leaves), wrapped with the page size and page
-//! count. Updating it after a transaction costs one hash per node on the paths from the changed
-//! pages to the root (about 32 for one page, shared between pages), whatever the database size.
-//! The construction is specified in docs/FORMAT.md ("State roots").
+//! The root is a Merkle tree over the page hashes (leaf `i` is page `i + 1`; pages past the end
+//! of the database are empty leaves), wrapped with the page size and page count. Two schemes
+//! exist ([`RootScheme`]): format versions 1 to 3 hash 65-byte nodes in a tree of fixed height
+//! 32; version 4 hashes 64-byte nodes (one BLAKE3 compression each) in a tree only as tall as the
+//! database needs. Updating the root after a transaction costs one hash per node on the paths
+//! from the changed pages to the root, shared between pages, whatever the database size. The
+//! construction is specified in docs/FORMAT.md ("State roots").
 
 mod leaves;
 
@@ -18,9 +20,10 @@ use crate::record::Hash;
 use leaves::Leaves;
 pub use leaves::SPILL_LEAVES;
 
-/// Height of the tree: 2^32 leaves cover every page number SQLite allows.
-pub const TREE_HEIGHT: usize = 32;
+/// Height of a scheme-1 tree: 2^32 leaves cover every page number SQLite allows.
+const V1_TREE_HEIGHT: usize = 32;
 /// Leaves are grouped in blocks of 2^BLOCK_LEVEL; levels from BLOCK_LEVEL up are kept as nodes.
+/// A scheme-4 tree is never shorter than a block.
 const BLOCK_LEVEL: usize = 6;
 const BLOCK_LEAVES: usize = 1 << BLOCK_LEVEL;
 /// Nodes strictly inside a block (heights 1 to BLOCK_LEVEL - 1): 32 + 16 + 8 + 4 + 2.
@@ -29,40 +32,107 @@ const BLOCK_INNER: usize = BLOCK_LEAVES - 2;
 /// kept block costs BLOCK_LEVEL hashes inside it instead of 63. Bounds the cache to 256 KiB
 /// (~2 KiB a block), whatever the database size; 128 blocks cover 8192 hot pages.
 const CACHED_BLOCKS_MAX: usize = 128;
-const ROOT_DOMAIN: &[u8; 17] = b"walstream/root/v1";
-const NODE_TAG: u8 = 0x01;
+const V1_NODE_TAG: u8 = 0x01;
+/// The BLAKE3 key of scheme-4 nodes: 32 ASCII bytes. Keying separates nodes from page hashes
+/// (unkeyed) as scheme 1's tag byte did, without the 65th byte that cost a second compression.
+const V4_NODE_KEY: &[u8; 32] = b"walstream/v4/state-tree/node-key";
 
-/// An inner node: BLAKE3(0x01 | left | right), hashed in one call over a stack buffer.
-pub fn node(left: &Hash, right: &Hash) -> Hash {
-    let mut input = [0u8; 65];
-    input[0] = NODE_TAG;
-    input[1..33].copy_from_slice(left);
-    input[33..].copy_from_slice(right);
-    *blake3::hash(&input).as_bytes()
+/// How a format version turns page hashes into a state root (docs/FORMAT.md, "State roots").
+/// A stream's roots follow the scheme of the file that records them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RootScheme {
+    /// Format versions 1 to 3: node = BLAKE3(0x01 | left | right), a tree of fixed height 32.
+    #[default]
+    V1,
+    /// Format version 4: node = BLAKE3 keyed with `V4_NODE_KEY` over left | right, a tree of
+    /// height max(6, ceil(log2(page count))).
+    V4,
 }
 
-/// The hash of an empty subtree of each height: height 0 is an empty leaf (32 zero bytes).
-pub fn empty(height: usize) -> &'static Hash {
-    static EMPTY: OnceLock<Vec<Hash>> = OnceLock::new();
-    &EMPTY.get_or_init(|| {
-        let mut v = vec![[0u8; 32]];
-        for h in 0..TREE_HEIGHT {
-            let e = node(&v[h], &v[h]);
-            v.push(e);
+impl RootScheme {
+    /// The scheme of the files of format `version`.
+    pub fn of_version(version: u32) -> Self {
+        if version >= 4 {
+            RootScheme::V4
+        } else {
+            RootScheme::V1
         }
-        v
-    })[height]
-}
+    }
 
-/// The state root of a database image given the root of its page tree.
-pub fn state_root(page_size: u32, page_count: u32, tree_root: &Hash) -> Hash {
-    let mut input = [0u8; ROOT_DOMAIN.len() + 8 + 32];
-    let (domain, rest) = input.split_at_mut(ROOT_DOMAIN.len());
-    domain.copy_from_slice(ROOT_DOMAIN);
-    rest[..4].copy_from_slice(&page_size.to_le_bytes());
-    rest[4..8].copy_from_slice(&page_count.to_le_bytes());
-    rest[8..].copy_from_slice(tree_root);
-    *blake3::hash(&input).as_bytes()
+    /// The newest format version whose roots follow this scheme: what a writer uses for the
+    /// new files of a generation, so that one generation never mixes schemes.
+    pub fn newest_version(self) -> u32 {
+        match self {
+            RootScheme::V1 => 3,
+            RootScheme::V4 => crate::record::FORMAT_VERSION,
+        }
+    }
+
+    /// An inner node over two children.
+    pub fn node(self, left: &Hash, right: &Hash) -> Hash {
+        match self {
+            RootScheme::V1 => {
+                let mut input = [0u8; 65];
+                input[0] = V1_NODE_TAG;
+                input[1..33].copy_from_slice(left);
+                input[33..].copy_from_slice(right);
+                *blake3::hash(&input).as_bytes()
+            }
+            RootScheme::V4 => {
+                let mut input = [0u8; 64];
+                input[..32].copy_from_slice(left);
+                input[32..].copy_from_slice(right);
+                *blake3::keyed_hash(V4_NODE_KEY, &input).as_bytes()
+            }
+        }
+    }
+
+    /// The hash of an empty subtree of each height: height 0 is an empty leaf (32 zero bytes).
+    pub fn empty(self, height: usize) -> &'static Hash {
+        static V1: OnceLock<Vec<Hash>> = OnceLock::new();
+        static V4: OnceLock<Vec<Hash>> = OnceLock::new();
+        let table = match self {
+            RootScheme::V1 => &V1,
+            RootScheme::V4 => &V4,
+        };
+        &table.get_or_init(|| {
+            let mut v = vec![EMPTY_LEAF];
+            for h in 0..V1_TREE_HEIGHT {
+                let e = self.node(&v[h], &v[h]);
+                v.push(e);
+            }
+            v
+        })[height]
+    }
+
+    /// Height of the tree over an image of `page_count` pages.
+    pub fn height(self, page_count: usize) -> usize {
+        match self {
+            RootScheme::V1 => V1_TREE_HEIGHT,
+            RootScheme::V4 => {
+                let fitted = page_count.next_power_of_two().trailing_zeros() as usize;
+                fitted.max(BLOCK_LEVEL)
+            }
+        }
+    }
+
+    fn domain(self) -> &'static [u8; 17] {
+        match self {
+            RootScheme::V1 => b"walstream/root/v1",
+            RootScheme::V4 => b"walstream/root/v4",
+        }
+    }
+
+    /// The state root of a database image given the root of its page tree.
+    pub fn state_root(self, page_size: u32, page_count: u32, tree_root: &Hash) -> Hash {
+        let domain = self.domain();
+        let mut input = [0u8; 17 + 8 + 32];
+        input[..17].copy_from_slice(domain);
+        input[17..21].copy_from_slice(&page_size.to_le_bytes());
+        input[21..25].copy_from_slice(&page_count.to_le_bytes());
+        input[25..].copy_from_slice(tree_root);
+        *blake3::hash(&input).as_bytes()
+    }
 }
 
 /// An empty leaf, for leaves past the end of the image.
@@ -82,6 +152,7 @@ const DIRTY_ENTRIES_MIN: usize = 4096;
 #[derive(Debug, Default)]
 pub struct StateTree {
     page_size: u32,
+    scheme: RootScheme,
     /// Page hashes; the length is the page count.
     leaves: Leaves,
     /// The first I/O error of the scratch file, if any.
@@ -102,11 +173,28 @@ pub struct StateTree {
 }
 
 impl StateTree {
-    pub fn new(page_size: u32) -> Self {
+    pub fn new(page_size: u32, scheme: RootScheme) -> Self {
         Self {
             page_size,
+            scheme,
             ..Default::default()
         }
+    }
+
+    pub fn scheme(&self) -> RootScheme {
+        self.scheme
+    }
+
+    /// Computes roots by `scheme` from now on (a reader moving to a file of another format
+    /// version). Every inner node depends on the scheme: the next `root` hashes them all again.
+    pub fn set_scheme(&mut self, scheme: RootScheme) {
+        if scheme == self.scheme {
+            return;
+        }
+        self.scheme = scheme;
+        self.levels.clear();
+        self.cache = BlockCache::default();
+        self.mark_range(0, self.leaves.len());
     }
 
     pub fn page_count(&self) -> u32 {
@@ -244,15 +332,17 @@ impl StateTree {
             ));
         }
         let n = self.leaves.len();
-        let heights = TREE_HEIGHT - BLOCK_LEVEL + 1;
-        if self.levels.len() != heights {
-            self.levels = vec![Vec::new(); heights];
-        }
-        // The width of every level follows from that of the blocks' level.
-        if self.levels[0].len() != n.div_ceil(BLOCK_LEAVES) {
+        let scheme = self.scheme;
+        let height = scheme.height(n);
+        let heights = height - BLOCK_LEVEL + 1;
+        // The width of every level follows from that of the blocks' level. A scheme-4 tree
+        // grows a level whenever the image doubles past a block: the new top node is an
+        // ancestor of the new pages, which are marked changed, so it is hashed below.
+        if self.levels.len() != heights || self.levels[0].len() != n.div_ceil(BLOCK_LEAVES) {
+            self.levels.resize(heights, Vec::new());
             for (k, level) in self.levels.iter_mut().enumerate() {
                 let width = n.div_ceil(1 << (BLOCK_LEVEL + k));
-                level.resize(width, *empty(BLOCK_LEVEL + k));
+                level.resize(width, *scheme.empty(BLOCK_LEVEL + k));
             }
         }
         compact(&mut self.dirty);
@@ -271,7 +361,7 @@ impl StateTree {
                         return Err(e);
                     }
                 };
-                self.levels[0][block] = self.cache.block_root(leaves, block, mask, keep);
+                self.levels[0][block] = self.cache.block_root(scheme, leaves, block, mask, keep);
             } else {
                 // Past the end after shrinking: no node of its own any more, but its ancestors
                 // must still be recomputed.
@@ -289,8 +379,8 @@ impl StateTree {
             let (lower, upper) = self.levels.split_at_mut(k);
             let children = &lower[k - 1];
             for &p in &dirty {
-                let child = |i: usize| children.get(i).unwrap_or(empty(below));
-                let value = node(child(2 * p), child(2 * p + 1));
+                let child = |i: usize| children.get(i).unwrap_or(scheme.empty(below));
+                let value = scheme.node(child(2 * p), child(2 * p + 1));
                 if let Some(slot) = upper[0].get_mut(p) {
                     *slot = value;
                 }
@@ -300,8 +390,8 @@ impl StateTree {
         let top = self.levels[heights - 1]
             .first()
             .copied()
-            .unwrap_or(*empty(TREE_HEIGHT));
-        Ok(state_root(self.page_size, n as u32, &top))
+            .unwrap_or(*scheme.empty(height));
+        Ok(scheme.state_root(self.page_size, n as u32, &top))
     }
 }
 
@@ -334,7 +424,8 @@ type BlockInner = [Hash; BLOCK_INNER];
 /// Recomputes the inner nodes of a block whose leaves are `leaves` (fewer than `BLOCK_LEAVES` at
 /// the end of the image) above the leaves in `mask` (all of them must be current outside those
 /// paths) and returns the block's root.
-fn update_block(leaves: &[Hash], inner: &mut BlockInner, mask: u64) -> Hash {
+fn update_block(scheme: RootScheme, leaves: &[Hash], inner: &mut BlockInner, mask: u64) -> Hash {
+    let node = |l: &Hash, r: &Hash| scheme.node(l, r);
     let leaf = |i: usize| leaves.get(i).unwrap_or(&EMPTY_LEAF);
     let mut changed = parents(mask);
     let mut bits = changed;
@@ -381,18 +472,25 @@ impl BlockCache {
     /// The root of `block`, whose leaves are `leaves`, after those in `mask` changed: only their paths are hashed
     /// again when the block's inner nodes are kept, else all of them (and kept if `keep`, in
     /// place of the least recently used block).
-    fn block_root(&mut self, leaves: &[Hash], block: usize, mask: u64, keep: bool) -> Hash {
+    fn block_root(
+        &mut self,
+        scheme: RootScheme,
+        leaves: &[Hash],
+        block: usize,
+        mask: u64,
+        keep: bool,
+    ) -> Hash {
         self.clock += 1;
         if let Some(&slot) = self.index.get(&block) {
             let cached = &mut self.slots[slot];
             cached.last_used = self.clock;
-            return update_block(leaves, &mut cached.inner, mask);
+            return update_block(scheme, leaves, &mut cached.inner, mask);
         }
         if !keep {
             let inner = self
                 .scratch
                 .get_or_insert_with(|| Box::new([EMPTY_LEAF; BLOCK_INNER]));
-            return update_block(leaves, inner, u64::MAX);
+            return update_block(scheme, leaves, inner, u64::MAX);
         }
         let slot = if self.slots.len() < CACHED_BLOCKS_MAX {
             let inner = Box::new([EMPTY_LEAF; BLOCK_INNER]);
@@ -411,7 +509,7 @@ impl BlockCache {
             slot
         };
         self.index.insert(block, slot);
-        update_block(leaves, &mut self.slots[slot].inner, u64::MAX)
+        update_block(scheme, leaves, &mut self.slots[slot].inner, u64::MAX)
     }
 
     /// Drops the inner nodes of a block cut off the image.
@@ -427,8 +525,8 @@ impl BlockCache {
 }
 
 /// The state root of a database image held in memory (for tests and small images).
-pub fn root_of_image(page_size: u32, image: &[u8]) -> Hash {
-    let mut tree = StateTree::new(page_size);
+pub fn root_of_image(scheme: RootScheme, page_size: u32, image: &[u8]) -> Hash {
+    let mut tree = StateTree::new(page_size, scheme);
     tree.resize((image.len() / page_size as usize) as u32);
     for (i, page) in image.chunks_exact(page_size as usize).enumerate() {
         tree.set_page(i as u32 + 1, *blake3::hash(page).as_bytes());
@@ -441,20 +539,26 @@ pub fn root_of_image(page_size: u32, image: &[u8]) -> Hash {
 mod tests {
     use super::*;
 
-    /// The definition, computed naively over the whole 2^32-leaf tree with empty subtrees.
-    fn naive(page_size: u32, leaves: &[Hash]) -> Hash {
+    /// The definition, computed naively over the whole tree with empty subtrees.
+    fn naive(scheme: RootScheme, page_size: u32, leaves: &[Hash]) -> Hash {
         let mut level: Vec<Hash> = leaves.to_vec();
-        for h in 0..TREE_HEIGHT {
+        for h in 0..scheme.height(leaves.len()) {
             if level.is_empty() {
-                level.push(*empty(h));
+                level.push(*scheme.empty(h));
             }
             if level.len() % 2 == 1 {
-                level.push(*empty(h));
+                level.push(*scheme.empty(h));
             }
-            level = level.chunks_exact(2).map(|p| node(&p[0], &p[1])).collect();
+            level = level
+                .chunks_exact(2)
+                .map(|p| scheme.node(&p[0], &p[1]))
+                .collect();
         }
-        state_root(page_size, leaves.len() as u32, &level[0])
+        assert_eq!(level.len(), 1, "the tree is tall enough for every page");
+        scheme.state_root(page_size, leaves.len() as u32, &level[0])
     }
+
+    const SCHEMES: [RootScheme; 2] = [RootScheme::V1, RootScheme::V4];
 
     const CACHED_LEAF_BLOCKS_FOR_TESTS: usize = leaves::CACHED_LEAF_BLOCKS;
 
@@ -464,7 +568,13 @@ mod tests {
 
     #[test]
     fn incremental_root_equals_the_definition_through_growth_and_shrinking() {
-        let mut tree = StateTree::new(512);
+        for scheme in SCHEMES {
+            growth_and_shrinking_keep_the_definition(scheme);
+        }
+    }
+
+    fn growth_and_shrinking_keep_the_definition(scheme: RootScheme) {
+        let mut tree = StateTree::new(512, scheme);
         let mut model: Vec<Hash> = Vec::new();
         let zero = *blake3::hash(&[0u8; 512]).as_bytes();
         let steps: &[(u32, &[u32])] = &[
@@ -477,6 +587,11 @@ mod tests {
             (65, &[65]),
             (0, &[]),
             (129, &[129, 1]),
+            (128, &[]),
+            (4096, &[4000]),
+            (200, &[7]),
+            (5000, &[]),
+            (1, &[]),
         ];
         for (count, pages) in steps {
             for &p in *pages {
@@ -490,15 +605,54 @@ mod tests {
             model.resize(*count as usize, zero);
             assert_eq!(
                 tree.root().unwrap(),
-                naive(512, &model),
-                "after resizing to {count}"
+                naive(scheme, 512, &model),
+                "{scheme:?}, after resizing to {count}"
             );
         }
     }
 
     #[test]
     fn incremental_root_equals_the_definition_with_kept_and_evicted_blocks() {
-        random_changes_keep_the_definition(StateTree::new(1024));
+        for scheme in SCHEMES {
+            random_changes_keep_the_definition(StateTree::new(1024, scheme));
+        }
+    }
+
+    #[test]
+    fn a_tree_switched_to_another_scheme_has_that_schemes_roots() {
+        // A reader moves from a version-3 file to a version-4 one (and back) with the same tree.
+        let mut tree = StateTree::new(1024, RootScheme::V1);
+        let model: Vec<Hash> = (1..=300).map(h).collect();
+        for (i, leaf) in model.iter().enumerate() {
+            tree.set_page(i as u32 + 1, *leaf);
+        }
+        assert_eq!(tree.root().unwrap(), naive(RootScheme::V1, 1024, &model));
+        for scheme in [RootScheme::V4, RootScheme::V1, RootScheme::V4] {
+            tree.set_scheme(scheme);
+            assert_eq!(
+                tree.root().unwrap(),
+                naive(scheme, 1024, &model),
+                "{scheme:?}"
+            );
+        }
+        assert_ne!(
+            naive(RootScheme::V1, 1024, &model),
+            naive(RootScheme::V4, 1024, &model)
+        );
+    }
+
+    #[test]
+    fn a_scheme_4_node_is_one_keyed_compression_of_its_children() {
+        // The definition in docs/FORMAT.md, spelled out with the hasher's own API.
+        let (l, r) = (h(1), h(2));
+        let mut hasher = blake3::Hasher::new_keyed(b"walstream/v4/state-tree/node-key");
+        hasher.update(&l).update(&r);
+        assert_eq!(RootScheme::V4.node(&l, &r), *hasher.finalize().as_bytes());
+        assert_eq!(RootScheme::V4.height(0), 6);
+        assert_eq!(RootScheme::V4.height(64), 6);
+        assert_eq!(RootScheme::V4.height(65), 7);
+        assert_eq!(RootScheme::V4.height(1 << 20), 20);
+        assert_eq!(RootScheme::V1.height(5), 32);
     }
 
     #[test]
@@ -507,7 +661,7 @@ mod tests {
         // blocks than the changes touch, so blocks are written back, read again and grown.
         for spill_at in [0, 5 * BLOCK_LEAVES + 3] {
             let dir = tempfile::tempdir().unwrap();
-            let mut tree = StateTree::new(1024);
+            let mut tree = StateTree::new(1024, RootScheme::V4);
             tree.spill_to(dir.path(), spill_at);
             let tree = random_changes_keep_the_definition(tree);
             assert!(tree.spilled(), "spill_at {spill_at}");
@@ -519,7 +673,7 @@ mod tests {
     #[test]
     fn a_forked_child_never_touches_its_parents_scratch_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut tree = StateTree::new(512);
+        let mut tree = StateTree::new(512, RootScheme::V4);
         tree.spill_to(dir.path(), 0);
         let far = (CACHED_LEAF_BLOCKS_FOR_TESTS * BLOCK_LEAVES) as u32 * 2;
         tree.set_page(1, h(1));
@@ -540,7 +694,7 @@ mod tests {
     fn a_tree_whose_scratch_file_cannot_be_made_reports_it_at_root() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
-        let mut tree = StateTree::new(512);
+        let mut tree = StateTree::new(512, RootScheme::V4);
         tree.spill_to(&missing, 10);
         tree.set_page(3, h(3));
         assert!(tree.root().is_ok(), "not spilled yet: in memory");
@@ -586,7 +740,12 @@ mod tests {
                 tree.resize(size);
                 model.resize(size as usize, zero);
             }
-            assert_eq!(tree.root().unwrap(), naive(1024, &model), "at step {step}");
+            let scheme = tree.scheme();
+            assert_eq!(
+                tree.root().unwrap(),
+                naive(scheme, 1024, &model),
+                "at step {step}"
+            );
         }
         tree
     }
@@ -602,7 +761,10 @@ mod tests {
     #[test]
     fn root_commits_to_size_and_page_size() {
         let img = vec![7u8; 1024];
-        assert_ne!(root_of_image(512, &img), root_of_image(1024, &img));
-        assert_ne!(root_of_image(512, &img), root_of_image(512, &img[..512]));
+        for scheme in SCHEMES {
+            let root = |page_size, img| root_of_image(scheme, page_size, img);
+            assert_ne!(root(512, &img), root(1024, &img));
+            assert_ne!(root(512, &img), root(512, &img[..512]));
+        }
     }
 }
