@@ -855,6 +855,8 @@ fn fuzz_seeds() -> Vec<(String, Vec<u8>)> {
     let v2 = |key: &str| golden_v2.file(key);
     let golden_v3 = generate_version(3);
     let v3 = |key: &str| golden_v3.file(key);
+    let golden_v4 = generate_version(4);
+    let v4 = |key: &str| golden_v4.file(key);
     let mut seeds = vec![
         (
             "record_decode/golden-snapshot.wsnap".to_string(),
@@ -897,6 +899,11 @@ fn fuzz_seeds() -> Vec<(String, Vec<u8>)> {
         (
             "segment_replay/golden-v3-full.bin".to_string(),
             pack_replay_input(&v3(SNAPSHOT_KEY), &v3(SEGMENT1_KEY), 4, &v3(SEGMENT4_KEY)),
+        ),
+        // Format v4: as v3, state roots of keyed 64-byte nodes.
+        (
+            "segment_replay/golden-v4-full.bin".to_string(),
+            pack_replay_input(&v4(SNAPSHOT_KEY), &v4(SEGMENT1_KEY), 4, &v4(SEGMENT4_KEY)),
         ),
         ("wal_frame/golden-wal-le.bin".to_string(), golden_wal(false)),
         ("wal_frame/golden-wal-be.bin".to_string(), golden_wal(true)),
