@@ -481,12 +481,24 @@ fn replay_segments(
     visitor: &mut dyn Visitor,
     mut consumed: u64,
 ) -> Result<(), ReadError> {
-    // The segment holding the first transaction to replay, and every later one.
-    let start = objects
+    // The segment holding the first transaction to replay, and every later one; if it continues
+    // the kept page versions of earlier segments, from the first of that chain (the writer
+    // bounds chains: spool::KEPT_CHAIN_BYTES_MAX).
+    let mut start = objects
         .segments
         .range(..=resume.after_seq + 1)
         .next_back()
         .map_or(1, |(k, _)| *k);
+    while let Some((&earlier, _)) = objects.segments.range(..start).next_back() {
+        let continues = objects
+            .segments
+            .get(&start)
+            .is_some_and(|o| continues_kept(target, &o.key));
+        if !continues {
+            break;
+        }
+        start = earlier;
+    }
     let segments: Vec<(u64, &ObjectInfo)> = objects
         .segments
         .range(start..)
@@ -496,6 +508,7 @@ fn replay_segments(
     let mut dangling: Option<u64> = None;
     let mut skip = SkipTo::new(resume, start);
     let mut hashes = PageHashes::new();
+    let mut handed_on: Option<PageDecoder> = None;
     if skip.is_some() {
         summary.last_seq = start - 1;
     }
@@ -524,6 +537,7 @@ fn replay_segments(
             visitor,
             is_last,
             &mut hashes,
+            &mut handed_on,
         )?;
         consumed += object.size;
         visitor.progress(consumed);
@@ -575,6 +589,26 @@ fn replay_segments(
         }
     }
     Ok(())
+}
+
+/// Whether the segment `key` continues the kept page versions of the one before it (a
+/// `KeptContinued` record before its first transaction). Anything unreadable says no: the
+/// replay that follows reports it.
+fn continues_kept(target: &dyn Target, key: &str) -> bool {
+    let Ok(mut reader) = open_records(target, key, FileKind::Segment) else {
+        return false;
+    };
+    if reader.version() < 4 {
+        return false;
+    }
+    while let Ok(Some((_, record))) = reader.next_record() {
+        match record.body {
+            Some(Body::KeptContinued(_)) => return true,
+            Some(Body::TxnBegin(_) | Body::SegmentEnd(_)) => return false,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Transactions already applied by a resuming consumer: their chain is checked up to `head`,
@@ -824,6 +858,7 @@ pub fn kind_name(body: &Option<Body>) -> &'static str {
         Some(Body::SnapshotChunk(_)) => "snapshot chunk",
         Some(Body::SnapshotEnd(_)) => "snapshot end",
         Some(Body::HeadSignature(_)) => "head signature",
+        Some(Body::KeptContinued(_)) => "kept-continued",
         None => "empty",
     }
 }
@@ -864,7 +899,11 @@ fn replay_segment(
     visitor: &mut dyn Visitor,
     is_last: bool,
     hashes: &mut PageHashes,
+    handed_on: &mut Option<PageDecoder>,
 ) -> Result<SegEnd, ReadError> {
+    // The previous segment's kept versions, for a `KeptContinued` here; this segment's are
+    // handed on in their place if it is sealed.
+    let mut carried = handed_on.take();
     let mut reader = match open_records(target, ctx.key, FileKind::Segment) {
         Ok(r) => r,
         Err(e) if is_last && torn_header(&e) => {
@@ -874,11 +913,14 @@ fn replay_segment(
         Err(e) => return Err(e),
     };
     let mut txn: Option<OpenTxn> = None;
+    let version = reader.version();
+    // Kept page versions, from this segment's first record on (record::page), or from the
+    // previous segment's (`KeptContinued`).
+    let mut pages = PageDecoder::new(version);
     let result = (|| -> Result<SegEnd, ReadError> {
         let mut first = true;
-        // Kept page versions, from this segment's first record on (record::page).
-        let mut pages = PageDecoder::new(reader.version());
-        tree.set_scheme(RootScheme::of_version(reader.version()));
+        let (mut saw_txn, mut saw_marker) = (false, false);
+        tree.set_scheme(RootScheme::of_version(version));
         loop {
             let (offset, record) = match reader.next_record() {
                 Ok(Some(r)) => r,
@@ -914,7 +956,35 @@ fn replay_segment(
                 continue;
             }
             match (body, txn.as_mut()) {
+                (Some(Body::KeptContinued(_)), None) => {
+                    if version < 4 {
+                        return Err(ctx.fail(
+                            None,
+                            None,
+                            Some(offset),
+                            format!(
+                                "a kept-continued record (version 4) in a version {version} file"
+                            ),
+                        ));
+                    }
+                    if saw_txn || saw_marker {
+                        return Err(ctx.fail(None, None, Some(offset),
+                            "a kept-continued record after the segment's first transaction, or twice".into()));
+                    }
+                    saw_marker = true;
+                    match carried.take().filter(|d| d.version() == version) {
+                        Some(previous) => pages = previous,
+                        None => {
+                            return Err(ctx.fail(None, None, Some(offset), format!(
+                                "the segment continues the kept page versions of the one before it, \
+                                 which {} (a generation's first segment has none)",
+                                if first_seq == 1 { "does not exist" } else { "was not read with it" }
+                            )))
+                        }
+                    }
+                }
                 (Some(Body::TxnBegin(b)), None) => {
+                    saw_txn = true;
                     if b.seq != summary.last_seq + 1 {
                         return Err(ctx.fail(
                             Some(b.seq),
@@ -1137,6 +1207,10 @@ fn replay_segment(
     if let Some(t) = txn.as_mut() {
         let keep = skip.is_none();
         hashes.finish(&mut |h| txn_page_hashed(ctx, t, keep, h))?;
+    }
+    // A sealed segment hands its kept versions on: the next one may continue them.
+    if let Ok(SegEnd::Rolled { .. }) = &result {
+        *handed_on = Some(pages);
     }
     result
 }

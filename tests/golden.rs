@@ -365,7 +365,13 @@ fn generate_version(version: u32) -> Golden {
                     next_seq: t.seq,
                 })));
             }
-            encoder.start_segment();
+            // Version 4: the second segment goes on with the first one's kept versions.
+            let continues = version >= 4 && i > 0;
+            if continues {
+                encoder.continue_segment(0, false);
+            } else {
+                encoder.start_segment();
+            }
             segments.push(vec![rec(Body::SegmentHeader(pb::SegmentHeader {
                 generation: GENERATION,
                 first_seq: t.seq,
@@ -373,6 +379,10 @@ fn generate_version(version: u32) -> Golden {
                 wal: wal(salts, frame),
                 prev_commit_time_ms: prev_time,
             }))]);
+            if continues {
+                let records = segments.last_mut().unwrap();
+                records.push(rec(Body::KeptContinued(pb::KeptContinued {})));
+            }
         }
         let records = segments.last_mut().unwrap();
         records.push(rec(Body::TxnBegin(pb::TxnBegin { seq: t.seq })));
@@ -396,6 +406,7 @@ fn generate_version(version: u32) -> Golden {
             wal: wal(salts, frame),
             state_root: state_root.to_vec(),
         })));
+        encoder.txn_done();
         if t.seq == 2 {
             records.push(rec(Body::WalReset(pb::WalReset {
                 kind: Kind::Restart as i32,
@@ -1472,17 +1483,35 @@ fn golden_v2_file_relabelled_v3_is_a_corrupt_record() {
     );
 }
 
-/// Version 4 changed only how state roots are computed: the version 3 records at the same
-/// offsets but for the roots and the chain hashes that cover them (same lengths: 32 bytes each).
+/// Version 4 changed how state roots are computed, and lets a segment continue the kept page
+/// versions of the one before it: the version 3 records at the same offsets but for the roots
+/// and the chain hashes that cover them (same lengths: 32 bytes each), and the second segment
+/// with a `KeptContinued` record after its header and its page stored as a delta against the
+/// version kept in the first segment.
 #[test]
 fn golden_v4_holds_the_v3_records_with_v4_roots() {
     for key in [SNAPSHOT_KEY, SEGMENT1_KEY, SEGMENT4_KEY] {
         let v3 = records(&golden_dir_version(3).join(key));
-        let v4 = records(&golden_dir_version(4).join(key));
+        let mut v4 = records(&golden_dir_version(4).join(key));
+        let continued = key == SEGMENT4_KEY;
+        if continued {
+            assert!(
+                matches!(v4[1].1.body, Some(Body::KeptContinued(_))),
+                "{key}"
+            );
+            v4.remove(1);
+        }
         assert_eq!(v3.len(), v4.len(), "{key}");
         for ((at3, r3), (at4, mut r4)) in v3.into_iter().zip(v4) {
-            assert_eq!(at3, at4, "{key}");
+            if !continued {
+                assert_eq!(at3, at4, "{key}");
+            }
             match (&r3.body, &mut r4.body) {
+                (Some(Body::Page(p3)), Some(Body::Page(p4))) if continued => {
+                    assert!(!p3.zstd.is_empty() && !p4.zstd_delta.is_empty(), "{key}");
+                    p4.zstd_delta = p3.zstd_delta.clone();
+                    p4.zstd = p3.zstd.clone();
+                }
                 (Some(Body::TxnCommit(c3)), Some(Body::TxnCommit(c4))) => {
                     assert_ne!(c3.state_root, c4.state_root, "{key} txn {}", c3.seq);
                     assert_ne!(c3.hash, c4.hash, "{key} txn {}", c3.seq);
@@ -1584,4 +1613,62 @@ fn golden_v3_file_relabelled_v4_is_a_state_root_mismatch() {
             && e.ends_with(&format!(", computed {v4_root}")),
         "{e}"
     );
+}
+
+/// The version 4 second segment without its `KeptContinued`: its page's base is in the first
+/// segment, which it no longer continues.
+#[test]
+fn golden_v4_delta_across_segments_needs_the_kept_continued_record() {
+    let (_tmp, root) = golden_copy_version(4);
+    let path = root.join(SEGMENT4_KEY);
+    let mut recs = records(&path);
+    assert!(matches!(recs[1].1.body, Some(Body::KeptContinued(_))));
+    recs.remove(1);
+    rewrite(&path, 4, &recs);
+    let e = verify_error(&root).to_string();
+    assert!(
+        e.starts_with(&format!("generation 1, txn 4, page 3 ({SEGMENT4_KEY} at offset "))
+            && e.ends_with("delta page with no kept version of the page earlier in the segment (or the segments it continues)"),
+        "{e}"
+    );
+}
+
+/// A `KeptContinued` where none may be: in a version 3 file, in a generation's first segment,
+/// after a transaction, twice.
+#[test]
+fn misplaced_kept_continued_records_are_named() {
+    let marker = || rec(Body::KeptContinued(pb::KeptContinued {}));
+    let cases: [(u32, &str, usize, &str); 4] = [
+        (3, SEGMENT4_KEY, 1, "a kept-continued record (version 4) in a version 3 file"),
+        (
+            4,
+            SEGMENT1_KEY,
+            1,
+            "the segment continues the kept page versions of the one before it, which does not exist (a generation's first segment has none)",
+        ),
+        (
+            4,
+            SEGMENT1_KEY,
+            5,
+            "a kept-continued record after the segment's first transaction, or twice",
+        ),
+        (
+            4,
+            SEGMENT4_KEY,
+            1,
+            "a kept-continued record after the segment's first transaction, or twice",
+        ),
+    ];
+    for (version, key, at, problem) in cases {
+        let (_tmp, root) = golden_copy_version(version);
+        let path = root.join(key);
+        let mut recs = records(&path);
+        recs.insert(at, (0, marker()));
+        rewrite(&path, version, &recs);
+        let e = verify_error(&root).to_string();
+        assert!(
+            e.starts_with(&format!("generation 1 ({key} at offset ")) && e.ends_with(problem),
+            "v{version} {key} at {at}: {e}"
+        );
+    }
 }

@@ -848,6 +848,9 @@ fn cmd_inspect(path: &Path, verbose: bool) -> Result<()> {
                 hex(&h.prev_hash)
             ),
             Body::TxnBegin(b) => format!("txn {} begin", b.seq),
+            Body::KeptContinued(_) => "kept page versions continued from the previous segment \
+                 (this file alone cannot decode deltas against them)"
+                .to_string(),
             Body::Page(p) => {
                 let (how, stored) = match (p.data.len(), p.zstd.len(), p.zstd_delta.len()) {
                     (_, 0, 0) => ("raw", p.data.len()),

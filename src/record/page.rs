@@ -5,7 +5,9 @@
 //! the latest earlier version of the same page, in the same segment, whose record was marked
 //! `kept`. Writer and reader keep the same table of kept versions, from the segment's first
 //! record on, so a segment decodes alone; the table is bounded by `KEPT_BYTES_MAX`, which a
-//! reader enforces, so hostile input cannot make it hold more.
+//! reader enforces, so hostile input cannot make it hold more. Format version 4 lets a segment
+//! continue the table of the segment before it (`SegmentHeader.continues_kept`): a writer that
+//! seals small segments often, to ship them, then keeps its deltas.
 //!
 //! Hashes never depend on this: a `Page` record's `hash` is BLAKE3 of the page image, and a reader
 //! compares it with the image it reconstructed.
@@ -157,6 +159,11 @@ pub struct PageEncoder {
     scratch: Vec<u8>,
     /// Pages were encoded since the last `txn_done`: a transaction is being appended.
     open: bool,
+    /// Bytes of the earlier segments whose kept versions the current one continues.
+    chain_bytes: u64,
+    /// The segment continues kept versions, but its `KeptContinued` record is not written yet:
+    /// the next transaction starts with it.
+    marker_pending: bool,
 }
 
 impl std::fmt::Debug for PageEncoder {
@@ -195,6 +202,8 @@ impl PageEncoder {
             held_bytes_max,
             scratch: Vec::new(),
             open: false,
+            chain_bytes: 0,
+            marker_pending: false,
         }
     }
 
@@ -217,6 +226,33 @@ impl PageEncoder {
         self.kept.clear();
         self.open = false;
         self.mode = EncoderMode::Delta;
+        self.chain_bytes = 0;
+        self.marker_pending = false;
+    }
+
+    /// Whether the next segment, after the current one sealed at `sealed_len` bytes, may go on
+    /// with this encoder's kept versions (format version 4, `continues_kept`): this encoder
+    /// wrote all of the current segment (so a reader's kept versions at its end are this
+    /// encoder's), no transaction is half-appended, and the chain of segments stays within
+    /// `chain_bytes_max` (what a consumer resuming inside it reads again).
+    pub fn can_continue(&self, sealed_len: u64, chain_bytes_max: u64) -> bool {
+        self.mode == EncoderMode::Delta
+            && !self.open
+            && self.chain_bytes + sealed_len <= chain_bytes_max
+    }
+
+    /// Goes on into the next segment with the kept versions (`can_continue` said so); unless
+    /// `marked` (the segment already holds a `KeptContinued`), the next transaction must start
+    /// with one (`marker_pending`).
+    pub fn continue_segment(&mut self, sealed_len: u64, marked: bool) {
+        debug_assert!(self.mode == EncoderMode::Delta && !self.open);
+        self.chain_bytes += sealed_len;
+        self.marker_pending = !marked;
+    }
+
+    /// Whether the next transaction must start with a `KeptContinued` record.
+    pub fn marker_pending(&self) -> bool {
+        self.marker_pending
     }
 
     /// For the rest of the segment, no deltas and nothing kept: someone else appended to it, or
@@ -224,6 +260,8 @@ impl PageEncoder {
     pub fn stop_deltas(&mut self) {
         self.kept.clear();
         self.open = false;
+        self.chain_bytes = 0;
+        self.marker_pending = false;
         if self.mode == EncoderMode::Delta {
             self.mode = EncoderMode::Standalone;
         }
@@ -234,9 +272,11 @@ impl PageEncoder {
         self.open
     }
 
-    /// The pages encoded so far are in the segment for good (their transaction committed).
+    /// The pages encoded so far are in the segment for good (their transaction committed, and
+    /// with it the `KeptContinued` it started with).
     pub fn txn_done(&mut self) {
         self.open = false;
+        self.marker_pending = false;
     }
 
     /// Appends one framed `Page` record of `data` (whose hash is `hash`) to `out`, framed for a
@@ -290,7 +330,8 @@ impl PageEncoder {
     }
 }
 
-/// A reader's side of the page codec, for one segment read from its start.
+/// A reader's side of the page codec, for one segment read from its start (and, format version
+/// 4, the segments that continue its kept versions).
 pub struct PageDecoder {
     version: u32,
     kept: KeptPages,
@@ -319,6 +360,11 @@ impl PageDecoder {
     /// Bytes of page images kept for the segment so far.
     pub fn kept_bytes(&self) -> usize {
         self.kept.bytes
+    }
+
+    /// The format version of the segment it decodes.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// The page image of `p`, at most `limit` bytes (the generation's page size when known),
@@ -363,7 +409,9 @@ impl PageDecoder {
         } else {
             let Some(b) = kept.pages.get(&p.pgno) else {
                 return Err(
-                    "delta page with no kept version of the page earlier in the segment".into(),
+                    "delta page with no kept version of the page earlier in the segment (or the \
+                     segments it continues)"
+                        .into(),
                 );
             };
             if b.chain >= DELTA_CHAIN_MAX {
@@ -526,6 +574,9 @@ mod tests {
         },
         /// A new segment: both sides forget what they kept.
         NewSegment,
+        /// A new segment that continues the kept versions when the writer may (format v4's
+        /// `KeptContinued`): the reader carries its table over.
+        ContinueSegment,
         /// Another writer appended: no more deltas in this segment.
         StopDeltas,
     }
@@ -535,6 +586,7 @@ mod tests {
             20 => (1u32..24, proptest::collection::vec((0..PAGE, any::<u8>()), 0..8), proptest::option::weighted(0.1, any::<u64>()))
                 .prop_map(|(pgno, edits, random)| Op::Write { pgno, edits, random }),
             1 => Just(Op::NewSegment),
+            1 => Just(Op::ContinueSegment),
             1 => Just(Op::StopDeltas),
         ]
     }
@@ -556,6 +608,18 @@ mod tests {
                         enc.start_segment();
                         dec = PageDecoder::with_kept_bytes_max(2, cap);
                         chain.clear();
+                    }
+                    Op::ContinueSegment => {
+                        // Segments are sealed between transactions.
+                        enc.txn_done();
+                        if enc.can_continue(0, u64::MAX) {
+                            enc.continue_segment(0, false);
+                            prop_assert!(enc.marker_pending());
+                        } else {
+                            enc.start_segment();
+                            dec = PageDecoder::with_kept_bytes_max(2, cap);
+                            chain.clear();
+                        }
                     }
                     Op::StopDeltas => {
                         enc.stop_deltas();

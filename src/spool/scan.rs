@@ -122,28 +122,42 @@ impl SpoolLock<'_> {
     /// Brings the cached tail up to date: re-reads only what was appended since it was cached,
     /// or everything if the spool changed in another way.
     pub(super) fn refresh(&mut self) -> Result<(), SpoolError> {
-        let Some(tail) = self.spool.tail.clone() else {
+        let Some(tail) = self.spool.tail.as_ref() else {
             return self.reload();
         };
         if tail.ended {
             return self.reload();
         }
-        let path = self.segment_path(tail.generation, tail.segment_first_seq);
+        let (from, path) = (
+            tail.segment_len,
+            self.segment_path(tail.generation, tail.segment_first_seq),
+        );
         let len = match fs::metadata(&path) {
             Ok(m) => m.len(),
             Err(_) => return self.reload(),
         };
-        if len == tail.segment_len {
+        if len == from {
             return Ok(());
         }
-        if len < tail.segment_len {
+        if len < from {
             return self.reload();
         }
         self.spool.segment = None;
         // Another process appended: its writes are durable only once someone syncs them.
         self.spool.unsynced = true;
-        let end = self.scan_continuing(&path, Some(tail.segment_len), tail)?;
+        let end = self.scan_own_tail(&path, Some(from))?;
         self.follow(end)
+    }
+
+    /// `scan_continuing` with the tail itself, codec included (a clone's codec keeps nothing):
+    /// what was appended by someone else may leave this writer's kept versions usable. On an
+    /// error the tail is put back with a codec that keeps nothing.
+    fn scan_own_tail(&mut self, path: &Path, from: Option<u64>) -> Result<SegmentEnd, SpoolError> {
+        let tail = self.spool.tail.take().expect("a tail to scan from");
+        let backup = tail.clone();
+        self.scan_continuing(path, from, tail).inspect_err(|_| {
+            self.spool.tail = Some(backup);
+        })
     }
 
     /// Acts on how the active segment ended: continue in the next segment, or start over.
@@ -162,10 +176,10 @@ impl SpoolLock<'_> {
                 }
             }
             SegmentEnd::Rolled { next_seq } => {
-                let tail = self.spool.tail.clone().expect("scanned a segment");
+                let tail = self.spool.tail.as_ref().expect("scanned a segment");
                 let path = self.segment_path(tail.generation, next_seq);
                 if path.exists() {
-                    match self.scan_continuing(&path, None, tail) {
+                    match self.scan_own_tail(&path, None) {
                         Ok(end) => self.follow(end),
                         // The next segment was never completely started (a power cut right
                         // after it was created): start it again.
@@ -194,7 +208,9 @@ impl SpoolLock<'_> {
             .tree
             .take()
             .filter(|(g, s, _)| (*g, *s) == (tail.generation, tail.last_seq));
-        let end = scan_segment(path, from, &mut tail, tree.as_mut().map(|t| &mut t.2))?;
+        let chain_max = self.spool.kept_chain_bytes_max;
+        let tree_of = tree.as_mut().map(|t| &mut t.2);
+        let end = scan_segment(path, from, &mut tail, tree_of, chain_max)?;
         if let Some(t) = tree.as_mut() {
             (t.0, t.1) = (tail.generation, tail.last_seq);
         }
@@ -237,7 +253,7 @@ impl SpoolLock<'_> {
                 segment_version: FORMAT_VERSION,
                 codec: SegmentCodec::found(FORMAT_VERSION),
             };
-            match scan_segment(&path, None, &mut tail, None) {
+            match scan_segment(&path, None, &mut tail, None, 0) {
                 Ok(end) => {
                     self.spool.tail = Some(tail);
                     return self.follow(end);
@@ -398,11 +414,14 @@ pub(crate) fn read_snapshot_summary(path: &Path) -> Result<SnapshotSummary, Spoo
 /// Applies the records of a segment to `tail`, from the start (`from = None`, which also reads
 /// the segment header) or from a record boundary. A torn record or an unfinished transaction at
 /// the end is cut off: the caller holds the spool lock, so the writer that left it has stopped.
+/// A segment read from the start whose kept versions may continue those of `tail.codec` (the
+/// segment before it) does so while the chain stays within `chain_bytes_max`.
 pub(crate) fn scan_segment(
     path: &Path,
     from: Option<u64>,
     tail: &mut Tail,
     mut tree: Option<&mut StateTree>,
+    chain_bytes_max: u64,
 ) -> Result<SegmentEnd, SpoolError> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let mut reader = match from {
@@ -420,14 +439,19 @@ pub(crate) fn scan_segment(
         }
     };
     // What this scan reads was not written by this process's codec (or is read from scratch):
-    // from here on, this writer refers to nothing kept in the segment.
-    match from {
+    // from here on, this writer refers to nothing kept in the segment, unless what it reads
+    // holds no transaction (below). `prior` is the codec of the segment this one follows.
+    let (prior, prior_len) = match from {
         None => {
             tail.segment_version = reader.version();
-            tail.codec = SegmentCodec::found(reader.version());
+            let found = SegmentCodec::found(reader.version());
+            (
+                Some(std::mem::replace(&mut tail.codec, found)),
+                tail.segment_len,
+            )
         }
-        Some(_) => tail.codec.0.stop_deltas(),
-    }
+        Some(_) => (None, 0),
+    };
     if let Some(tree) = tree.as_deref_mut() {
         tree.set_scheme(RootScheme::of_version(tail.segment_version));
     }
@@ -439,6 +463,8 @@ pub(crate) fn scan_segment(
     let mut saw_header = from.is_some();
     // Page records of committed transactions in what was read, and in the open transaction.
     let (mut committed_pages, mut open_pages) = (false, false);
+    // A transaction began in what was read; a `KeptContinued` was read.
+    let (mut saw_txn, mut saw_marker) = (false, false);
     loop {
         let (offset, record) = match reader.next_record() {
             Ok(Some(r)) => r,
@@ -464,6 +490,7 @@ pub(crate) fn scan_segment(
                 tail.head_signed = false;
             }
             (Body::TxnBegin(b), None) if b.seq == tail.last_seq + 1 => {
+                saw_txn = true;
                 pages.clear();
                 open_txn = Some(b.seq);
             }
@@ -511,6 +538,7 @@ pub(crate) fn scan_segment(
                 open_txn = None;
             }
             (Body::WalReset(r), None) => tail.reset = Some(r),
+            (Body::KeptContinued(_), None) => saw_marker = true,
             (Body::HeadSignature(sig), None) => {
                 let head = (tail.generation, tail.last_seq, tail.head_hash.as_slice());
                 tail.head_signed |= (sig.generation, sig.seq, sig.head_hash.as_slice()) == head;
@@ -554,15 +582,28 @@ pub(crate) fn scan_segment(
             .map_err(io_err(path))?;
         f.set_len(good_end).map_err(io_err(path))?;
     }
+    let cut = file_len > good_end;
     tail.segment_len = good_end;
-    if from.is_none() && !committed_pages && matches!(end, SegmentEnd::Open) {
-        // A segment with no page yet (a header, perhaps markers; a torn transaction was just
-        // cut off): nothing in it is kept, so this writer may keep pages and store deltas, as
-        // if it had written the segment itself. A segment the S3 shipper sealed and rolled in
-        // this process's spool is the common case: without this, capture would store every
-        // page of it standalone.
-        if tail.segment_version >= 2 {
-            tail.codec.0.start_segment();
+    if from.is_some() && (saw_txn || cut) {
+        tail.codec.0.stop_deltas();
+    }
+    let no_txn = tail.last_seq + 1 == tail.segment_first_seq;
+    if from.is_none() && no_txn && !committed_pages && matches!(end, SegmentEnd::Open) {
+        // A segment with no transaction yet (a header, perhaps markers; a torn transaction was
+        // just cut off): nothing in it is kept, so this writer may keep pages and store deltas,
+        // as if it had written the segment itself; and if it wrote all of the segment before,
+        // which someone else only sealed, it goes on with its kept versions there (version 4).
+        // A segment the S3 shipper sealed and rolled in this process's spool is the common
+        // case: without this, capture would store every page of it standalone, or without the
+        // bases it kept.
+        let max = chain_bytes_max;
+        match prior {
+            Some(mut own) if tail.segment_version >= 4 && own.0.can_continue(prior_len, max) => {
+                own.0.continue_segment(prior_len, saw_marker);
+                tail.codec = own;
+            }
+            _ if tail.segment_version >= 2 => tail.codec.0.start_segment(),
+            _ => {}
         }
     }
     Ok(end)

@@ -98,6 +98,14 @@ impl SpoolLock<'_> {
         // One generation never mixes root schemes: a generation begun by an older writer goes
         // on in the newest format version of its scheme.
         let version = RootScheme::of_version(tail.segment_version).newest_version();
+        // The sealed segment's kept versions go on into this one when this writer wrote all of
+        // it (version 4; record::page).
+        // (`tail` is a clone, whose codec kept nothing: ask the tail's own.)
+        let own_codec = &self.spool.tail.as_ref().expect("checked above").codec.0;
+        let continues_kept = version >= 4
+            && first_seq > 1
+            && tail.segment_first_seq < first_seq
+            && own_codec.can_continue(tail.segment_len, self.spool.kept_chain_bytes_max);
         let path = self.segment_path(tail.generation, first_seq);
         let file = OpenOptions::new()
             .create(true)
@@ -124,7 +132,11 @@ impl SpoolLock<'_> {
         t.segment_len = len;
         t.head_signed = false;
         t.segment_version = version;
-        t.codec.0.start_segment();
+        if continues_kept {
+            t.codec.0.continue_segment(tail.segment_len, false);
+        } else {
+            t.codec.0.start_segment();
+        }
         Ok(())
     }
 
@@ -193,6 +205,13 @@ impl SpoolLock<'_> {
         // Grows as pages arrive (up to APPEND_BUFFER_BYTES, then flushed): a 1-row transaction
         // does not pay for a 1 MiB allocation.
         let mut buf = Vec::with_capacity(8 << 10);
+        if tail.codec.0.marker_pending() {
+            encode_record(
+                &rec(Body::KeptContinued(pb::KeptContinued {})),
+                tail.segment_version,
+                &mut buf,
+            );
+        }
         encode_record(
             &rec(Body::TxnBegin(pb::TxnBegin { seq })),
             tail.segment_version,
@@ -969,10 +988,89 @@ mod tests {
         commit(&mut a, 2);
         commit(&mut a, 3);
         let all = |how: &'static str, kept: bool| vec![(how, kept); 4];
+        // Format v4: the segment goes on with the kept versions of the one the shipper sealed,
+        // so even its first transaction is stored as deltas.
         assert_eq!(
             encodings_of(tmp.path(), 2),
-            vec![all("zstd", true), all("delta", true)]
+            vec![all("delta", true), all("delta", true)]
         );
+        assert_eq!(markers(tmp.path(), 2), 1);
         assert_eq!(verify_all(tmp.path()), 3);
     }
+
+    /// `KeptContinued` records in generation 1's segment that starts at `first_seq`.
+    fn markers(dir: &std::path::Path, first_seq: u64) -> usize {
+        let path = dir.join(layout::segment_key(1, first_seq));
+        let mut r = RecordReader::new(File::open(path).unwrap()).unwrap();
+        let mut n = 0;
+        while let Some((_, rec)) = r.next_record().unwrap() {
+            n += usize::from(matches!(rec.body, Some(Body::KeptContinued(_))));
+        }
+        n
+    }
+
+    #[test]
+    fn kept_versions_go_on_across_rolled_segments_within_the_chain_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spool = start(tmp.path());
+        // Every transaction (4 pages of 1 KiB, ~300 bytes as deltas) fills a segment; a chain
+        // holds at most ~2.5 KB of earlier segments.
+        spool.segment_bytes_max = 1;
+        spool.kept_chain_bytes_max = 2500;
+        for version in 1..=8 {
+            commit(&mut spool, version);
+        }
+        let segments: Vec<_> = (1..=8)
+            .map(|first_seq| {
+                let marked = markers(tmp.path(), first_seq);
+                (first_seq, marked, encodings_of(tmp.path(), first_seq))
+            })
+            .collect();
+        // Each segment either continues the one before (marked, all deltas) or starts a chain
+        // (its pages whole); chains restart, so both happen, and the first segment starts one.
+        assert_eq!(segments[0].1, 0);
+        let starts: Vec<u64> = segments
+            .iter()
+            .filter(|(_, marked, _)| *marked == 0)
+            .map(|(s, _, _)| *s)
+            .collect();
+        assert!(
+            starts.len() >= 2 && starts.len() < 8,
+            "chains start at {starts:?}"
+        );
+        for (first_seq, marked, enc) in &segments {
+            let how = if *marked == 1 { "delta" } else { "zstd" };
+            assert_eq!(enc, &vec![vec![(how, true); 4]], "segment {first_seq}");
+        }
+        assert_eq!(verify_all(tmp.path()), 8);
+        // A consumer resuming inside a chain reads it from its first segment.
+        let target = crate::target::LocalTarget::new(tmp.path().to_path_buf());
+        let objects = crate::reader::latest_generation(&target).unwrap();
+        for after in 1..8u64 {
+            let (full, mut tree) = crate::reader::replay_with_tree(
+                &target,
+                &objects,
+                crate::reader::ReplayLimit::Txn(after),
+                &mut NoVisit,
+            )
+            .unwrap();
+            let resume = crate::reader::Resume {
+                after_seq: after,
+                head_hash: full.head_hash,
+            };
+            let to = crate::reader::replay_after(
+                &target,
+                &objects,
+                &resume,
+                &mut tree,
+                crate::reader::ReplayLimit::All,
+                &mut NoVisit,
+            )
+            .unwrap_or_else(|e| panic!("resuming after {after}: {e}"));
+            assert_eq!(to.last_seq, 8, "resuming after {after}");
+        }
+    }
+
+    struct NoVisit;
+    impl crate::reader::Visitor for NoVisit {}
 }
