@@ -985,6 +985,9 @@ fn replay_segment(
                 }
                 (Some(Body::TxnBegin(b)), None) => {
                     saw_txn = true;
+                    // Not continued: the previous segment's kept versions (up to 4 MiB) go now,
+                    // not at the end of this segment.
+                    carried = None;
                     if b.seq != summary.last_seq + 1 {
                         return Err(ctx.fail(
                             Some(b.seq),

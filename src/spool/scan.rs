@@ -602,7 +602,11 @@ pub(crate) fn scan_segment(
                 own.0.continue_segment(prior_len, saw_marker);
                 tail.codec = own;
             }
-            _ if tail.segment_version >= 2 => tail.codec.0.start_segment(),
+            // Readers carry the previous segment's kept versions into a segment that holds a
+            // `KeptContinued` (a writer put it there and stopped before its first transaction
+            // committed): this writer does not know them, so it keeps nothing here (the reader's
+            // kept bytes would not be what it counts).
+            _ if tail.segment_version >= 2 && !saw_marker => tail.codec.0.start_segment(),
             _ => {}
         }
     }

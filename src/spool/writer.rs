@@ -998,6 +998,37 @@ mod tests {
         assert_eq!(verify_all(tmp.path()), 3);
     }
 
+    #[test]
+    fn a_writer_keeps_nothing_in_a_segment_another_marked_as_continued() {
+        // Writer a sealed its segment and began the next one with a `KeptContinued`, then
+        // stopped before its transaction committed. Readers carry the sealed segment's kept
+        // versions into that segment; writer b does not know them, so it keeps nothing there.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = start(tmp.path());
+        commit(&mut a, 1);
+        assert!(a.lock().unwrap().seal_active().unwrap());
+        drop(a);
+        let path = tmp.path().join(layout::segment_key(1, 2));
+        let mut marker = Vec::new();
+        encode_record(
+            &rec(Body::KeptContinued(pb::KeptContinued {})),
+            4,
+            &mut marker,
+        );
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut f, &marker).unwrap();
+        drop(f);
+        let mut b = Spool::open(tmp.path()).unwrap();
+        commit(&mut b, 2);
+        commit(&mut b, 3);
+        assert_eq!(
+            encodings_of(tmp.path(), 2),
+            vec![vec![("zstd", false); 4]; 2]
+        );
+        assert_eq!(markers(tmp.path(), 2), 1);
+        assert_eq!(verify_all(tmp.path()), 3);
+    }
+
     /// `KeptContinued` records in generation 1's segment that starts at `first_seq`.
     fn markers(dir: &std::path::Path, first_seq: u64) -> usize {
         let path = dir.join(layout::segment_key(1, first_seq));
