@@ -82,8 +82,8 @@ pub const SHIP_WORKLOADS: [Workload; 3] =
     [Workload::Txn1Normal, Workload::Txn100, Workload::OrderBook];
 
 /// `WALSTREAM_SEAL_MS` settings of the S3 section: walstream's default (10 ms) and one second
-/// (Litestream's sync interval). Each sealed segment starts its page bases afresh (format v2 and later), so
-/// the seal interval trades lag for bytes.
+/// (Litestream's sync interval). From format v4 a new segment continues the page bases of the
+/// sealed one (`KeptContinued`), so the interval trades lag for objects more than for bytes.
 pub const SHIP_SEAL_MS: [Option<u64>; 2] = [None, Some(1000)];
 
 type ShipRuns = BTreeMap<(String, Option<u64>), Vec<(WorkerOut, WorkerOut)>>;
@@ -143,9 +143,10 @@ fn render_ship(d: &Driver, res: &Results, s: &mut String) {
          2 cores). Lag: from the last commit until `walstream_status()` reports every transaction \
          uploaded (polled every 2 ms). Uploaded: bytes the shipper sent during the body and the wait, \
          ÷ transactions. The shipper uploads a segment once it is sealed, and seals the active segment \
-         once its oldest transaction waited `WALSTREAM_SEAL_MS` (docs/S3.md); every segment starts \
-         its page bases afresh (format v2 and later: a segment decodes alone), so a short interval buys lag \
-         with bytes: measured at walstream's default and at one second (Litestream's interval).\n"
+         once its oldest transaction waited `WALSTREAM_SEAL_MS` (docs/S3.md); from format v4 a new \
+         segment continues the page bases of the one sealed before it (`KeptContinued`), so a short \
+         interval costs objects rather than bytes (before v4, each segment started its bases afresh): \
+         measured at walstream's default and at one second (Litestream's interval).\n"
     );
     let _ = writeln!(
         s,
