@@ -483,7 +483,7 @@ fn replay_segments(
 ) -> Result<(), ReadError> {
     // The segment holding the first transaction to replay, and every later one; if it continues
     // the kept page versions of earlier segments, from the first of that chain (the writer
-    // bounds chains: spool::KEPT_CHAIN_BYTES_MAX).
+    // bounds chains: spool::KEPT_CHAIN).
     let mut start = objects
         .segments
         .range(..=resume.after_seq + 1)

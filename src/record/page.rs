@@ -149,6 +149,17 @@ pub enum EncoderMode {
     Delta,
 }
 
+/// How long a chain of segments that continue each other's kept versions (format version 4,
+/// `KeptContinued`) may grow: a writer's policy (`spool::KEPT_CHAIN`), which bounds what a
+/// consumer resuming inside a chain reads again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainLimit {
+    /// Bytes of the chain's segments before the newest one.
+    pub bytes: u64,
+    /// Segments in the chain, the newest one included.
+    pub segments: u32,
+}
+
 /// A writer's side of the page codec, for the segment it appends to.
 pub struct PageEncoder {
     mode: EncoderMode,
@@ -161,6 +172,8 @@ pub struct PageEncoder {
     open: bool,
     /// Bytes of the earlier segments whose kept versions the current one continues.
     chain_bytes: u64,
+    /// How many earlier segments the current one continues.
+    chain_segments: u32,
     /// The segment continues kept versions, but its `KeptContinued` record is not written yet:
     /// the next transaction starts with it.
     marker_pending: bool,
@@ -203,6 +216,7 @@ impl PageEncoder {
             scratch: Vec::new(),
             open: false,
             chain_bytes: 0,
+            chain_segments: 0,
             marker_pending: false,
         }
     }
@@ -227,6 +241,7 @@ impl PageEncoder {
         self.open = false;
         self.mode = EncoderMode::Delta;
         self.chain_bytes = 0;
+        self.chain_segments = 0;
         self.marker_pending = false;
     }
 
@@ -234,11 +249,12 @@ impl PageEncoder {
     /// with this encoder's kept versions (format version 4, `continues_kept`): this encoder
     /// wrote all of the current segment (so a reader's kept versions at its end are this
     /// encoder's), no transaction is half-appended, and the chain of segments stays within
-    /// `chain_bytes_max` (what a consumer resuming inside it reads again).
-    pub fn can_continue(&self, sealed_len: u64, chain_bytes_max: u64) -> bool {
+    /// `limit`.
+    pub fn can_continue(&self, sealed_len: u64, limit: ChainLimit) -> bool {
         self.mode == EncoderMode::Delta
             && !self.open
-            && self.chain_bytes + sealed_len <= chain_bytes_max
+            && self.chain_bytes + sealed_len <= limit.bytes
+            && self.chain_segments + 2 <= limit.segments
     }
 
     /// Goes on into the next segment with the kept versions (`can_continue` said so); unless
@@ -247,6 +263,7 @@ impl PageEncoder {
     pub fn continue_segment(&mut self, sealed_len: u64, marked: bool) {
         debug_assert!(self.mode == EncoderMode::Delta && !self.open);
         self.chain_bytes += sealed_len;
+        self.chain_segments += 1;
         self.marker_pending = !marked;
     }
 
@@ -261,6 +278,7 @@ impl PageEncoder {
         self.kept.clear();
         self.open = false;
         self.chain_bytes = 0;
+        self.chain_segments = 0;
         self.marker_pending = false;
         if self.mode == EncoderMode::Delta {
             self.mode = EncoderMode::Standalone;
@@ -612,7 +630,8 @@ mod tests {
                     Op::ContinueSegment => {
                         // Segments are sealed between transactions.
                         enc.txn_done();
-                        if enc.can_continue(0, u64::MAX) {
+                        let unbounded = ChainLimit { bytes: u64::MAX, segments: u32::MAX };
+                        if enc.can_continue(0, unbounded) {
                             enc.continue_segment(0, false);
                             prop_assert!(enc.marker_pending());
                         } else {

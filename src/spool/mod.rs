@@ -22,6 +22,7 @@ use std::sync::Arc;
 pub use scan::Tail;
 pub use writer::TxnAppender;
 
+use crate::record::page::ChainLimit;
 use crate::record::RecordError;
 use crate::sign::Signer;
 use crate::state::StateTree;
@@ -33,10 +34,16 @@ pub const LOCK_NAME: &str = "spool.lock";
 /// re-reading the active segment when a process starts.
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 16 << 20;
 /// A new segment continues the kept page versions of the one before it (format version 4,
-/// `KeptContinued`) while the earlier segments of the chain hold at most this many bytes: a
-/// consumer resuming inside a chain reads it again from its first segment, so this bounds what
-/// it re-reads. Sealing small segments often (the S3 shipper) so keeps its deltas.
-pub const KEPT_CHAIN_BYTES_MAX: u64 = 16 << 20;
+/// `KeptContinued`) while the earlier segments of the chain hold at most 16 MiB and the chain
+/// has at most 8 segments: a consumer resuming inside a chain (a follower, at every poll that
+/// finds new transactions) reads it again from its first segment, one object per segment on S3,
+/// so this bounds what it re-reads. Sealing small segments often (the S3 shipper) so keeps most
+/// of its deltas: a chain's first segment stores the first version of each page it touches
+/// whole.
+pub const KEPT_CHAIN: ChainLimit = ChainLimit {
+    bytes: 16 << 20,
+    segments: 8,
+};
 /// Bytes of a transaction buffered before they are written to the segment; bounds capture's
 /// memory for transactions of any size (a 10 MB transaction takes some 40 writes: their cost
 /// is lost in that of encoding 10 MB).
@@ -88,8 +95,8 @@ pub struct Spool {
     /// rebuilt from the spool when it does not match the tail.
     tree: Option<(u64, u64, StateTree)>,
     pub segment_bytes_max: u64,
-    /// `KEPT_CHAIN_BYTES_MAX` (tests make it small).
-    pub kept_chain_bytes_max: u64,
+    /// `KEPT_CHAIN` (tests make it small).
+    pub kept_chain: ChainLimit,
     /// The state tree keeps at most this many page hashes in memory, the rest in a scratch file
     /// in the spool directory (`state::SPILL_LEAVES`; tests make it small).
     pub tree_spill_leaves: usize,
@@ -110,7 +117,7 @@ impl Spool {
             unsynced: false,
             tree: None,
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
-            kept_chain_bytes_max: KEPT_CHAIN_BYTES_MAX,
+            kept_chain: KEPT_CHAIN,
             tree_spill_leaves: crate::state::SPILL_LEAVES,
             signer: None,
         })

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{io_err, SpoolError, SpoolLock};
 use crate::layout;
-use crate::record::page::{stored_page_len, EncoderMode, PageEncoder};
+use crate::record::page::{stored_page_len, ChainLimit, EncoderMode, PageEncoder};
 use crate::record::pb::{self, record::Body, segment_end::Reason};
 use crate::record::{hash_field, FileKind, Hash, RecordReader, FORMAT_VERSION};
 use crate::state::{RootScheme, StateTree};
@@ -208,7 +208,7 @@ impl SpoolLock<'_> {
             .tree
             .take()
             .filter(|(g, s, _)| (*g, *s) == (tail.generation, tail.last_seq));
-        let chain_max = self.spool.kept_chain_bytes_max;
+        let chain_max = self.spool.kept_chain;
         let tree_of = tree.as_mut().map(|t| &mut t.2);
         let end = scan_segment(path, from, &mut tail, tree_of, chain_max)?;
         if let Some(t) = tree.as_mut() {
@@ -253,7 +253,7 @@ impl SpoolLock<'_> {
                 segment_version: FORMAT_VERSION,
                 codec: SegmentCodec::found(FORMAT_VERSION),
             };
-            match scan_segment(&path, None, &mut tail, None, 0) {
+            match scan_segment(&path, None, &mut tail, None, crate::spool::KEPT_CHAIN) {
                 Ok(end) => {
                     self.spool.tail = Some(tail);
                     return self.follow(end);
@@ -415,13 +415,13 @@ pub(crate) fn read_snapshot_summary(path: &Path) -> Result<SnapshotSummary, Spoo
 /// the segment header) or from a record boundary. A torn record or an unfinished transaction at
 /// the end is cut off: the caller holds the spool lock, so the writer that left it has stopped.
 /// A segment read from the start whose kept versions may continue those of `tail.codec` (the
-/// segment before it) does so while the chain stays within `chain_bytes_max`.
+/// segment before it) does so while the chain stays within `chain_limit`.
 pub(crate) fn scan_segment(
     path: &Path,
     from: Option<u64>,
     tail: &mut Tail,
     mut tree: Option<&mut StateTree>,
-    chain_bytes_max: u64,
+    chain_limit: ChainLimit,
 ) -> Result<SegmentEnd, SpoolError> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let mut reader = match from {
@@ -596,7 +596,7 @@ pub(crate) fn scan_segment(
         // A segment the S3 shipper sealed and rolled in this process's spool is the common
         // case: without this, capture would store every page of it standalone, or without the
         // bases it kept.
-        let max = chain_bytes_max;
+        let max = chain_limit;
         match prior {
             Some(mut own) if tail.segment_version >= 4 && own.0.can_continue(prior_len, max) => {
                 own.0.continue_segment(prior_len, saw_marker);

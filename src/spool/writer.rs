@@ -105,7 +105,7 @@ impl SpoolLock<'_> {
         let continues_kept = version >= 4
             && first_seq > 1
             && tail.segment_first_seq < first_seq
-            && own_codec.can_continue(tail.segment_len, self.spool.kept_chain_bytes_max);
+            && own_codec.can_continue(tail.segment_len, self.spool.kept_chain);
         let path = self.segment_path(tail.generation, first_seq);
         let file = OpenOptions::new()
             .create(true)
@@ -1047,7 +1047,7 @@ mod tests {
         // Every transaction (4 pages of 1 KiB, ~300 bytes as deltas) fills a segment; a chain
         // holds at most ~2.5 KB of earlier segments.
         spool.segment_bytes_max = 1;
-        spool.kept_chain_bytes_max = 2500;
+        spool.kept_chain.bytes = 2500;
         for version in 1..=8 {
             commit(&mut spool, version);
         }
@@ -1100,6 +1100,25 @@ mod tests {
             .unwrap_or_else(|e| panic!("resuming after {after}: {e}"));
             assert_eq!(to.last_seq, 8, "resuming after {after}");
         }
+    }
+
+    #[test]
+    fn a_chain_of_continued_segments_holds_at_most_the_limits_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut spool = start(tmp.path());
+        spool.segment_bytes_max = 1;
+        spool.kept_chain = crate::record::page::ChainLimit {
+            bytes: u64::MAX,
+            segments: 3,
+        };
+        for version in 1..=8 {
+            commit(&mut spool, version);
+        }
+        let starts: Vec<u64> = (1..=8)
+            .filter(|&first_seq| markers(tmp.path(), first_seq) == 0)
+            .collect();
+        assert_eq!(starts, [1, 4, 7]);
+        assert_eq!(verify_all(tmp.path()), 8);
     }
 
     struct NoVisit;
