@@ -6,8 +6,8 @@
 //! `kept`. Writer and reader keep the same table of kept versions, from the segment's first
 //! record on, so a segment decodes alone; the table is bounded by `KEPT_BYTES_MAX`, which a
 //! reader enforces, so hostile input cannot make it hold more. Format version 4 lets a segment
-//! continue the table of the segment before it (`SegmentHeader.continues_kept`): a writer that
-//! seals small segments often, to ship them, then keeps its deltas.
+//! continue the table of the segment before it (a `KeptContinued` record): a writer that seals
+//! small segments often, to ship them, then keeps its deltas.
 //!
 //! Hashes never depend on this: a `Page` record's `hash` is BLAKE3 of the page image, and a reader
 //! compares it with the image it reconstructed.
@@ -245,13 +245,14 @@ impl PageEncoder {
         self.marker_pending = false;
     }
 
-    /// Whether the next segment, after the current one sealed at `sealed_len` bytes, may go on
-    /// with this encoder's kept versions (format version 4, `continues_kept`): this encoder
-    /// wrote all of the current segment (so a reader's kept versions at its end are this
-    /// encoder's), no transaction is half-appended, and the chain of segments stays within
-    /// `limit`.
-    pub fn can_continue(&self, sealed_len: u64, limit: ChainLimit) -> bool {
-        self.mode == EncoderMode::Delta
+    /// Whether the next segment, of format `version`, after the current one sealed at
+    /// `sealed_len` bytes, may go on with this encoder's kept versions (a `KeptContinued`
+    /// record, version 4 on): this encoder wrote all of the current segment (so a reader's kept
+    /// versions at its end are this encoder's), no transaction is half-appended, and the chain
+    /// of segments stays within `limit`.
+    pub fn can_continue(&self, version: u32, sealed_len: u64, limit: ChainLimit) -> bool {
+        version >= 4
+            && self.mode == EncoderMode::Delta
             && !self.open
             && self.chain_bytes + sealed_len <= limit.bytes
             && self.chain_segments + 2 <= limit.segments
@@ -631,7 +632,7 @@ mod tests {
                         // Segments are sealed between transactions.
                         enc.txn_done();
                         let unbounded = ChainLimit { bytes: u64::MAX, segments: u32::MAX };
-                        if enc.can_continue(0, unbounded) {
+                        if enc.can_continue(4, 0, unbounded) {
                             enc.continue_segment(0, false);
                             prop_assert!(enc.marker_pending());
                         } else {

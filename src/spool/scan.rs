@@ -596,9 +596,9 @@ pub(crate) fn scan_segment(
         // A segment the S3 shipper sealed and rolled in this process's spool is the common
         // case: without this, capture would store every page of it standalone, or without the
         // bases it kept.
-        let max = chain_limit;
+        let version = tail.segment_version;
         match prior {
-            Some(mut own) if tail.segment_version >= 4 && own.0.can_continue(prior_len, max) => {
+            Some(mut own) if own.0.can_continue(version, prior_len, chain_limit) => {
                 own.0.continue_segment(prior_len, saw_marker);
                 tail.codec = own;
             }

@@ -99,13 +99,12 @@ impl SpoolLock<'_> {
         // on in the newest format version of its scheme.
         let version = RootScheme::of_version(tail.segment_version).newest_version();
         // The sealed segment's kept versions go on into this one when this writer wrote all of
-        // it (version 4; record::page).
+        // it (record::page).
         // (`tail` is a clone, whose codec kept nothing: ask the tail's own.)
         let own_codec = &self.spool.tail.as_ref().expect("checked above").codec.0;
-        let continues_kept = version >= 4
-            && first_seq > 1
+        let continues_kept = first_seq > 1
             && tail.segment_first_seq < first_seq
-            && own_codec.can_continue(tail.segment_len, self.spool.kept_chain);
+            && own_codec.can_continue(version, tail.segment_len, self.spool.kept_chain);
         let path = self.segment_path(tail.generation, first_seq);
         let file = OpenOptions::new()
             .create(true)
