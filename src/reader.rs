@@ -417,6 +417,7 @@ pub fn replay_with_tree_spilling(
         limit,
         visitor,
         snapshot.size,
+        (None, &mut None),
     )?;
     Ok((summary, tree))
 }
@@ -441,6 +442,53 @@ pub fn replay_after(
     limit: ReplayLimit,
     visitor: &mut dyn Visitor,
 ) -> Result<ReplaySummary, ReadError> {
+    replay_after_at(target, objects, resume, tree, limit, visitor, &mut None)
+}
+
+/// Where a replay that stopped inside a segment, after a whole transaction, can read on from:
+/// the offset after that transaction's commit record and the segment's kept page versions
+/// there. A consumer that keeps it (a follower, between rounds) reads each record once,
+/// instead of the segment (and the segments whose kept versions it continues) from the start.
+pub struct ReadPosition {
+    generation: u64,
+    first_seq: u64,
+    key: String,
+    offset: u64,
+    pages: PageDecoder,
+    /// The transaction it is after, and its chain hash.
+    seq: u64,
+    head_hash: Hash,
+}
+
+impl ReadPosition {
+    /// Whether `objects` still hold the segment it is in, at least as long as its offset.
+    fn still_in(&self, objects: &GenerationObjects) -> bool {
+        self.generation == objects.generation
+            && objects
+                .segments
+                .get(&self.first_seq)
+                .is_some_and(|o| o.key == self.key && o.size >= self.offset)
+    }
+
+    /// Whether a replay resuming at `resume` in `objects` may start here.
+    fn serves(&self, objects: &GenerationObjects, resume: &Resume) -> bool {
+        self.seq == resume.after_seq && self.head_hash == resume.head_hash && self.still_in(objects)
+    }
+}
+
+/// As `replay_after`, starting at `position` when it is where `resume` is (else as
+/// `replay_after` does), and leaving in `position` where this replay stopped, if it stopped
+/// after a whole transaction inside a segment (`None` otherwise).
+pub fn replay_after_at(
+    target: &dyn Target,
+    objects: &GenerationObjects,
+    resume: &Resume,
+    tree: &mut StateTree,
+    limit: ReplayLimit,
+    visitor: &mut dyn Visitor,
+    position: &mut Option<ReadPosition>,
+) -> Result<ReplaySummary, ReadError> {
+    let start_at = position.take().filter(|p| p.serves(objects, resume));
     let mut summary = ReplaySummary {
         generation: objects.generation,
         page_size: tree.page_size(),
@@ -466,6 +514,7 @@ pub fn replay_after(
         limit,
         visitor,
         0,
+        (start_at, position),
     )?;
     Ok(summary)
 }
@@ -480,16 +529,25 @@ fn replay_segments(
     limit: ReplayLimit,
     visitor: &mut dyn Visitor,
     mut consumed: u64,
+    (mut start_at, position): (Option<ReadPosition>, &mut Option<ReadPosition>),
 ) -> Result<(), ReadError> {
     // The segment holding the first transaction to replay, and every later one; if it continues
     // the kept page versions of earlier segments, from the first of that chain (the writer
-    // bounds chains: spool::KEPT_CHAIN).
-    let mut start = objects
+    // bounds chains: spool::KEPT_CHAIN). A position kept from an earlier replay says where.
+    let mut start = match &start_at {
+        Some(p) => p.first_seq,
+        None => objects
+            .segments
+            .range(..=resume.after_seq + 1)
+            .next_back()
+            .map_or(1, |(k, _)| *k),
+    };
+    while let Some((&earlier, _)) = objects
         .segments
-        .range(..=resume.after_seq + 1)
+        .range(..start)
         .next_back()
-        .map_or(1, |(k, _)| *k);
-    while let Some((&earlier, _)) = objects.segments.range(..start).next_back() {
+        .filter(|_| start_at.is_none())
+    {
         let continues = objects
             .segments
             .get(&start)
@@ -506,7 +564,7 @@ fn replay_segments(
         .collect();
     let mut expected_first = start;
     let mut dangling: Option<u64> = None;
-    let mut skip = SkipTo::new(resume, start);
+    let mut skip = SkipTo::new(resume, start).filter(|_| start_at.is_none());
     let mut hashes = PageHashes::new();
     let mut handed_on: Option<PageDecoder> = None;
     if skip.is_some() {
@@ -538,6 +596,7 @@ fn replay_segments(
             is_last,
             &mut hashes,
             &mut handed_on,
+            (start_at.take(), position),
         )?;
         consumed += object.size;
         visitor.progress(consumed);
@@ -547,7 +606,7 @@ fn replay_segments(
                 expected_first = next_seq;
                 dangling = Some(next_seq);
             }
-            SegEnd::Stopped => break,
+            SegEnd::Stopped { .. } => break,
             SegEnd::Open | SegEnd::NewGeneration if !is_last && limit == ReplayLimit::All => {
                 return Err(ctx.fail(
                     None,
@@ -865,9 +924,14 @@ pub fn kind_name(body: &Option<Body>) -> &'static str {
 
 enum SegEnd {
     Open,
-    Rolled { next_seq: u64 },
+    Rolled {
+        next_seq: u64,
+    },
     NewGeneration,
-    Stopped,
+    /// At the replay's limit: the commit record of its last transaction ends before `offset`.
+    Stopped {
+        offset: u64,
+    },
 }
 
 struct OpenTxn {
@@ -900,26 +964,40 @@ fn replay_segment(
     is_last: bool,
     hashes: &mut PageHashes,
     handed_on: &mut Option<PageDecoder>,
+    (start_at, position): (Option<ReadPosition>, &mut Option<ReadPosition>),
 ) -> Result<SegEnd, ReadError> {
     // The previous segment's kept versions, for a `KeptContinued` here; this segment's are
     // handed on in their place if it is sealed.
     let mut carried = handed_on.take();
-    let mut reader = match open_records(target, ctx.key, FileKind::Segment) {
-        Ok(r) => r,
-        Err(e) if is_last && torn_header(&e) => {
-            summary.torn_tail = Some(e.to_string());
-            return Ok(SegEnd::Open);
+    let resumed = start_at.is_some();
+    let (mut reader, mut pages) = match start_at {
+        // Reading on after a transaction of this segment: its header, any `KeptContinued` and
+        // the transactions before were read (and checked) by the replay that kept the position.
+        Some(p) => {
+            let version = p.pages.version();
+            let inner = target.get_from(ctx.key, p.offset)?;
+            let reader = RecordReader::resume(inner, FileKind::Segment, version, p.offset);
+            (reader, p.pages)
         }
-        Err(e) => return Err(e),
+        None => match open_records(target, ctx.key, FileKind::Segment) {
+            Ok(r) => {
+                // Kept page versions, from this segment's first record on (record::page), or
+                // from the previous segment's (`KeptContinued`).
+                let pages = PageDecoder::new(r.version());
+                (r, pages)
+            }
+            Err(e) if is_last && torn_header(&e) => {
+                summary.torn_tail = Some(e.to_string());
+                return Ok(SegEnd::Open);
+            }
+            Err(e) => return Err(e),
+        },
     };
     let mut txn: Option<OpenTxn> = None;
     let version = reader.version();
-    // Kept page versions, from this segment's first record on (record::page), or from the
-    // previous segment's (`KeptContinued`).
-    let mut pages = PageDecoder::new(version);
     let result = (|| -> Result<SegEnd, ReadError> {
-        let mut first = true;
-        let (mut saw_txn, mut saw_marker) = (false, false);
+        let mut first = !resumed;
+        let (mut saw_txn, mut saw_marker) = (resumed, resumed);
         tree.set_scheme(RootScheme::of_version(version));
         loop {
             let (offset, record) = match reader.next_record() {
@@ -1123,7 +1201,9 @@ fn replay_segment(
                     summary.db_size_pages = c.db_size_pages;
                     summary.state_root = state_root;
                     if limit == ReplayLimit::Txn(c.seq) {
-                        return Ok(SegEnd::Stopped);
+                        return Ok(SegEnd::Stopped {
+                            offset: reader.offset(),
+                        });
                     }
                 }
                 (Some(Body::WalReset(_)), None) => {}
@@ -1211,9 +1291,22 @@ fn replay_segment(
         let keep = skip.is_none();
         hashes.finish(&mut |h| txn_page_hashed(ctx, t, keep, h))?;
     }
-    // A sealed segment hands its kept versions on: the next one may continue them.
-    if let Ok(SegEnd::Rolled { .. }) = &result {
-        *handed_on = Some(pages);
+    match &result {
+        // A sealed segment hands its kept versions on: the next one may continue them.
+        Ok(SegEnd::Rolled { .. }) => *handed_on = Some(pages),
+        // Stopped after a whole transaction: a later replay may read on from here.
+        Ok(SegEnd::Stopped { offset }) => {
+            *position = Some(ReadPosition {
+                generation: ctx.generation,
+                first_seq,
+                key: ctx.key.to_string(),
+                offset: *offset,
+                pages,
+                seq: summary.last_seq,
+                head_hash: summary.head_hash,
+            })
+        }
+        _ => {}
     }
     result
 }
@@ -1264,14 +1357,31 @@ pub fn last_committed_seq(
     target: &dyn Target,
     objects: &GenerationObjects,
 ) -> Result<u64, ReadError> {
+    last_committed_seq_after(target, objects, None)
+}
+
+/// As `last_committed_seq`, reading the newest segment from `position` on when it is in it.
+pub fn last_committed_seq_after(
+    target: &dyn Target,
+    objects: &GenerationObjects,
+    position: Option<&ReadPosition>,
+) -> Result<u64, ReadError> {
     let Some((&first_seq, object)) = objects.segments.iter().next_back() else {
         return Ok(0);
     };
     let mut last = first_seq.saturating_sub(1);
-    let mut reader = match open_records(target, &object.key, FileKind::Segment) {
-        Ok(r) => r,
-        Err(e) if torn_header(&e) => return Ok(last),
-        Err(e) => return Err(e),
+    let from = position.filter(|p| p.first_seq == first_seq && p.still_in(objects));
+    let mut reader = match from {
+        Some(p) => {
+            last = p.seq;
+            let inner = target.get_from(&object.key, p.offset)?;
+            RecordReader::resume(inner, FileKind::Segment, p.pages.version(), p.offset)
+        }
+        None => match open_records(target, &object.key, FileKind::Segment) {
+            Ok(r) => r,
+            Err(e) if torn_header(&e) => return Ok(last),
+            Err(e) => return Err(e),
+        },
     };
     loop {
         match reader.next_record() {

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{types::ValueRef, Connection, OpenFlags};
 use serde_json::json;
 
-use crate::reader::{self, GenerationObjects, ReadError, ReplayLimit, Resume, Visitor};
+use crate::reader::{
+    self, GenerationObjects, ReadError, ReadPosition, ReplayLimit, Resume, Visitor,
+};
 use crate::record::{hex, pb, Hash};
 use crate::state::{RootScheme, StateTree};
 use crate::target::Target;
@@ -353,6 +355,9 @@ pub struct FollowState {
     pub generation: u64,
     pub seq: u64,
     pub head: Hash,
+    /// The state root recorded after `seq`: what the replica's pages hash to. A follower that
+    /// starts checks the replica against it (state files written before it was kept have none).
+    pub root: Option<Hash>,
 }
 
 fn state_path(replica: &Path) -> PathBuf {
@@ -361,30 +366,37 @@ fn state_path(replica: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+fn parse_hash(text: &str) -> Option<Hash> {
+    let mut h = [0u8; 32];
+    for (i, byte) in h.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(h)
+}
+
 fn load_state(replica: &Path) -> Option<FollowState> {
     let text = fs::read_to_string(state_path(replica)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let head_hex = v["head"].as_str()?;
-    let mut head = [0u8; 32];
-    for (i, byte) in head.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(head_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
     Some(FollowState {
         generation: v["generation"].as_u64()?,
         seq: v["seq"].as_u64()?,
-        head,
+        head: parse_hash(v["head"].as_str()?)?,
+        root: v["root"].as_str().and_then(parse_hash),
     })
 }
 
 fn save_state(replica: &Path, s: &FollowState) -> Result<(), ValidateError> {
     let path = state_path(replica);
     let tmp = path.with_extension("tmp");
-    let text = json!({"generation": s.generation, "seq": s.seq, "head": hex(&s.head)}).to_string();
+    let mut v = json!({"generation": s.generation, "seq": s.seq, "head": hex(&s.head)});
+    if let Some(root) = &s.root {
+        v["root"] = json!(hex(root));
+    }
     let io = |source| ValidateError::Io {
         path: path.clone(),
         source,
     };
-    fs::write(&tmp, text).map_err(io)?;
+    fs::write(&tmp, v.to_string()).map_err(io)?;
     fs::rename(&tmp, &path).map_err(io)
 }
 
@@ -395,9 +407,31 @@ pub enum FollowStep {
     UpToDate(FollowState),
     /// Applied transactions up to this state.
     Advanced { from_seq: u64, to: FollowState },
-    /// Started over from a generation's snapshot.
-    Seeded(FollowState),
+    /// Started over from a generation's snapshot: the replica was new, the stream began a new
+    /// generation, or the replica was not the state its follower file names (`why`).
+    Seeded { to: FollowState, why: SeedReason },
 }
+
+/// Why a follower seeded its replica anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedReason {
+    /// No replica, or no state saved beside it.
+    New,
+    /// The stream's newest generation is not the replica's.
+    NewGeneration,
+    /// The replica's pages do not hash to the state root its follower file recorded: it was
+    /// changed by something else, or a follower stopped between committing transactions to it
+    /// and saving where it was.
+    ReplicaChanged,
+}
+
+/// Transactions applied to the replica are committed together, up to this long after the
+/// first of them: one commit (and sync) for many small transactions lets a follower keep up
+/// with a primary committing thousands a second, while readers of the replica still see
+/// whole transactions only, and see them this soon.
+const BATCH_MS: u64 = 100;
+/// ... or once they wrote this many bytes of pages (SQLite keeps the batch's undo in a journal).
+const BATCH_BYTES: u64 = 32 << 20;
 
 /// A follower of one stream into one replica file.
 pub struct Follower {
@@ -406,6 +440,8 @@ pub struct Follower {
     conn: Option<Connection>,
     /// The state tree of the replica as it is (built from its pages when the follower starts).
     tree: Option<StateTree>,
+    /// Where the last round stopped reading the stream: the next reads on from there.
+    position: Option<ReadPosition>,
 }
 
 impl Follower {
@@ -415,6 +451,7 @@ impl Follower {
             checks,
             conn: None,
             tree: None,
+            position: None,
         }
     }
 
@@ -460,29 +497,60 @@ impl Follower {
         Ok(tree)
     }
 
+    /// Whether the replica is the state `s` names: checked once, when this follower first
+    /// reads the replica (from then on it is the only writer it trusts), against the state
+    /// root `s` recorded. Roots of both schemes are tried: they differ by domain, so only the
+    /// right one can match.
+    fn replica_is(&mut self, s: &FollowState) -> Result<bool, ValidateError> {
+        if self.tree.is_some() {
+            return Ok(true);
+        }
+        let Some(want) = s.root else {
+            return Ok(true);
+        };
+        let mut tree = self.tree()?;
+        let scheme = tree.scheme();
+        let mut matches = false;
+        for candidate in [RootScheme::V4, RootScheme::V1] {
+            tree.set_scheme(candidate);
+            matches |= tree.root().map_err(|e| self.replica_err(e))? == want;
+        }
+        tree.set_scheme(scheme);
+        if matches {
+            self.tree = Some(tree);
+        }
+        Ok(matches)
+    }
+
     /// One round: brings the replica to the newest transaction of the newest generation.
-    /// Each transaction is applied as one SQLite transaction, so readers of the replica see
-    /// whole transactions only; checks run after each one.
+    /// Transactions are applied in batches of SQLite transactions (`BATCH_MS`), so readers of
+    /// the replica see whole transactions only; checks run after each transaction.
     pub fn step(&mut self, target: &dyn Target) -> Result<FollowStep, ValidateError> {
         let objects = reader::latest_generation(target)?;
-        let last = reader::last_committed_seq(target, &objects)?;
+        let last = reader::last_committed_seq_after(target, &objects, self.position.as_ref())?;
         let state = load_state(&self.replica).filter(|_| self.replica.exists());
-        match state {
+        let why = match state {
             Some(s) if s.generation == objects.generation => {
-                if s.seq >= last {
-                    return Ok(FollowStep::UpToDate(s));
+                if self.replica_is(&s)? {
+                    if s.seq >= last {
+                        return Ok(FollowStep::UpToDate(s));
+                    }
+                    let to = self.advance(target, &objects, &s, last)?;
+                    if to.seq == s.seq {
+                        return Ok(FollowStep::UpToDate(to));
+                    }
+                    return Ok(FollowStep::Advanced {
+                        from_seq: s.seq,
+                        to,
+                    });
                 }
-                let to = self.advance(target, &objects, &s, last)?;
-                if to.seq == s.seq {
-                    return Ok(FollowStep::UpToDate(to));
-                }
-                Ok(FollowStep::Advanced {
-                    from_seq: s.seq,
-                    to,
-                })
+                SeedReason::ReplicaChanged
             }
-            _ => self.seed(target, &objects, last).map(FollowStep::Seeded),
-        }
+            Some(_) => SeedReason::NewGeneration,
+            None => SeedReason::New,
+        };
+        let to = self.seed(target, &objects, last)?;
+        Ok(FollowStep::Seeded { to, why })
     }
 
     fn advance(
@@ -498,30 +566,26 @@ impl Follower {
             head_hash: s.head,
         };
         let conn = self.conn.take().expect("opened by tree()");
-        let mut applier = Applier {
-            conn: &conn,
-            replica: &self.replica,
-            checks: &self.checks,
-            generation: objects.generation,
-            open: false,
-            failure: None,
-            reached: None,
-        };
-        let result = reader::replay_after(
+        let mut applier = Applier::new(&conn, &self.replica, &self.checks, objects.generation);
+        let result = reader::replay_after_at(
             target,
             objects,
             &resume,
             &mut tree,
             ReplayLimit::Txn(last),
             &mut applier,
+            &mut self.position,
         );
+        // Whatever ended the replay, the transactions applied whole are committed and saved.
+        let saved = applier.finish();
         let failure = applier.failure.take();
         let reached = applier.reached.take();
-        let open = applier.open;
-        if open {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
+        drop(applier);
         self.conn = Some(conn);
+        if let Err(e) = saved {
+            self.tree = None;
+            return Err(e);
+        }
         let summary = match (failure, result) {
             (Some(f), _) => {
                 self.tree = None;
@@ -545,6 +609,7 @@ impl Follower {
             generation: objects.generation,
             seq: summary.last_seq,
             head: summary.head_hash,
+            root: Some(summary.state_root),
         })
     }
 
@@ -558,6 +623,7 @@ impl Follower {
     ) -> Result<FollowState, ValidateError> {
         self.conn = None;
         self.tree = None;
+        self.position = None;
         let opts = crate::restore::RestoreOptions {
             point: crate::restore::Point::Txn(last),
             generation: Some(objects.generation),
@@ -571,6 +637,7 @@ impl Follower {
             generation: objects.generation,
             seq: last,
             head: restored.summary.head_hash,
+            root: Some(restored.summary.state_root),
         };
         self.conn()?;
         let conn = self.conn.as_ref().expect("opened above");
@@ -588,82 +655,154 @@ impl Follower {
     }
 }
 
-/// Applies replayed transactions to the replica through `sqlite_dbpage`, one SQLite transaction
-/// per stream transaction, saving the follower state after each.
+/// Applies replayed transactions to the replica through `sqlite_dbpage`. Each stream
+/// transaction is a savepoint inside a SQLite transaction that holds a batch of them
+/// (`BATCH_MS`, `BATCH_BYTES`); the follower state is saved after each batch commits. A stream
+/// transaction cut short (a page that fails its hash, a torn tail) is rolled back to its
+/// savepoint, so a batch only ever commits whole transactions.
 struct Applier<'a> {
     conn: &'a Connection,
     replica: &'a Path,
     checks: &'a [String],
     generation: u64,
-    open: bool,
+    /// When the open SQLite transaction began, and the bytes of pages it wrote.
+    batch: Option<(std::time::Instant, u64)>,
+    /// A stream transaction's savepoint is open: pages were written, its commit not seen.
+    in_txn: bool,
     failure: Option<CheckFailure>,
-    /// The replica's state after the last transaction applied.
+    /// The state after the last transaction applied in the open batch.
+    pending: Option<FollowState>,
+    /// The replica's state after the last batch committed (and saved).
     reached: Option<FollowState>,
 }
 
-impl Applier<'_> {
+impl<'a> Applier<'a> {
+    fn new(conn: &'a Connection, replica: &'a Path, checks: &'a [String], generation: u64) -> Self {
+        Self {
+            conn,
+            replica,
+            checks,
+            generation,
+            batch: None,
+            in_txn: false,
+            failure: None,
+            pending: None,
+            reached: None,
+        }
+    }
+
     fn sql(&self, e: rusqlite::Error) -> ReadError {
         ReadError::Output(std::io::Error::other(format!(
             "{}: {e}",
             self.replica.display()
         )))
     }
+
+    fn exec(&self, sql: &str) -> Result<(), ReadError> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(|_| ())
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Opens the batch and the stream transaction's savepoint, as needed.
+    fn begin_txn(&mut self) -> Result<(), ReadError> {
+        if self.batch.is_none() {
+            self.exec("BEGIN IMMEDIATE")?;
+            self.batch = Some((std::time::Instant::now(), 0));
+        }
+        if !self.in_txn {
+            self.exec("SAVEPOINT walstream_txn")?;
+            self.in_txn = true;
+        }
+        Ok(())
+    }
+
+    /// Commits the open batch and saves the state it reached.
+    fn commit_batch(&mut self) -> Result<(), ReadError> {
+        debug_assert!(!self.in_txn);
+        if self.batch.is_none() {
+            return Ok(());
+        }
+        self.exec("COMMIT")?;
+        self.batch = None;
+        if let Some(state) = self.pending.take() {
+            save_state(self.replica, &state)
+                .map_err(|e| ReadError::Output(std::io::Error::other(e.to_string())))?;
+            self.reached = Some(state);
+        }
+        Ok(())
+    }
+
+    /// After the replay: a transaction cut short is rolled back, the batch committed.
+    fn finish(&mut self) -> Result<(), ValidateError> {
+        let rolled_back = if self.in_txn {
+            self.in_txn = false;
+            self.exec("ROLLBACK TO walstream_txn")
+                .and_then(|()| self.exec("RELEASE walstream_txn"))
+        } else {
+            Ok(())
+        };
+        let committed = rolled_back.and_then(|()| self.commit_batch());
+        if committed.is_err() && self.batch.take().is_some() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        committed.map_err(ValidateError::from)
+    }
 }
 
 impl Visitor for Applier<'_> {
     fn txn_page(&mut self, _seq: u64, pgno: u32, data: &[u8]) -> Result<(), ReadError> {
-        if !self.open {
-            self.conn
-                .execute_batch("BEGIN IMMEDIATE")
-                .map_err(|e| self.sql(e))?;
-            self.open = true;
-        }
+        self.begin_txn()?;
         self.conn
-            .execute(
-                "INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)",
-                (pgno, data),
-            )
+            .prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute((pgno, data)))
             .map_err(|e| self.sql(e))?;
+        if let Some((_, bytes)) = &mut self.batch {
+            *bytes += data.len() as u64;
+        }
         Ok(())
     }
 
     fn txn_commit(&mut self, c: &pb::TxnCommit) -> Result<(), ReadError> {
-        if !self.open {
-            self.conn
-                .execute_batch("BEGIN IMMEDIATE")
-                .map_err(|e| self.sql(e))?;
-            self.open = true;
-        }
+        self.begin_txn()?;
         let pages: u32 = self
             .conn
-            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .prepare_cached("PRAGMA page_count")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(|e| self.sql(e))?;
         if c.db_size_pages < pages {
             // Inserting a NULL page truncates the database to the pages before it.
             self.conn
-                .execute(
-                    "INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, NULL)",
-                    [c.db_size_pages + 1],
-                )
+                .prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, NULL)")
+                .and_then(|mut s| s.execute([c.db_size_pages + 1]))
                 .map_err(|e| self.sql(e))?;
         }
-        self.conn.execute_batch("COMMIT").map_err(|e| self.sql(e))?;
-        self.open = false;
-        let head: Hash = c
-            .hash
-            .as_slice()
-            .try_into()
-            .map_err(|_| ReadError::Output(std::io::Error::other("bad hash")))?;
+        self.exec("RELEASE walstream_txn")?;
+        self.in_txn = false;
+        let bad = |what: &str| ReadError::Output(std::io::Error::other(format!("bad {what}")));
         let state = FollowState {
             generation: self.generation,
             seq: c.seq,
-            head,
+            head: c.hash.as_slice().try_into().map_err(|_| bad("hash"))?,
+            root: Some(
+                c.state_root
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| bad("state root"))?,
+            ),
         };
-        save_state(self.replica, &state)
-            .map_err(|e| ReadError::Output(std::io::Error::other(e.to_string())))?;
-        self.reached = Some(state);
-        match run_checks(self.conn, self.checks) {
-            Ok(None) => Ok(()),
+        self.pending = Some(state);
+        // Checks see the transaction inside the batch, as readers will once it commits.
+        let checked = run_checks(self.conn, self.checks);
+        if !matches!(checked, Ok(None)) {
+            // The replica keeps the transaction that failed (or could not be checked), for
+            // whoever looks into it.
+            self.commit_batch()?;
+        }
+        match checked {
+            Ok(None) => {}
             Ok(Some((check, returned))) => {
                 self.failure = Some(CheckFailure {
                     generation: self.generation,
@@ -672,9 +811,16 @@ impl Visitor for Applier<'_> {
                     check,
                     returned,
                 });
-                Err(ReadError::Output(std::io::Error::other("check failed")))
+                return Err(ReadError::Output(std::io::Error::other("check failed")));
             }
-            Err(e) => Err(ReadError::Output(std::io::Error::other(e.to_string()))),
+            Err(e) => return Err(ReadError::Output(std::io::Error::other(e.to_string()))),
         }
+        if let Some((since, bytes)) = self.batch {
+            if since.elapsed() >= std::time::Duration::from_millis(BATCH_MS) || bytes >= BATCH_BYTES
+            {
+                self.commit_batch()?;
+            }
+        }
+        Ok(())
     }
 }

@@ -69,9 +69,26 @@ fn suite(t: &dyn Target, scratch: &Path) {
             .to_string()
     );
 
+    // reading from an offset: the rest of the object, nothing at or past its end
+    let from = |key: &str, offset: u64| {
+        let mut v = Vec::new();
+        t.get_from(key, offset)
+            .unwrap()
+            .read_to_end(&mut v)
+            .unwrap();
+        v
+    };
+    assert_eq!(from(k1, 0), b"second, different object");
+    assert_eq!(from(k1, 8), b"different object");
+    assert_eq!(from(k1, 23), b"t");
+    assert_eq!(from(k1, 24), b"");
+    assert_eq!(from(k1, 1000), b"");
+
     // missing objects
     let missing = "generations/0000000000000009/snapshot.wsnap";
     let err = t.get(missing).map(|_| ()).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    let err = t.get_from(missing, 5).map(|_| ()).unwrap_err();
     assert!(err.is_not_found(), "{err}");
     assert!(t.content_hash(missing).unwrap_err().is_not_found());
     t.delete(missing).unwrap();

@@ -15,9 +15,21 @@ use std::time::{Duration, Instant};
 
 use common::bank::{bank, transfer, TornReader, INVARIANT};
 use common::*;
+use walstream::target::Target;
 
 fn target_str(db: &Path) -> String {
     format!("{}-walstream", db.display())
+}
+
+/// Two transactions: the first breaks the invariant (its number is returned), the second
+/// mends it.
+fn break_the_invariant_once(conn: &rusqlite::Connection, target: &dyn Target) -> u64 {
+    conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = 7", [])
+        .unwrap();
+    let broken_at = stream_head(target).1;
+    conn.execute("UPDATE accounts SET balance = balance - 1 WHERE id = 7", [])
+        .unwrap();
+    broken_at
 }
 
 #[test]
@@ -29,11 +41,7 @@ fn check_names_the_one_transaction_that_breaks_an_invariant() {
     let mut broken_at = 0;
     for i in 0..2000 {
         if i == 1234 {
-            conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = 7", [])
-                .unwrap();
-            broken_at = stream_head(target.as_ref()).1;
-            conn.execute("UPDATE accounts SET balance = balance - 1 WHERE id = 7", [])
-                .unwrap();
+            broken_at = break_the_invariant_once(&conn, target.as_ref());
         } else {
             transfer(&conn, i, 50);
         }
@@ -235,4 +243,202 @@ fn follower_reseeds_from_a_new_generation() {
     assert!(out.contains("generation 2: seeded"), "{out}");
     let r = open_plain(&replica);
     assert_eq!(image_hash(&r), image_hash(&conn));
+}
+
+/// A target that counts the bytes read from it.
+struct CountingTarget {
+    inner: Box<dyn Target>,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+struct CountingReader {
+    inner: Box<dyn std::io::Read + Send>,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::io::Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl CountingTarget {
+    fn count(&self, r: Box<dyn std::io::Read + Send>) -> Box<dyn std::io::Read + Send> {
+        Box::new(CountingReader {
+            inner: r,
+            read: self.read.clone(),
+        })
+    }
+}
+
+impl Target for CountingTarget {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn list(&self) -> Result<Vec<walstream::target::ObjectInfo>, walstream::target::TargetError> {
+        self.inner.list()
+    }
+    fn get(
+        &self,
+        key: &str,
+    ) -> Result<Box<dyn std::io::Read + Send>, walstream::target::TargetError> {
+        self.inner.get(key).map(|r| self.count(r))
+    }
+    fn get_from(
+        &self,
+        key: &str,
+        offset: u64,
+    ) -> Result<Box<dyn std::io::Read + Send>, walstream::target::TargetError> {
+        self.inner.get_from(key, offset).map(|r| self.count(r))
+    }
+    fn put_file(&self, key: &str, path: &Path) -> Result<(), walstream::target::TargetError> {
+        self.inner.put_file(key, path)
+    }
+    fn put_file_if_absent(
+        &self,
+        key: &str,
+        path: &Path,
+    ) -> Result<walstream::target::PutOutcome, walstream::target::TargetError> {
+        self.inner.put_file_if_absent(key, path)
+    }
+    fn delete(&self, key: &str) -> Result<(), walstream::target::TargetError> {
+        self.inner.delete(key)
+    }
+}
+
+/// A follower that takes one round per transaction reads each record of the stream about once
+/// (it reads on from where the last round stopped: in the active segment, and across sealed
+/// segments whose kept page versions the next one continues), and its replica equals the
+/// primary at every round.
+#[test]
+fn follower_reads_on_from_where_it_stopped() {
+    use walstream::validate::{FollowStep, Follower};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bank.db");
+    // Small segments: the follower crosses many rolls, most of them continuing kept versions.
+    let conn = bank(&db, "&walstream_segment_bytes=24K", 60);
+    let counting = CountingTarget {
+        inner: default_target(&db),
+        read: Default::default(),
+    };
+    let replica = dir.path().join("replica.db");
+    let mut follower = Follower::new(replica.clone(), vec![INVARIANT.to_string()]);
+    let first = follower.step(&counting).unwrap();
+    assert!(matches!(first, FollowStep::Seeded { .. }), "{first:?}");
+    counting.read.store(0, std::sync::atomic::Ordering::Relaxed);
+    for i in 0..1500 {
+        transfer(&conn, i, 60);
+        let seq = stream_head(counting.inner.as_ref()).1;
+        match follower.step(&counting).unwrap() {
+            FollowStep::Advanced { to, .. } => assert_eq!(to.seq, seq),
+            other => panic!("round {i}: {other:?}"),
+        }
+        if i % 300 == 0 {
+            assert_eq!(image_hash(&open_plain(&replica)), image_hash(&conn));
+        }
+    }
+    assert_eq!(image_hash(&open_plain(&replica)), image_hash(&conn));
+    let objects = walstream::reader::latest_generation(counting.inner.as_ref()).unwrap();
+    assert!(
+        objects.segments.len() > 10,
+        "the stream rolled {} times",
+        objects.segments.len()
+    );
+    let stream_bytes: u64 = objects.segments.values().map(|o| o.size).sum();
+    let read = counting.read.load(std::sync::atomic::Ordering::Relaxed);
+    // Each round reads what is new (twice: once to find the newest transaction, once to apply
+    // it) and a record header or two: re-reading a segment from its start at every round
+    // would read hundreds of times the stream.
+    assert!(
+        read <= 3 * stream_bytes,
+        "{read} bytes read to follow a {stream_bytes}-byte stream"
+    );
+}
+
+/// Checks run on each transaction inside a batch; the one that fails is committed to the
+/// replica (its state saved) and named, and nothing after it is applied.
+#[test]
+fn follower_stops_at_the_failing_transaction_inside_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bank.db");
+    let conn = bank(&db, "", 30);
+    for i in 0..10 {
+        transfer(&conn, i, 30);
+    }
+    let t = target_str(&db);
+    let replica = dir.path().join("replica.db");
+    let r = replica.to_str().unwrap();
+    let (ok, _, err) = cli(&["follow", &t, r, "--once", "--check", INVARIANT]);
+    assert!(ok, "{err}");
+    let target = default_target(&db);
+    let mut broken_at = 0;
+    for i in 10..400 {
+        if i == 250 {
+            broken_at = break_the_invariant_once(&conn, target.as_ref());
+        } else {
+            transfer(&conn, i, 30);
+        }
+    }
+    let (ok, _, err) = cli(&["follow", &t, r, "--once", "--check", INVARIANT]);
+    assert!(!ok, "the broken invariant must stop the follower");
+    assert!(err.contains(&format!("txn {broken_at} ")), "{err}");
+    assert_eq!(replica_seq(&replica), Some(broken_at));
+    // The replica is the failing transaction's state, byte for byte.
+    let (ok, from_file, err) = cli(&["root", "--db", r]);
+    assert!(ok, "{err}");
+    let (ok, recorded, err) = cli(&["root", &t, "--txn", &broken_at.to_string()]);
+    assert!(ok, "{err}");
+    let word = |s: &str| s.split_whitespace().next().unwrap().to_string();
+    assert_eq!(word(&from_file), word(&recorded));
+}
+
+/// A replica that is not the state its follow file names (a follower stopped between
+/// committing a batch and saving where it was, or something else wrote to it) is seeded
+/// again, with a message saying why, instead of failing every round on a state root mismatch.
+#[test]
+fn follower_reseeds_a_replica_ahead_of_its_follow_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bank.db");
+    let conn = bank(&db, "", 30);
+    for i in 0..10 {
+        transfer(&conn, i, 30);
+    }
+    let t = target_str(&db);
+    let replica = dir.path().join("replica.db");
+    let r = replica.to_str().unwrap();
+    let state = dir.path().join("replica.db-follow");
+    let follow = |want: &str| {
+        let (ok, out, err) = cli(&["follow", &t, r, "--once"]);
+        assert!(ok, "{err}");
+        assert!(out.contains(want), "{want:?} in {out}");
+        out
+    };
+    follow("seeded");
+    let behind = std::fs::read(&state).unwrap();
+    for i in 10..60 {
+        transfer(&conn, i, 30);
+    }
+    follow("applied");
+    // As if the follower had stopped after committing the batch, before saving its state.
+    std::fs::write(&state, &behind).unwrap();
+    for i in 60..80 {
+        transfer(&conn, i, 30);
+    }
+    let out = follow("seeded");
+    assert!(out.contains("not the state its follow file names"), "{out}");
+    assert_eq!(image_hash(&open_plain(&replica)), image_hash(&conn));
+
+    // A follow file written before the root was recorded is trusted as it is.
+    let text = std::fs::read_to_string(&state).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v.as_object_mut().unwrap().remove("root");
+    std::fs::write(&state, v.to_string()).unwrap();
+    for i in 80..90 {
+        transfer(&conn, i, 30);
+    }
+    follow("applied");
+    assert_eq!(image_hash(&open_plain(&replica)), image_hash(&conn));
 }

@@ -425,7 +425,7 @@ fn cmd_follow(
     once: bool,
 ) -> Result<()> {
     use walstream::reader::ReadError;
-    use walstream::validate::{FollowStep, Follower, ValidateError};
+    use walstream::validate::{FollowStep, Follower, SeedReason, ValidateError};
     let target = open_target(uri)?;
     let mut follower = Follower::new(replica.clone(), checks);
     // Consecutive failed rounds tolerated (network errors, an object store caught mid-update)
@@ -469,8 +469,20 @@ fn cmd_follow(
                     to.seq
                 )
             }
-            FollowStep::Seeded(to) => {
-                out!("generation {}: seeded at txn {}", to.generation, to.seq)
+            FollowStep::Seeded { to, why } => {
+                let why = match why {
+                    SeedReason::New | SeedReason::NewGeneration => "",
+                    SeedReason::ReplicaChanged => {
+                        " (the replica was not the state its follow file names: changed by \
+                         something else, or a follower stopped between committing to it and \
+                         saving where it was)"
+                    }
+                };
+                out!(
+                    "generation {}: seeded at txn {}{why}",
+                    to.generation,
+                    to.seq
+                )
             }
         }
         if once {

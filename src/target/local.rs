@@ -79,6 +79,15 @@ impl Target for LocalTarget {
         Ok(Box::new(io::BufReader::with_capacity(1 << 16, f)))
     }
 
+    fn get_from(&self, key: &str, offset: u64) -> Result<Box<dyn Read + Send>, TargetError> {
+        use std::io::Seek;
+        check_key(&self.describe(), key)?;
+        let mut f = fs::File::open(self.root.join(key)).map_err(|e| self.err(key, e))?;
+        f.seek(io::SeekFrom::Start(offset))
+            .map_err(|e| self.err(key, e))?;
+        Ok(Box::new(io::BufReader::with_capacity(1 << 16, f)))
+    }
+
     fn put_file(&self, key: &str, path: &Path) -> Result<(), TargetError> {
         check_key(&self.describe(), key)?;
         let dest = self.root.join(key);

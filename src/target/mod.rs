@@ -205,6 +205,20 @@ pub trait Target: Send + Sync {
     fn list(&self) -> Result<Vec<ObjectInfo>, TargetError>;
     /// Streams one object.
     fn get(&self, key: &str) -> Result<Box<dyn Read + Send>, TargetError>;
+    /// Streams one object from byte `offset` on (nothing if it is that long or shorter): how a
+    /// follower reads on in a segment it has read up to `offset`. Backends that can start
+    /// there (a file seek, an HTTP range) do; this default reads the start and drops it.
+    fn get_from(&self, key: &str, offset: u64) -> Result<Box<dyn Read + Send>, TargetError> {
+        let mut r = self.get(key)?;
+        std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink()).map_err(|source| {
+            TargetError::Io {
+                target: self.describe(),
+                key: key.to_string(),
+                source,
+            }
+        })?;
+        Ok(r)
+    }
     /// Stores a local file as `key`, atomically: readers see all of it or none of it.
     fn put_file(&self, key: &str, path: &Path) -> Result<(), TargetError>;
     /// Stores a local file as `key` only if no object `key` exists (atomically: of two writers

@@ -88,6 +88,38 @@ impl Failure {
 }
 
 impl S3Target {
+    /// An object from byte `offset` on (a ranged GET past its start; an empty reader when the
+    /// object is not longer than `offset`).
+    fn get_range(&self, key: &str, offset: u64) -> Result<Box<dyn Read + Send>, TargetError> {
+        let full = self.full_key(key)?;
+        let mut req = self.client.get_object().bucket(&self.bucket).key(&full);
+        if offset > 0 {
+            req = req.range(format!("bytes={offset}-"));
+        }
+        let resp = self.rt.block_on(req.send());
+        match resp {
+            Ok(r) => Ok(Box::new(io::BufReader::with_capacity(
+                1 << 16,
+                BodyReader {
+                    rt: self.rt.clone(),
+                    body: r.body,
+                    chunk: Default::default(),
+                },
+            ))),
+            Err(e) => {
+                let f = Failure::of(&e);
+                if offset > 0 && f.is("InvalidRange", 416) {
+                    return Ok(Box::new(io::empty()));
+                }
+                if f.is("NoSuchKey", 404) && !f.is("NoSuchBucket", 0) {
+                    Err(self.not_found(key))
+                } else {
+                    Err(self.fail(key, f))
+                }
+            }
+        }
+    }
+
     /// Connects to `bucket` under `prefix` with the standard AWS configuration. Makes no request:
     /// an unreachable endpoint or bad credentials show at the first operation.
     pub fn open(bucket: &str, prefix: &str) -> Result<Self, TargetError> {
@@ -446,32 +478,11 @@ impl Target for S3Target {
     }
 
     fn get(&self, key: &str) -> Result<Box<dyn Read + Send>, TargetError> {
-        let full = self.full_key(key)?;
-        let resp = self.rt.block_on(
-            self.client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(&full)
-                .send(),
-        );
-        match resp {
-            Ok(r) => Ok(Box::new(io::BufReader::with_capacity(
-                1 << 16,
-                BodyReader {
-                    rt: self.rt.clone(),
-                    body: r.body,
-                    chunk: Default::default(),
-                },
-            ))),
-            Err(e) => {
-                let f = Failure::of(&e);
-                if f.is("NoSuchKey", 404) && !f.is("NoSuchBucket", 0) {
-                    Err(self.not_found(key))
-                } else {
-                    Err(self.fail(key, f))
-                }
-            }
-        }
+        self.get_range(key, 0)
+    }
+
+    fn get_from(&self, key: &str, offset: u64) -> Result<Box<dyn Read + Send>, TargetError> {
+        self.get_range(key, offset)
     }
 
     fn put_file(&self, key: &str, path: &Path) -> Result<(), TargetError> {
