@@ -113,8 +113,10 @@ test-s3: build test-deps
 lint:
 	$(CARGO) fmt --check
 	cd ext && $(CARGO) fmt --check
+	cd bench && $(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	cd ext && $(CARGO) clippy -- -D warnings
+	cd bench && $(CARGO) clippy --release -- -D warnings
 
 # Every fuzz target (fuzz/README.md) for FUZZ_SECONDS each, on the stable toolchain
 # (RUSTC_BOOTSTRAP=1 allows cargo-fuzz's nightly flags). libFuzzer first runs every input it is

@@ -510,12 +510,15 @@ impl Follower {
         };
         let mut tree = self.tree()?;
         let scheme = tree.scheme();
-        let mut matches = false;
-        for candidate in [RootScheme::V4, RootScheme::V1] {
-            tree.set_scheme(candidate);
-            matches |= tree.root().map_err(|e| self.replica_err(e))? == want;
+        let mut matches = tree.root().map_err(|e| self.replica_err(e))? == want;
+        if !matches {
+            let other = match scheme {
+                RootScheme::V1 => RootScheme::V4,
+                RootScheme::V4 => RootScheme::V1,
+            };
+            tree.set_scheme(other);
+            matches = tree.root().map_err(|e| self.replica_err(e))? == want;
         }
-        tree.set_scheme(scheme);
         if matches {
             self.tree = Some(tree);
         }

@@ -86,7 +86,7 @@ pub const SHIP_WORKLOADS: [Workload; 3] =
 /// sealed one (`KeptContinued`), so the interval trades lag for objects more than for bytes.
 pub const SHIP_SEAL_MS: [Option<u64>; 2] = [None, Some(1000)];
 
-type ShipRuns = BTreeMap<(String, Option<u64>), Vec<(WorkerOut, WorkerOut)>>;
+pub type ShipRuns = BTreeMap<(String, Option<u64>), Vec<(WorkerOut, WorkerOut)>>;
 
 /// Plain SQLite and walstream with an S3 target, alternating, `reps` times per workload and
 /// seal interval.
@@ -196,11 +196,89 @@ fn render_ship(d: &Driver, res: &Results, s: &mut String) {
     let _ = writeln!(s);
 }
 
+// ---- following a live replica ---------------------------------------------------------------
+
+const FOLLOW_WORKLOADS: [Workload; 2] = [Workload::Txn1Normal, Workload::OrderBook];
+
+pub fn measure_follow(d: &mut Driver) -> BTreeMap<String, Vec<WorkerOut>> {
+    let mut out: BTreeMap<String, Vec<WorkerOut>> = BTreeMap::new();
+    for rep in 0..d.opts.reps {
+        for w in FOLLOW_WORKLOADS {
+            eprintln!("follow rep {}/{} {w:?}", rep + 1, d.opts.reps);
+            let mut job = d.job(Mode::Walstream, w, d.scale, false);
+            job.follow_cli = Some(d.opts.cli.clone());
+            let (o, _) = d.run_worker(&job);
+            let _ = fs::remove_dir_all(&job.dir);
+            out.entry(format!("{w:?}")).or_default().push(o);
+        }
+    }
+    out
+}
+
+fn render_follow(res: &Results, s: &mut String) {
+    let _ = writeln!(
+        s,
+        "## Following a live replica
+"
+    );
+    if res.follow.is_empty() {
+        let _ = writeln!(s, "Not measured (`--only` left it out).\n");
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "`walstream follow TARGET replica.db --interval-ms 10` runs beside the workload (walstream, \
+         local target), from the setup's state on. Lag: from the last commit until the follower's \
+         state file names the last transaction (polled every 2 ms). Follower CPU: its user + system \
+         time over the whole run, per transaction and as a share of the writer's time (the two \
+         share the 2 cores). The replica's content equals the primary's at the end in every run \
+         marked so.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| workload | txns | lag after the last commit, ms | follower CPU per txn, µs | follower CPU ÷ writer time | replica equals primary |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for w in FOLLOW_WORKLOADS {
+        let Some(runs) = res.follow.get(&format!("{w:?}")) else {
+            continue;
+        };
+        let ok: Vec<(&WorkerOut, &crate::run::FollowOut)> = runs
+            .iter()
+            .filter(|o| o.error.is_none())
+            .filter_map(|o| Some((o, o.follow.as_ref()?)))
+            .collect();
+        let lag: Vec<f64> = ok.iter().filter_map(|(_, f)| f.lag_ms).collect();
+        let late = ok.iter().filter(|(_, f)| f.lag_ms.is_none()).count();
+        let per_txn: Vec<f64> = ok
+            .iter()
+            .map(|(o, f)| f.cpu_secs * 1e6 / o.commits.max(1) as f64)
+            .collect();
+        let share: Vec<f64> = ok.iter().map(|(o, f)| f.cpu_secs / o.secs).collect();
+        let same = ok.iter().filter(|(_, f)| f.same).count();
+        let commits = ok.first().map_or(0, |(o, _)| o.commits);
+        let _ = writeln!(
+            s,
+            "| {} | {commits} | {}{}{} | {} | {} | {same} of {} runs |",
+            w.label(),
+            num_cell(stat(&lag), 0, ""),
+            runs_note(late, "not within 120 s"),
+            runs_note(runs.len() - ok.len(), "failed, see the errors below"),
+            num_cell(stat(&per_txn), 0, ""),
+            num_cell(stat(&share), 2, ""),
+            runs.len(),
+        );
+    }
+    let _ = writeln!(s);
+}
+
 // ---- bytes per transaction ------------------------------------------------------------------
 
-pub fn measure_bytes(
-    d: &mut Driver,
-) -> (TxnBytes, Option<Changesets>, Option<String>, Option<u64>) {
+/// The order book's bytes per transaction, and the changesets of the same transactions or why
+/// they were not measured.
+pub type BytesResult = (TxnBytes, Option<Changesets>, Option<String>);
+
+pub fn measure_bytes(d: &mut Driver) -> BytesResult {
     eprintln!("bytes per transaction (order book)");
     let job = d.job(Mode::Walstream, Workload::OrderBook, d.scale, true);
     let (out, _) = d.run_worker(&job);
@@ -235,7 +313,7 @@ pub fn measure_bytes(
         }
         (None, why) => (None, Some(why.unwrap_or_else(|| "no session build".into()))),
     };
-    (bytes, cs, why, None)
+    (bytes, cs, why)
 }
 
 // ---- syscalls -------------------------------------------------------------------------------
@@ -491,12 +569,15 @@ pub fn measure_big(d: &mut Driver, errors: &mut Vec<String>) -> Option<Big> {
 
 // ---- instruction profile --------------------------------------------------------------------
 
+/// (instructions, function) lines of a callgrind profile, the largest first.
+pub type ProfileLines = Vec<(u64, String)>;
+
 #[derive(Debug, Default)]
 pub struct Profile {
     /// workload -> mode -> instructions per commit (user space, callgrind).
     pub ir_per_commit: BTreeMap<String, BTreeMap<String, f64>>,
     /// workload -> (inclusive lines, exclusive lines) of the walstream run.
-    pub top: BTreeMap<String, (Vec<(u64, String)>, Vec<(u64, String)>)>,
+    pub top: BTreeMap<String, (ProfileLines, ProfileLines)>,
     /// restore/verify -> instructions per byte of database.
     pub per_byte: BTreeMap<String, f64>,
     /// Totals for the `top` tables that are not per-transaction ones.
@@ -555,7 +636,7 @@ fn annotate(file: &Path, inclusive: bool) -> Vec<(u64, String)> {
         *e = (*e).max(ir);
     }
     let mut rows: Vec<(u64, String)> = best.into_iter().map(|(f, ir)| (ir, f)).collect();
-    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
     rows
 }
 
@@ -970,6 +1051,7 @@ pub fn render(d: &Driver, res: &Results) -> String {
         let _ = writeln!(s);
     }
     render_ship(d, res, &mut s);
+    render_follow(res, &mut s);
     // Small restores.
     if !res.restore_small.is_empty() {
         let _ = writeln!(
@@ -1169,7 +1251,7 @@ pub fn render(d: &Driver, res: &Results) -> String {
         }
     }
     // Bytes.
-    if let Some((b, cs, why, _)) = &res.bytes {
+    if let Some((b, cs, why)) = &res.bytes {
         let n = b.stream.len().max(1) as f64;
         let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / n;
         let _ = writeln!(

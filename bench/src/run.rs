@@ -42,6 +42,9 @@ pub struct Job {
     /// `WALSTREAM_SEAL_MS` for the worker (None: walstream's default).
     #[serde(default)]
     pub seal_ms: Option<u64>,
+    /// The CLI, to run `walstream follow` into a replica beside the workload (walstream mode).
+    #[serde(default)]
+    pub follow_cli: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -56,7 +59,21 @@ pub struct WorkerOut {
     pub litestream: Option<LitestreamOut>,
     pub bytes: Option<TxnBytes>,
     pub ship: Option<ShipOut>,
+    #[serde(default)]
+    pub follow: Option<FollowOut>,
     pub error: Option<String>,
+}
+
+/// A `walstream follow` process keeping a replica beside the workload (`Job::follow_cli`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FollowOut {
+    /// Time from the last commit until the follower's state file named the last transaction
+    /// (None: not within the timeout).
+    pub lag_ms: Option<f64>,
+    /// The follower's CPU time (user + system) from its start to the end of the wait.
+    pub cpu_secs: f64,
+    /// The replica's fingerprint equals the primary's at the end.
+    pub same: bool,
 }
 
 /// Shipping to S3 (`Mode::WalstreamS3`), from `walstream_status()`.
@@ -189,6 +206,11 @@ pub fn worker(job: &Job) -> WorkerOut {
     };
     let after: &mut dyn FnMut(&Connection) = if job.bytes { &mut tap } else { &mut noop };
     let ship_before = (job.mode == Mode::WalstreamS3).then(|| ship_status(&conn));
+    let mut follower = job
+        .follow_cli
+        .as_ref()
+        .filter(|_| job.mode == Mode::Walstream)
+        .map(|cli| Follower::start(cli, job, &db));
     let t0 = Instant::now();
     let fp = workload::run(&conn, job.workload, &job.scale, after).unwrap();
     let secs = t0.elapsed().as_secs_f64();
@@ -210,6 +232,9 @@ pub fn worker(job: &Job) -> WorkerOut {
     if let Some(before) = ship_before {
         out.ship = Some(ship_lag(&conn, &before, t0 + Duration::from_secs_f64(secs)));
     }
+    if let Some(f) = follower.take() {
+        out.follow = Some(f.finish(&db, job.workload, fp, t0 + Duration::from_secs_f64(secs)));
+    }
     out.bytes = bytes.map(|b| b.finish(fp));
     let t1 = Instant::now();
     drop(conn);
@@ -224,6 +249,78 @@ pub fn worker(job: &Job) -> WorkerOut {
     }
     out.maxrss_kb = maxrss_kb();
     out
+}
+
+/// `walstream follow` into `replica.db` beside the database, polling every 10 ms.
+struct Follower {
+    child: std::process::Child,
+    replica: PathBuf,
+}
+
+impl Follower {
+    /// Starts the follower and waits until it has seeded the replica with the setup's state.
+    fn start(cli: &Path, job: &Job, db: &Path) -> Self {
+        let replica = job.dir.join("replica.db");
+        let child = Command::new(cli)
+            .arg("follow")
+            .arg(format!("{}-walstream", db.display()))
+            .arg(&replica)
+            .args(["--interval-ms", "10"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("walstream follow");
+        let f = Follower { child, replica };
+        let seq = stream_seq(db).unwrap_or(0);
+        f.wait_for(seq, Instant::now() + Duration::from_secs(120));
+        f
+    }
+
+    fn seq(&self) -> Option<u64> {
+        let text = fs::read_to_string(format!("{}-follow", self.replica.display())).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["seq"].as_u64()
+    }
+
+    /// Polls the follower's state file every 2 ms until it names `seq`; false at `deadline`.
+    fn wait_for(&self, seq: u64, deadline: Instant) -> bool {
+        while self.seq().is_none_or(|s| s < seq) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    fn finish(mut self, db: &Path, w: Workload, fp: i64, last_commit: Instant) -> FollowOut {
+        let last = stream_seq(db).unwrap_or(0);
+        let caught_up = self.wait_for(last, Instant::now() + Duration::from_secs(120));
+        let lag_ms = caught_up.then(|| last_commit.elapsed().as_secs_f64() * 1e3);
+        let cpu_secs = cpu_secs(self.child.id()).unwrap_or(f64::NAN);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let same = Connection::open(&self.replica)
+            .ok()
+            .and_then(|c| workload::fingerprint(&c, w).ok())
+            == Some(fp);
+        FollowOut {
+            lag_ms,
+            cpu_secs,
+            same,
+        }
+    }
+}
+
+/// User + system CPU seconds of a running process, from /proc.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
 }
 
 fn ship_status(conn: &Connection) -> serde_json::Value {
@@ -640,6 +737,7 @@ impl Driver {
                 )
             }),
             seal_ms: None,
+            follow_cli: None,
         }
     }
 
@@ -686,10 +784,12 @@ pub struct Results {
     pub restore_small: Vec<BTreeMap<String, f64>>,
     pub big: Option<report::Big>,
     pub syscalls: Option<report::Syscalls>,
-    pub bytes: Option<(TxnBytes, Option<Changesets>, Option<String>, Option<u64>)>,
+    pub bytes: Option<report::BytesResult>,
     pub profile: Option<report::Profile>,
     /// (workload, WALSTREAM_SEAL_MS) -> (plain, walstream with an S3 target) per repetition.
-    pub ship: BTreeMap<(String, Option<u64>), Vec<(WorkerOut, WorkerOut)>>,
+    pub ship: report::ShipRuns,
+    /// workload -> walstream runs with a follower beside them.
+    pub follow: BTreeMap<String, Vec<WorkerOut>>,
     pub errors: Vec<String>,
     pub elapsed_secs: f64,
 }
@@ -766,6 +866,15 @@ pub fn driver(opts: Options) -> i32 {
                 if let Some(e) = &o.error {
                     res.errors.push(format!("ship {w:?}: {e}"));
                 }
+            }
+        }
+    }
+    // 1c. A follower keeping a replica beside the workload: its lag and its CPU.
+    if want("follow") {
+        res.follow = crate::report::measure_follow(&mut d);
+        for (w, runs) in &res.follow {
+            for e in runs.iter().filter_map(|o| o.error.as_ref()) {
+                res.errors.push(format!("follow {w}: {e}"));
             }
         }
     }
