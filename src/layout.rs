@@ -32,6 +32,17 @@ pub enum ObjectName {
     Segment { generation: u64, first_seq: u64 },
 }
 
+impl ObjectName {
+    /// The generation the object belongs to.
+    pub fn generation(self) -> u64 {
+        match self {
+            ObjectName::Snapshot { generation } | ObjectName::Segment { generation, .. } => {
+                generation
+            }
+        }
+    }
+}
+
 /// Parses the 16-digit lower-case hex numbers used in names.
 pub fn parse_hex16(s: &str) -> Option<u64> {
     if s.len() == 16

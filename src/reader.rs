@@ -85,6 +85,17 @@ pub struct GenerationObjects {
 }
 
 impl GenerationObjects {
+    /// Adds an object of this generation (the generation is set from it).
+    fn add(&mut self, name: ObjectName, object: ObjectInfo) {
+        self.generation = name.generation();
+        match name {
+            ObjectName::Snapshot { .. } => self.snapshot = Some(object),
+            ObjectName::Segment { first_seq, .. } => {
+                self.segments.insert(first_seq, object);
+            }
+        }
+    }
+
     pub fn bytes(&self) -> u64 {
         self.snapshot.as_ref().map_or(0, |s| s.size)
             + self.segments.values().map(|s| s.size).sum::<u64>()
@@ -98,21 +109,7 @@ pub fn inventory(target: &dyn Target) -> Result<Vec<GenerationObjects>, ReadErro
         let Some(name) = layout::parse_key(&object.key) else {
             continue;
         };
-        match name {
-            ObjectName::Snapshot { generation } => {
-                let g = map.entry(generation).or_default();
-                g.generation = generation;
-                g.snapshot = Some(object);
-            }
-            ObjectName::Segment {
-                generation,
-                first_seq,
-            } => {
-                let g = map.entry(generation).or_default();
-                g.generation = generation;
-                g.segments.insert(first_seq, object);
-            }
-        }
+        map.entry(name.generation()).or_default().add(name, object);
     }
     Ok(map.into_values().collect())
 }
@@ -124,6 +121,52 @@ pub fn latest_generation(target: &dyn Target) -> Result<GenerationObjects, ReadE
         .rev()
         .find(|g| g.snapshot.is_some())
         .ok_or_else(|| ReadError::Empty(target.describe()))
+}
+
+/// As `latest_generation`, listing only what sorts from the newest segment of `known` (this
+/// generation as listed before) on, when given: that segment again (it may have grown, or
+/// replaced a placeholder), the ones after it, and every newer generation, whose keys sort
+/// after. A follower's round thus lists what is new, not the whole stream. Segments of `known`
+/// before its newest stay as they were listed.
+pub fn latest_generation_since(
+    target: &dyn Target,
+    known: Option<GenerationObjects>,
+) -> Result<GenerationObjects, ReadError> {
+    let Some(mut known) = known.filter(|k| k.snapshot.is_some()) else {
+        return latest_generation(target);
+    };
+    let newest = known.segments.keys().next_back().copied();
+    let start_after = match newest {
+        // The newest segment's key without its suffix: it sorts just before that key.
+        Some(first_seq) => format!(
+            "{}/{first_seq:016x}",
+            layout::generation_dir(known.generation)
+        ),
+        None => format!("{}/", layout::generation_dir(known.generation)),
+    };
+    if let Some(first_seq) = newest {
+        known.segments.remove(&first_seq);
+    }
+    let mut newer: BTreeMap<u64, GenerationObjects> = BTreeMap::new();
+    for object in target.list_after(&start_after)? {
+        let Some(name) = layout::parse_key(&object.key) else {
+            continue;
+        };
+        let generation = name.generation();
+        if generation == known.generation {
+            known.add(name, object);
+        } else if generation > known.generation {
+            newer.entry(generation).or_default().add(name, object);
+        }
+    }
+    if let Some(g) = newer.into_values().rev().find(|g| g.snapshot.is_some()) {
+        return Ok(g);
+    }
+    // The newest segment is gone (pruned, or the target replaced): list everything.
+    if newest.is_some_and(|n| !known.segments.contains_key(&n)) {
+        return latest_generation(target);
+    }
+    Ok(known)
 }
 
 /// One generation by number.
@@ -461,8 +504,13 @@ pub struct ReadPosition {
 }
 
 impl ReadPosition {
+    /// The first transaction of the segment it is in (the segment's key in a listing).
+    pub fn segment(&self) -> u64 {
+        self.first_seq
+    }
+
     /// Whether `objects` still hold the segment it is in, at least as long as its offset.
-    fn still_in(&self, objects: &GenerationObjects) -> bool {
+    pub fn still_in(&self, objects: &GenerationObjects) -> bool {
         self.generation == objects.generation
             && objects
                 .segments
@@ -1469,4 +1517,70 @@ pub fn seq_at_time(
         }
     }
     Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::LocalTarget;
+
+    fn put(dir: &std::path::Path, key: &str, bytes: usize) {
+        let path = dir.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, vec![0u8; bytes]).unwrap();
+    }
+
+    fn sizes(g: &GenerationObjects) -> Vec<(u64, u64)> {
+        g.segments.iter().map(|(k, o)| (*k, o.size)).collect()
+    }
+
+    /// What a follower's listing from its newest segment on sees, against a full listing.
+    #[test]
+    fn listing_since_a_known_generation_sees_what_a_full_listing_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = LocalTarget::new(dir.path().to_path_buf());
+        put(dir.path(), &layout::snapshot_key(1), 10);
+        for (seq, n) in [(1, 100), (5, 100), (9, 50)] {
+            put(dir.path(), &layout::segment_key(1, seq), n);
+        }
+        let known = latest_generation_since(&t, None).unwrap();
+        assert_eq!(sizes(&known), [(1, 100), (5, 100), (9, 50)]);
+
+        // The newest segment grew, two more came, a newer generation has no snapshot yet.
+        put(dir.path(), &layout::segment_key(1, 9), 80);
+        put(dir.path(), &layout::segment_key(1, 0x10), 10);
+        put(dir.path(), &layout::segment_key(1, 0x11), 10);
+        put(dir.path(), &layout::segment_key(2, 1), 10);
+        let mut trimmed = known;
+        trimmed.segments = trimmed.segments.split_off(&5);
+        let g = latest_generation_since(&t, Some(trimmed)).unwrap();
+        assert_eq!(g.generation, 1);
+        assert_eq!(sizes(&g), [(5, 100), (9, 80), (0x10, 10), (0x11, 10)]);
+        assert_eq!(g.snapshot.as_ref().map(|s| s.size), Some(10));
+
+        // The newer generation gets its snapshot: it is the newest, whole.
+        put(dir.path(), &layout::snapshot_key(2), 10);
+        let g2 = latest_generation_since(&t, Some(g)).unwrap();
+        assert_eq!(g2.generation, 2);
+        assert_eq!(sizes(&g2), [(1, 10)]);
+        assert_eq!(
+            sizes(&g2),
+            sizes(&latest_generation(&t).unwrap()),
+            "as a full listing"
+        );
+
+        // The known newest segment is gone (generation 1 pruned): a full listing.
+        let mut known = latest_generation(&t).unwrap();
+        known.generation = 1;
+        known.segments.insert(
+            0x11,
+            ObjectInfo {
+                key: layout::segment_key(1, 0x11),
+                size: 10,
+            },
+        );
+        std::fs::remove_dir_all(dir.path().join(layout::generation_dir(1))).unwrap();
+        let g = latest_generation_since(&t, Some(known)).unwrap();
+        assert_eq!((g.generation, sizes(&g)), (2, vec![(1, 10)]));
+    }
 }

@@ -442,6 +442,9 @@ pub struct Follower {
     tree: Option<StateTree>,
     /// Where the last round stopped reading the stream: the next reads on from there.
     position: Option<ReadPosition>,
+    /// The generation's objects from the position's segment on, as the last round listed
+    /// them: the next lists only what sorts from the newest of them on.
+    known: Option<GenerationObjects>,
 }
 
 impl Follower {
@@ -452,6 +455,7 @@ impl Follower {
             conn: None,
             tree: None,
             position: None,
+            known: None,
         }
     }
 
@@ -529,8 +533,35 @@ impl Follower {
     /// Transactions are applied in batches of SQLite transactions (`BATCH_MS`), so readers of
     /// the replica see whole transactions only; checks run after each transaction.
     pub fn step(&mut self, target: &dyn Target) -> Result<FollowStep, ValidateError> {
-        let objects = reader::latest_generation(target)?;
+        let known = self.known.take().filter(|_| self.position.is_some());
+        let mut objects = reader::latest_generation_since(target, known)?;
+        if self
+            .position
+            .as_ref()
+            .is_some_and(|p| !p.still_in(&objects))
+        {
+            // A new generation, or the position's segment is not what it was: from the start.
+            self.position = None;
+            objects = reader::latest_generation(target)?;
+        }
         let last = reader::last_committed_seq_after(target, &objects, self.position.as_ref())?;
+        let step = self.step_in(target, &objects, last);
+        // Kept for the next round's listing, from the position's segment on (a follower
+        // without a position lists and reads from the start again).
+        if let Some(p) = &self.position {
+            let mut objects = objects;
+            objects.segments = objects.segments.split_off(&p.segment());
+            self.known = Some(objects);
+        }
+        step
+    }
+
+    fn step_in(
+        &mut self,
+        target: &dyn Target,
+        objects: &GenerationObjects,
+        last: u64,
+    ) -> Result<FollowStep, ValidateError> {
         let state = load_state(&self.replica).filter(|_| self.replica.exists());
         let why = match state {
             Some(s) if s.generation == objects.generation => {
@@ -538,7 +569,7 @@ impl Follower {
                     if s.seq >= last {
                         return Ok(FollowStep::UpToDate(s));
                     }
-                    let to = self.advance(target, &objects, &s, last)?;
+                    let to = self.advance(target, objects, &s, last)?;
                     if to.seq == s.seq {
                         return Ok(FollowStep::UpToDate(to));
                     }
@@ -552,7 +583,7 @@ impl Follower {
             Some(_) => SeedReason::NewGeneration,
             None => SeedReason::New,
         };
-        let to = self.seed(target, &objects, last)?;
+        let to = self.seed(target, objects, last)?;
         Ok(FollowStep::Seeded { to, why })
     }
 
@@ -585,24 +616,30 @@ impl Follower {
         let reached = applier.reached.take();
         drop(applier);
         self.conn = Some(conn);
-        if let Err(e) = saved {
+        // Whatever went wrong, the next round starts afresh: the replica's tree from its pages,
+        // the stream read from where the saved state is.
+        let mut afresh = || {
             self.tree = None;
+            self.position = None;
+        };
+        if let Err(e) = saved {
+            afresh();
             return Err(e);
         }
         let summary = match (failure, result) {
             (Some(f), _) => {
-                self.tree = None;
+                afresh();
                 return Err(ValidateError::CheckFailed(Box::new(f)));
             }
             // The stream changed between listing it and reading it (an object store may serve
             // a segment's placeholder and then the whole segment, or the reverse, for a moment):
             // what was applied is whole transactions; the next round continues from there.
             (None, Err(ReadError::NoSuchTxn { .. })) => {
-                self.tree = None;
+                afresh();
                 return Ok(reached.unwrap_or_else(|| s.clone()));
             }
             (None, Err(e)) => {
-                self.tree = None;
+                afresh();
                 return Err(e.into());
             }
             (None, Ok(summary)) => summary,

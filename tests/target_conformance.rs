@@ -69,6 +69,28 @@ fn suite(t: &dyn Target, scratch: &Path) {
             .to_string()
     );
 
+    // listing after a key: the keys that sort after it, whether or not it exists
+    let after = |k: &str| {
+        let mut v: Vec<String> = t
+            .list_after(k)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        v.sort();
+        v
+    };
+    let owned = |v: &[&str]| v.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    assert_eq!(after(""), owned(&[k2, k1, k3]));
+    assert_eq!(after(k2), owned(&[k1, k3]));
+    assert_eq!(
+        after("generations/0000000000000001/0000000000000001"),
+        owned(&[k2, k1, k3]),
+        "a key's prefix sorts before it"
+    );
+    assert_eq!(after(k1), owned(&[k3]));
+    assert_eq!(after(k3), owned(&[]));
+
     // reading from an offset: the rest of the object, nothing at or past its end
     let from = |key: &str, offset: u64| {
         let mut v = Vec::new();

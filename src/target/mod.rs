@@ -203,6 +203,13 @@ pub trait Target: Send + Sync {
     fn describe(&self) -> String;
     /// Every object under the root (order unspecified). A missing root is `TargetError::Missing`.
     fn list(&self) -> Result<Vec<ObjectInfo>, TargetError>;
+    /// The objects whose keys sort after `start_after` (byte order): how a follower lists only
+    /// what is new. S3 starts its listing there; this default lists everything and filters.
+    fn list_after(&self, start_after: &str) -> Result<Vec<ObjectInfo>, TargetError> {
+        let mut all = self.list()?;
+        all.retain(|o| o.key.as_str() > start_after);
+        Ok(all)
+    }
     /// Streams one object.
     fn get(&self, key: &str) -> Result<Box<dyn Read + Send>, TargetError>;
     /// Streams one object from byte `offset` on (nothing if it is that long or shorter): how a

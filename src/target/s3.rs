@@ -88,6 +88,48 @@ impl Failure {
 }
 
 impl S3Target {
+    /// Every object under the prefix, or those whose keys sort after `start_after` (S3's
+    /// `StartAfter`: the listing starts there).
+    fn list_from(&self, start_after: Option<&str>) -> Result<Vec<ObjectInfo>, TargetError> {
+        let list_prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let start_after = start_after.map(|k| format!("{list_prefix}{k}"));
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.rt.block_on(
+                self.client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(&list_prefix)
+                    .set_start_after(start_after.clone())
+                    .set_continuation_token(token.take())
+                    .send(),
+            );
+            let page = page.map_err(|e| self.fail("", Failure::of(&e)))?;
+            for object in page.contents() {
+                let Some(key) = object.key().and_then(|k| k.strip_prefix(&list_prefix)) else {
+                    continue;
+                };
+                if key.is_empty() || check_key("", key).is_err() {
+                    continue;
+                }
+                out.push(ObjectInfo {
+                    key: key.to_string(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                });
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// An object from byte `offset` on (a ranged GET past its start; an empty reader when the
     /// object is not longer than `offset`).
     fn get_range(&self, key: &str, offset: u64) -> Result<Box<dyn Read + Send>, TargetError> {
@@ -440,41 +482,11 @@ impl Target for S3Target {
     }
 
     fn list(&self) -> Result<Vec<ObjectInfo>, TargetError> {
-        let list_prefix = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self.rt.block_on(
-                self.client
-                    .list_objects_v2()
-                    .bucket(&self.bucket)
-                    .prefix(&list_prefix)
-                    .set_continuation_token(token.take())
-                    .send(),
-            );
-            let page = page.map_err(|e| self.fail("", Failure::of(&e)))?;
-            for object in page.contents() {
-                let Some(key) = object.key().and_then(|k| k.strip_prefix(&list_prefix)) else {
-                    continue;
-                };
-                if key.is_empty() || check_key("", key).is_err() {
-                    continue;
-                }
-                out.push(ObjectInfo {
-                    key: key.to_string(),
-                    size: object.size().unwrap_or(0).max(0) as u64,
-                });
-            }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
-            }
-        }
-        Ok(out)
+        self.list_from(None)
+    }
+
+    fn list_after(&self, start_after: &str) -> Result<Vec<ObjectInfo>, TargetError> {
+        self.list_from(Some(start_after))
     }
 
     fn get(&self, key: &str) -> Result<Box<dyn Read + Send>, TargetError> {
