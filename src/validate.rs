@@ -358,6 +358,31 @@ pub struct FollowState {
     /// The state root recorded after `seq`: what the replica's pages hash to. A follower that
     /// starts checks the replica against it (state files written before it was kept have none).
     pub root: Option<Hash>,
+    /// SQLite's stamps on the stream's page 1 after `seq` (`Stamps`), which the replica's
+    /// page 1 does not keep.
+    pub stamps: Option<Stamps>,
+}
+
+/// Bytes 24..28 and 92..100 of page 1: the change counter, and the counter and SQLite version
+/// the file was last written with. SQLite writes its own there whenever it commits page 1, so
+/// a replica kept through SQLite holds the stream's pages except these twelve bytes; the
+/// follow file keeps the stream's, to check the replica against the recorded state root.
+pub type Stamps = [u8; 12];
+
+/// The stamps of a page 1.
+fn stamps_of(page1: &[u8]) -> Option<Stamps> {
+    let mut s = [0u8; 12];
+    s[..4].copy_from_slice(page1.get(24..28)?);
+    s[4..].copy_from_slice(page1.get(92..100)?);
+    Some(s)
+}
+
+/// Page 1 with `stamps` put in place of its own.
+fn stamp(page1: &mut [u8], stamps: &Stamps) {
+    if page1.len() >= 100 {
+        page1[24..28].copy_from_slice(&stamps[..4]);
+        page1[92..100].copy_from_slice(&stamps[4..]);
+    }
 }
 
 fn state_path(replica: &Path) -> PathBuf {
@@ -366,12 +391,13 @@ fn state_path(replica: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn parse_hash(text: &str) -> Option<Hash> {
-    let mut h = [0u8; 32];
-    for (i, byte) in h.iter_mut().enumerate() {
+/// `N` bytes written as lower-case hex (`record::hex`).
+fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
         *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
-    Some(h)
+    Some(out)
 }
 
 fn load_state(replica: &Path) -> Option<FollowState> {
@@ -380,8 +406,9 @@ fn load_state(replica: &Path) -> Option<FollowState> {
     Some(FollowState {
         generation: v["generation"].as_u64()?,
         seq: v["seq"].as_u64()?,
-        head: parse_hash(v["head"].as_str()?)?,
-        root: v["root"].as_str().and_then(parse_hash),
+        head: parse_hex(v["head"].as_str()?)?,
+        root: v["root"].as_str().and_then(parse_hex),
+        stamps: v["stamps"].as_str().and_then(parse_hex),
     })
 }
 
@@ -391,6 +418,9 @@ fn save_state(replica: &Path, s: &FollowState) -> Result<(), ValidateError> {
     let mut v = json!({"generation": s.generation, "seq": s.seq, "head": hex(&s.head)});
     if let Some(root) = &s.root {
         v["root"] = json!(hex(root));
+    }
+    if let Some(stamps) = &s.stamps {
+        v["stamps"] = json!(hex(stamps));
     }
     let io = |source| ValidateError::Io {
         path: path.clone(),
@@ -437,6 +467,10 @@ const BATCH_BYTES: u64 = 32 << 20;
 pub struct Follower {
     replica: PathBuf,
     checks: Vec<String>,
+    /// A second, read-only connection that runs the checks (`Applier::commit_batch_then_check`).
+    /// Declared (so dropped) before `conn`: the last connection to close checkpoints the
+    /// replica's write-ahead log into it, which a read-only one cannot.
+    checker: Option<Connection>,
     conn: Option<Connection>,
     /// The state tree of the replica as it is (built from its pages when the follower starts).
     tree: Option<StateTree>,
@@ -452,6 +486,7 @@ impl Follower {
         Self {
             replica,
             checks,
+            checker: None,
             conn: None,
             tree: None,
             position: None,
@@ -477,7 +512,8 @@ impl Follower {
     }
 
     /// The replica's state tree, computed from its pages once.
-    fn tree(&mut self) -> Result<StateTree, ValidateError> {
+    /// `stamps`: the stream's page 1 stamps, put in the replica's page 1 before it is hashed.
+    fn tree(&mut self, stamps: Option<&Stamps>) -> Result<StateTree, ValidateError> {
         if let Some(t) = self.tree.take() {
             return Ok(t);
         }
@@ -495,7 +531,10 @@ impl Follower {
         let mut rows = stmt.query([]).map_err(|e| self.replica_err(e))?;
         while let Some(row) = rows.next().map_err(|e| self.replica_err(e))? {
             let pgno: u32 = row.get(0).map_err(|e| self.replica_err(e))?;
-            let data: Vec<u8> = row.get(1).map_err(|e| self.replica_err(e))?;
+            let mut data: Vec<u8> = row.get(1).map_err(|e| self.replica_err(e))?;
+            if let (1, Some(stamps)) = (pgno, stamps) {
+                stamp(&mut data, stamps);
+            }
             tree.set_page(pgno, *blake3::hash(&data).as_bytes());
         }
         Ok(tree)
@@ -512,7 +551,7 @@ impl Follower {
         let Some(want) = s.root else {
             return Ok(true);
         };
-        let mut tree = self.tree()?;
+        let mut tree = self.tree(s.stamps.as_ref())?;
         let scheme = tree.scheme();
         let mut matches = tree.root().map_err(|e| self.replica_err(e))? == want;
         if !matches {
@@ -594,13 +633,37 @@ impl Follower {
         s: &FollowState,
         last: u64,
     ) -> Result<FollowState, ValidateError> {
-        let mut tree = self.tree()?;
+        let mut tree = self.tree(s.stamps.as_ref())?;
         let resume = Resume {
             after_seq: s.seq,
             head_hash: s.head,
         };
         let conn = self.conn.take().expect("opened by tree()");
-        let mut applier = Applier::new(&conn, &self.replica, &self.checks, objects.generation);
+        if self.checker.is_none() && !self.checks.is_empty() {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let checker = Connection::open_with_flags(&self.replica, flags)
+                .and_then(|c| {
+                    c.busy_timeout(std::time::Duration::from_secs(10))
+                        .map(|()| c)
+                })
+                .map_err(|e| self.replica_err(e));
+            match checker {
+                Ok(c) => self.checker = Some(c),
+                Err(e) => {
+                    self.conn = Some(conn);
+                    self.tree = Some(tree);
+                    return Err(e);
+                }
+            }
+        }
+        let mut applier = Applier::new(
+            &conn,
+            self.checker.as_ref(),
+            &self.replica,
+            &self.checks,
+            objects.generation,
+        );
+        applier.stamps = s.stamps;
         let result = reader::replay_after_at(
             target,
             objects,
@@ -614,6 +677,7 @@ impl Follower {
         let saved = applier.finish();
         let failure = applier.failure.take();
         let reached = applier.reached.take();
+        let stamps = applier.stamps;
         drop(applier);
         self.conn = Some(conn);
         // Whatever went wrong, the next round starts afresh: the replica's tree from its pages,
@@ -650,6 +714,7 @@ impl Follower {
             seq: summary.last_seq,
             head: summary.head_hash,
             root: Some(summary.state_root),
+            stamps,
         })
     }
 
@@ -662,6 +727,7 @@ impl Follower {
         last: u64,
     ) -> Result<FollowState, ValidateError> {
         self.conn = None;
+        self.checker = None;
         self.tree = None;
         self.position = None;
         let opts = crate::restore::RestoreOptions {
@@ -672,12 +738,41 @@ impl Follower {
         let tmp = self.replica.with_extension("walstream-seed");
         let restored = crate::restore::restore(target, &tmp, &opts, &mut |_| {})
             .map_err(|e| self.replica_err(e))?;
-        fs::rename(&tmp, &self.replica).map_err(|e| self.replica_err(e))?;
+        // The restored file is the stream's state byte for byte: its stamps are the stream's.
+        let stamps = {
+            use std::io::Read;
+            let mut head = [0u8; 100];
+            File::open(&tmp)
+                .and_then(|mut f| f.read_exact(&mut head))
+                .ok()
+                .and_then(|()| stamps_of(&head))
+        };
+        // An existing replica takes the restored pages in one SQLite transaction, so that its
+        // readers see the old state or the new one: a file renamed over it would be paired by
+        // name with the old file's write-ahead log, whose frames SQLite would lay over it.
+        let copied = self.replica.exists() && copy_pages(&tmp, &self.replica).is_ok();
+        if copied {
+            let _ = fs::remove_file(&tmp);
+        } else {
+            // No replica, or not one SQLite can write: whatever log is left beside it goes.
+            for suffix in ["-wal", "-shm"] {
+                let mut side = self.replica.as_os_str().to_owned();
+                side.push(suffix);
+                match fs::remove_file(PathBuf::from(side)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(self.replica_err(e))
+                    }
+                    _ => {}
+                }
+            }
+            fs::rename(&tmp, &self.replica).map_err(|e| self.replica_err(e))?;
+        }
         let state = FollowState {
             generation: objects.generation,
             seq: last,
             head: restored.summary.head_hash,
             root: Some(restored.summary.state_root),
+            stamps,
         };
         self.conn()?;
         let conn = self.conn.as_ref().expect("opened above");
@@ -695,6 +790,38 @@ impl Follower {
     }
 }
 
+/// Writes every page of the database `from` into the database `to`, in one transaction, and
+/// truncates `to` to as many pages.
+fn copy_pages(from: &Path, to: &Path) -> rusqlite::Result<()> {
+    let conn = Connection::open(to)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute("ATTACH ?1 AS seed", [from.to_string_lossy()])?;
+    let copied = (|| {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let pages: u32 = conn.query_row("SELECT count(*) FROM sqlite_dbpage('seed')", [], |r| {
+            r.get(0)
+        })?;
+        conn.execute(
+            "INSERT INTO sqlite_dbpage(pgno, data) SELECT pgno, data FROM sqlite_dbpage('seed')",
+            [],
+        )?;
+        let now: u32 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        if pages < now {
+            // A NULL page truncates at COMMIT (no savepoint released in between).
+            conn.execute(
+                "INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, NULL)",
+                [pages + 1],
+            )?;
+        }
+        conn.execute_batch("COMMIT")
+    })();
+    if copied.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    let _ = conn.execute_batch("DETACH seed");
+    copied
+}
+
 /// Applies replayed transactions to the replica through `sqlite_dbpage`. Each stream
 /// transaction is a savepoint inside a SQLite transaction that holds a batch of them
 /// (`BATCH_MS`, `BATCH_BYTES`); the follower state is saved after each batch commits. A stream
@@ -702,6 +829,8 @@ impl Follower {
 /// savepoint, so a batch only ever commits whole transactions.
 struct Applier<'a> {
     conn: &'a Connection,
+    /// A read-only connection to the replica, for the checks (when there are any).
+    checker: Option<&'a Connection>,
     replica: &'a Path,
     checks: &'a [String],
     generation: u64,
@@ -714,12 +843,23 @@ struct Applier<'a> {
     pending: Option<FollowState>,
     /// The replica's state after the last batch committed (and saved).
     reached: Option<FollowState>,
+    /// The stream's page 1 stamps after the last transaction applied, and those of the open
+    /// transaction's page 1 if it wrote one.
+    stamps: Option<Stamps>,
+    txn_stamps: Option<Stamps>,
 }
 
 impl<'a> Applier<'a> {
-    fn new(conn: &'a Connection, replica: &'a Path, checks: &'a [String], generation: u64) -> Self {
+    fn new(
+        conn: &'a Connection,
+        checker: Option<&'a Connection>,
+        replica: &'a Path,
+        checks: &'a [String],
+        generation: u64,
+    ) -> Self {
         Self {
             conn,
+            checker,
             replica,
             checks,
             generation,
@@ -728,6 +868,8 @@ impl<'a> Applier<'a> {
             failure: None,
             pending: None,
             reached: None,
+            stamps: None,
+            txn_stamps: None,
         }
     }
 
@@ -775,10 +917,37 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
+    /// Commits the batch (the transaction `c` last in it) and runs the checks on it. Checks
+    /// read through their own connection: this one writes pages under SQLite's b-tree layer,
+    /// which keeps what it parsed of a page before (and the schema) as it was, so its reads
+    /// could be stale. A reader of the committed replica sees what any reader would.
+    fn commit_batch_then_check(&mut self, c: &pb::TxnCommit) -> Result<(), ReadError> {
+        self.commit_batch()?;
+        let Some(checker) = self.checker else {
+            return Ok(());
+        };
+        match run_checks(checker, self.checks) {
+            Ok(None) => Ok(()),
+            Ok(Some((check, returned))) => {
+                // The replica keeps the transaction that failed, for whoever looks into it.
+                self.failure = Some(CheckFailure {
+                    generation: self.generation,
+                    seq: c.seq,
+                    commit_time_ms: c.commit_time_ms,
+                    check,
+                    returned,
+                });
+                Err(ReadError::Output(std::io::Error::other("check failed")))
+            }
+            Err(e) => Err(ReadError::Output(std::io::Error::other(e.to_string()))),
+        }
+    }
+
     /// After the replay: a transaction cut short is rolled back, the batch committed.
     fn finish(&mut self) -> Result<(), ValidateError> {
         let rolled_back = if self.in_txn {
             self.in_txn = false;
+            self.txn_stamps = None;
             self.exec("ROLLBACK TO walstream_txn")
                 .and_then(|()| self.exec("RELEASE walstream_txn"))
         } else {
@@ -802,6 +971,9 @@ impl Visitor for Applier<'_> {
         if let Some((_, bytes)) = &mut self.batch {
             *bytes += data.len() as u64;
         }
+        if pgno == 1 {
+            self.txn_stamps = stamps_of(data);
+        }
         Ok(())
     }
 
@@ -812,17 +984,19 @@ impl Visitor for Applier<'_> {
             .prepare_cached("PRAGMA page_count")
             .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(|e| self.sql(e))?;
-        if c.db_size_pages < pages {
-            // Inserting a NULL page truncates the database to the pages before it.
+        let shrinks = c.db_size_pages < pages;
+        if shrinks {
+            // Inserting a NULL page truncates the database to the pages before it, at COMMIT.
             self.conn
                 .prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, NULL)")
                 .and_then(|mut s| s.execute([c.db_size_pages + 1]))
                 .map_err(|e| self.sql(e))?;
         }
-        self.exec("RELEASE walstream_txn")?;
-        self.in_txn = false;
+        if let Some(t) = self.txn_stamps.take() {
+            self.stamps = Some(t);
+        }
         let bad = |what: &str| ReadError::Output(std::io::Error::other(format!("bad {what}")));
-        let state = FollowState {
+        self.pending = Some(FollowState {
             generation: self.generation,
             seq: c.seq,
             head: c.hash.as_slice().try_into().map_err(|_| bad("hash"))?,
@@ -832,28 +1006,18 @@ impl Visitor for Applier<'_> {
                     .try_into()
                     .map_err(|_| bad("state root"))?,
             ),
-        };
-        self.pending = Some(state);
-        // Checks see the transaction inside the batch, as readers will once it commits.
-        let checked = run_checks(self.conn, self.checks);
-        if !matches!(checked, Ok(None)) {
-            // The replica keeps the transaction that failed (or could not be checked), for
-            // whoever looks into it.
-            self.commit_batch()?;
+            stamps: self.stamps,
+        });
+        if shrinks {
+            // Committed at once: releasing the savepoint would make SQLite take the database's
+            // size from the page 1 just written and forget the truncation.
+            self.in_txn = false;
+            return self.commit_batch_then_check(c);
         }
-        match checked {
-            Ok(None) => {}
-            Ok(Some((check, returned))) => {
-                self.failure = Some(CheckFailure {
-                    generation: self.generation,
-                    seq: c.seq,
-                    commit_time_ms: c.commit_time_ms,
-                    check,
-                    returned,
-                });
-                return Err(ReadError::Output(std::io::Error::other("check failed")));
-            }
-            Err(e) => return Err(ReadError::Output(std::io::Error::other(e.to_string()))),
+        self.exec("RELEASE walstream_txn")?;
+        self.in_txn = false;
+        if !self.checks.is_empty() {
+            return self.commit_batch_then_check(c);
         }
         if let Some((since, bytes)) = self.batch {
             if since.elapsed() >= std::time::Duration::from_millis(BATCH_MS) || bytes >= BATCH_BYTES

@@ -550,6 +550,24 @@ fn root_of_file(
     scheme: walstream::state::RootScheme,
 ) -> Result<(u32, walstream::record::Hash)> {
     use std::io::Read;
+    // The file alone is not the database while its write-ahead log holds pages (a live
+    // database, or a follower's replica): its root would be that of an older state.
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    if let Ok(m) = std::fs::metadata(&wal) {
+        if m.len() > 0 {
+            bail!(
+                "{} holds {} bytes of write-ahead log that {} does not include yet: checkpoint \
+                 it first (sqlite3 {} 'PRAGMA wal_checkpoint(TRUNCATE)'), or take the root of a \
+                 restored copy",
+                wal.display(),
+                m.len(),
+                path.display(),
+                path.display()
+            );
+        }
+    }
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut header = [0u8; 100];
     file.read_exact(&mut header)

@@ -83,6 +83,18 @@ pub fn image(conn: &Connection) -> Vec<u8> {
     out
 }
 
+/// A database image with SQLite's own stamps on page 1 zeroed: the change counter (bytes
+/// 24..28) and the counter and SQLite version that last wrote the file (92..100), which
+/// SQLite rewrites whenever it commits page 1. A follower's replica holds the stream's pages
+/// but for these.
+pub fn unstamped(mut image: Vec<u8>) -> Vec<u8> {
+    if image.len() >= 100 {
+        image[24..28].fill(0);
+        image[92..100].fill(0);
+    }
+    image
+}
+
 pub fn image_hash(conn: &Connection) -> blake3::Hash {
     blake3::hash(&image(conn))
 }
