@@ -140,6 +140,23 @@ impl S3Target {
         }
         let resp = self.rt.block_on(req.send());
         match resp {
+            // A server that ignored the range would send the object from its start, which a
+            // reader would take for what follows `offset`.
+            Ok(r)
+                if offset > 0
+                    && !r
+                        .content_range()
+                        .is_some_and(|c| c.starts_with(&format!("bytes {offset}-"))) =>
+            {
+                Err(TargetError::Remote {
+                    target: self.describe(),
+                    key: key.to_string(),
+                    message: format!(
+                        "asked for bytes {offset}- and got {}",
+                        r.content_range().unwrap_or("the whole object")
+                    ),
+                })
+            }
             Ok(r) => Ok(Box::new(io::BufReader::with_capacity(
                 1 << 16,
                 BodyReader {
