@@ -608,7 +608,20 @@ impl Follower {
                     if s.seq >= last {
                         return Ok(FollowStep::UpToDate(s));
                     }
-                    let to = self.advance(target, objects, &s, last)?;
+                    let to = match self.advance(target, objects, &s, last) {
+                        // A follow file from before the root was kept: the replica could not
+                        // be checked at start, and one that is not the state the file names
+                        // fails here. Seeding verifies the stream from its snapshot on, so a
+                        // stream at fault fails there as well.
+                        Err(ValidateError::Read(ReadError::Integrity(_))) if s.root.is_none() => {
+                            let to = self.seed(target, objects, last)?;
+                            return Ok(FollowStep::Seeded {
+                                to,
+                                why: SeedReason::ReplicaChanged,
+                            });
+                        }
+                        r => r?,
+                    };
                     if to.seq == s.seq {
                         return Ok(FollowStep::UpToDate(to));
                     }
@@ -726,8 +739,8 @@ impl Follower {
         objects: &GenerationObjects,
         last: u64,
     ) -> Result<FollowState, ValidateError> {
-        self.conn = None;
         self.checker = None;
+        self.conn = None;
         self.tree = None;
         self.position = None;
         let opts = crate::restore::RestoreOptions {
@@ -747,26 +760,29 @@ impl Follower {
                 .ok()
                 .and_then(|()| stamps_of(&head))
         };
-        // An existing replica takes the restored pages in one SQLite transaction, so that its
-        // readers see the old state or the new one: a file renamed over it would be paired by
-        // name with the old file's write-ahead log, whose frames SQLite would lay over it.
-        let copied = self.replica.exists() && copy_pages(&tmp, &self.replica).is_ok();
-        if copied {
-            let _ = fs::remove_file(&tmp);
-        } else {
-            // No replica, or not one SQLite can write: whatever log is left beside it goes.
-            for suffix in ["-wal", "-shm"] {
-                let mut side = self.replica.as_os_str().to_owned();
-                side.push(suffix);
-                match fs::remove_file(PathBuf::from(side)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(self.replica_err(e))
-                    }
-                    _ => {}
-                }
+        // The new file is renamed over the replica: readers that have the old one open go on
+        // reading it, whole; new ones open the new one. SQLite pairs a database with the
+        // `-wal` and `-shm` beside it by name, so the old ones go first, or SQLite would lay
+        // the old file's frames over the new one. Before that, the old log is checkpointed
+        // into the old file (completing one a killed follower left half done), so that a
+        // reader opening the replica between the two steps finds a whole, earlier state.
+        if self.replica.exists() {
+            if let Ok(old) = Connection::open(&self.replica) {
+                let _ = old.busy_timeout(std::time::Duration::from_secs(10));
+                let _ = old.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
             }
-            fs::rename(&tmp, &self.replica).map_err(|e| self.replica_err(e))?;
         }
+        for suffix in ["-wal", "-shm"] {
+            let mut side = self.replica.as_os_str().to_owned();
+            side.push(suffix);
+            match fs::remove_file(PathBuf::from(side)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(self.replica_err(e))
+                }
+                _ => {}
+            }
+        }
+        fs::rename(&tmp, &self.replica).map_err(|e| self.replica_err(e))?;
         let state = FollowState {
             generation: objects.generation,
             seq: last,
@@ -788,38 +804,6 @@ impl Follower {
         save_state(&self.replica, &state)?;
         Ok(state)
     }
-}
-
-/// Writes every page of the database `from` into the database `to`, in one transaction, and
-/// truncates `to` to as many pages.
-fn copy_pages(from: &Path, to: &Path) -> rusqlite::Result<()> {
-    let conn = Connection::open(to)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute("ATTACH ?1 AS seed", [from.to_string_lossy()])?;
-    let copied = (|| {
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let pages: u32 = conn.query_row("SELECT count(*) FROM sqlite_dbpage('seed')", [], |r| {
-            r.get(0)
-        })?;
-        conn.execute(
-            "INSERT INTO sqlite_dbpage(pgno, data) SELECT pgno, data FROM sqlite_dbpage('seed')",
-            [],
-        )?;
-        let now: u32 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-        if pages < now {
-            // A NULL page truncates at COMMIT (no savepoint released in between).
-            conn.execute(
-                "INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, NULL)",
-                [pages + 1],
-            )?;
-        }
-        conn.execute_batch("COMMIT")
-    })();
-    if copied.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    let _ = conn.execute_batch("DETACH seed");
-    copied
 }
 
 /// Applies replayed transactions to the replica through `sqlite_dbpage`. Each stream
