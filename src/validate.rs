@@ -810,7 +810,8 @@ impl Follower {
 /// transaction is a savepoint inside a SQLite transaction that holds a batch of them
 /// (`BATCH_MS`, `BATCH_BYTES`); the follower state is saved after each batch commits. A stream
 /// transaction cut short (a page that fails its hash, a torn tail) is rolled back to its
-/// savepoint, so a batch only ever commits whole transactions.
+/// savepoint, so a batch only ever commits whole transactions. A transaction that shrinks the
+/// database, and with checks every transaction, ends its batch (`commit_batch_then_check`).
 struct Applier<'a> {
     conn: &'a Connection,
     /// A read-only connection to the replica, for the checks (when there are any).
