@@ -518,6 +518,21 @@ impl ReadPosition {
                 .is_some_and(|o| o.key == self.key && o.size >= self.offset)
     }
 
+    /// The records of its segment from its offset on.
+    fn records(
+        &self,
+        target: &dyn Target,
+    ) -> Result<RecordReader<Box<dyn Read + Send>>, ReadError> {
+        let inner = target.get_from(&self.key, self.offset)?;
+        let version = self.pages.version();
+        Ok(RecordReader::resume(
+            inner,
+            FileKind::Segment,
+            version,
+            self.offset,
+        ))
+    }
+
     /// Whether a replay resuming at `resume` in `objects` may start here.
     fn serves(&self, objects: &GenerationObjects, resume: &Resume) -> bool {
         self.seq == resume.after_seq && self.head_hash == resume.head_hash && self.still_in(objects)
@@ -1021,12 +1036,7 @@ fn replay_segment(
     let (mut reader, mut pages) = match start_at {
         // Reading on after a transaction of this segment: its header, any `KeptContinued` and
         // the transactions before were read (and checked) by the replay that kept the position.
-        Some(p) => {
-            let version = p.pages.version();
-            let inner = target.get_from(ctx.key, p.offset)?;
-            let reader = RecordReader::resume(inner, FileKind::Segment, version, p.offset);
-            (reader, p.pages)
-        }
+        Some(p) => (p.records(target)?, p.pages),
         None => match open_records(target, ctx.key, FileKind::Segment) {
             Ok(r) => {
                 // Kept page versions, from this segment's first record on (record::page), or
@@ -1422,8 +1432,7 @@ pub fn last_committed_seq_after(
     let mut reader = match from {
         Some(p) => {
             last = p.seq;
-            let inner = target.get_from(&object.key, p.offset)?;
-            RecordReader::resume(inner, FileKind::Segment, p.pages.version(), p.offset)
+            p.records(target)?
         }
         None => match open_records(target, &object.key, FileKind::Segment) {
             Ok(r) => r,

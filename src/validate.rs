@@ -385,10 +385,15 @@ fn stamp(page1: &mut [u8], stamps: &Stamps) {
     }
 }
 
-fn state_path(replica: &Path) -> PathBuf {
-    let mut s = replica.as_os_str().to_owned();
-    s.push("-follow");
+/// `path` with `suffix` appended to its name, as SQLite names a database's `-wal` and `-shm`.
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
     PathBuf::from(s)
+}
+
+fn state_path(replica: &Path) -> PathBuf {
+    suffixed(replica, "-follow")
 }
 
 /// `N` bytes written as lower-case hex (`record::hex`).
@@ -674,9 +679,8 @@ impl Follower {
             self.checker.as_ref(),
             &self.replica,
             &self.checks,
-            objects.generation,
+            (objects.generation, s.stamps),
         );
-        applier.stamps = s.stamps;
         let result = reader::replay_after_at(
             target,
             objects,
@@ -773,9 +777,7 @@ impl Follower {
             }
         }
         for suffix in ["-wal", "-shm"] {
-            let mut side = self.replica.as_os_str().to_owned();
-            side.push(suffix);
-            match fs::remove_file(PathBuf::from(side)) {
+            match fs::remove_file(suffixed(&self.replica, suffix)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(self.replica_err(e))
                 }
@@ -840,7 +842,7 @@ impl<'a> Applier<'a> {
         checker: Option<&'a Connection>,
         replica: &'a Path,
         checks: &'a [String],
-        generation: u64,
+        (generation, stamps): (u64, Option<Stamps>),
     ) -> Self {
         Self {
             conn,
@@ -853,7 +855,7 @@ impl<'a> Applier<'a> {
             failure: None,
             pending: None,
             reached: None,
-            stamps: None,
+            stamps,
             txn_stamps: None,
         }
     }

@@ -32,6 +32,20 @@ fn break_the_invariant_once(conn: &rusqlite::Connection, target: &dyn Target) ->
     broken_at
 }
 
+/// `dir/bank.db` of `accounts` accounts, captured, after `transfers` transfers.
+fn bank_with_transfers(
+    dir: &Path,
+    accounts: i64,
+    transfers: i64,
+) -> (std::path::PathBuf, rusqlite::Connection) {
+    let db = dir.join("bank.db");
+    let conn = bank(&db, "", accounts);
+    for i in 0..transfers {
+        transfer(&conn, i, accounts);
+    }
+    (db, conn)
+}
+
 #[test]
 fn check_names_the_one_transaction_that_breaks_an_invariant() {
     let dir = tempfile::tempdir().unwrap();
@@ -401,11 +415,7 @@ fn follower_reads_on_from_where_it_stopped() {
 #[test]
 fn follower_stops_at_the_failing_transaction_inside_a_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bank.db");
-    let conn = bank(&db, "", 30);
-    for i in 0..10 {
-        transfer(&conn, i, 30);
-    }
+    let (db, conn) = bank_with_transfers(dir.path(), 30, 10);
     let t = target_str(&db);
     let replica = dir.path().join("replica.db");
     let r = replica.to_str().unwrap();
@@ -441,11 +451,7 @@ fn follower_stops_at_the_failing_transaction_inside_a_batch() {
 #[test]
 fn follower_reseeds_a_replica_ahead_of_its_follow_file() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bank.db");
-    let conn = bank(&db, "", 30);
-    for i in 0..10 {
-        transfer(&conn, i, 30);
-    }
+    let (db, conn) = bank_with_transfers(dir.path(), 30, 10);
     let t = target_str(&db);
     let replica = dir.path().join("replica.db");
     let r = replica.to_str().unwrap();
