@@ -501,12 +501,26 @@ pub struct ReadPosition {
     /// The transaction it is after, and its chain hash.
     seq: u64,
     head_hash: Hash,
+    /// Its segment's bytes from `offset` on, as `last_committed_seq_after` read them, for the
+    /// replay that follows to read them from memory instead of asking the target again (at most
+    /// `PREFETCH_BYTES_MAX`).
+    prefetched: Option<Vec<u8>>,
 }
+
+/// The most of a segment's tail a position keeps in memory between finding the last committed
+/// transaction and replaying to it. A follower's round usually reads a few transactions; one
+/// that starts far behind reads longer tails twice rather than hold them.
+const PREFETCH_BYTES_MAX: usize = 4 << 20;
 
 impl ReadPosition {
     /// The first transaction of the segment it is in (the segment's key in a listing).
     pub fn segment(&self) -> u64 {
         self.first_seq
+    }
+
+    /// The transaction it is after.
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// Whether `objects` still hold the segment it is in, at least as long as its offset.
@@ -518,12 +532,25 @@ impl ReadPosition {
                 .is_some_and(|o| o.key == self.key && o.size >= self.offset)
     }
 
-    /// The records of its segment from its offset on.
+    /// Whether `objects` show nothing after it: its segment is the newest and ends at its
+    /// offset. A follower polling a stream that did not change need not read anything.
+    pub fn at_end_of(&self, objects: &GenerationObjects) -> bool {
+        self.still_in(objects)
+            && objects
+                .segments
+                .last_key_value()
+                .is_some_and(|(first, o)| *first == self.first_seq && o.size == self.offset)
+    }
+
+    /// The records of its segment from its offset on (the bytes prefetched, if there are).
     fn records(
-        &self,
+        &mut self,
         target: &dyn Target,
     ) -> Result<RecordReader<Box<dyn Read + Send>>, ReadError> {
-        let inner = target.get_from(&self.key, self.offset)?;
+        let inner: Box<dyn Read + Send> = match self.prefetched.take() {
+            Some(tail) => Box::new(std::io::Cursor::new(tail)),
+            None => target.get_from(&self.key, self.offset)?,
+        };
         let version = self.pages.version();
         Ok(RecordReader::resume(
             inner,
@@ -1036,7 +1063,7 @@ fn replay_segment(
     let (mut reader, mut pages) = match start_at {
         // Reading on after a transaction of this segment: its header, any `KeptContinued` and
         // the transactions before were read (and checked) by the replay that kept the position.
-        Some(p) => (p.records(target)?, p.pages),
+        Some(mut p) => (p.records(target)?, p.pages),
         None => match open_records(target, ctx.key, FileKind::Segment) {
             Ok(r) => {
                 // Kept page versions, from this segment's first record on (record::page), or
@@ -1362,6 +1389,7 @@ fn replay_segment(
                 pages,
                 seq: summary.last_seq,
                 head_hash: summary.head_hash,
+                prefetched: None,
             })
         }
         _ => {}
@@ -1418,28 +1446,52 @@ pub fn last_committed_seq(
     last_committed_seq_after(target, objects, None)
 }
 
-/// As `last_committed_seq`, reading the newest segment from `position` on when it is in it.
+/// As `last_committed_seq`, reading the newest segment from `position` on when it is in it;
+/// what it read there is kept in the position (up to `PREFETCH_BYTES_MAX`) for a replay from it.
 pub fn last_committed_seq_after(
     target: &dyn Target,
     objects: &GenerationObjects,
-    position: Option<&ReadPosition>,
+    position: Option<&mut ReadPosition>,
 ) -> Result<u64, ReadError> {
     let Some((&first_seq, object)) = objects.segments.iter().next_back() else {
         return Ok(0);
     };
-    let mut last = first_seq.saturating_sub(1);
-    let from = position.filter(|p| p.first_seq == first_seq && p.still_in(objects));
-    let mut reader = match from {
+    let record_err = |source: RecordError| ReadError::Record {
+        key: object.key.clone(),
+        source,
+    };
+    match position.filter(|p| p.first_seq == first_seq && p.still_in(objects)) {
         Some(p) => {
-            last = p.seq;
-            p.records(target)?
+            p.prefetched = None;
+            let mut from = target.get_from(&p.key, p.offset)?;
+            let mut tail = Vec::new();
+            (&mut from)
+                .take(PREFETCH_BYTES_MAX as u64 + 1)
+                .read_to_end(&mut tail)
+                .map_err(|e| record_err(e.into()))?;
+            let version = p.pages.version();
+            if tail.len() <= PREFETCH_BYTES_MAX {
+                let reader = RecordReader::resume(&tail[..], FileKind::Segment, version, p.offset);
+                let last = last_commit_in(reader, p.seq).map_err(record_err)?;
+                p.prefetched = Some(tail);
+                Ok(last)
+            } else {
+                let rest = std::io::Cursor::new(tail).chain(from);
+                let reader = RecordReader::resume(rest, FileKind::Segment, version, p.offset);
+                last_commit_in(reader, p.seq).map_err(record_err)
+            }
         }
         None => match open_records(target, &object.key, FileKind::Segment) {
-            Ok(r) => r,
-            Err(e) if torn_header(&e) => return Ok(last),
-            Err(e) => return Err(e),
+            Ok(r) => last_commit_in(r, first_seq.saturating_sub(1)).map_err(record_err),
+            Err(e) if torn_header(&e) => Ok(first_seq.saturating_sub(1)),
+            Err(e) => Err(e),
         },
-    };
+    }
+}
+
+/// The last transaction whose commit record `reader` holds (`last` if none), up to its end or a
+/// torn tail.
+fn last_commit_in<R: Read>(mut reader: RecordReader<R>, mut last: u64) -> Result<u64, RecordError> {
     loop {
         match reader.next_record() {
             Ok(Some((
@@ -1449,17 +1501,11 @@ pub fn last_committed_seq_after(
                 },
             ))) => last = c.seq,
             Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(e) if e.is_torn_tail() => break,
-            Err(source) => {
-                return Err(ReadError::Record {
-                    key: object.key.clone(),
-                    source,
-                })
-            }
+            Ok(None) => return Ok(last),
+            Err(e) if e.is_torn_tail() => return Ok(last),
+            Err(e) => return Err(e),
         }
     }
-    Ok(last)
 }
 
 /// The last complete transaction committed at or before `time_ms` (0: the snapshot itself is

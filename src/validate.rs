@@ -588,7 +588,11 @@ impl Follower {
             self.position = None;
             objects = reader::latest_generation(target)?;
         }
-        let last = reader::last_committed_seq_after(target, &objects, self.position.as_ref())?;
+        let last = match &self.position {
+            // Nothing new since the last round: no need to read anything.
+            Some(p) if p.at_end_of(&objects) => p.seq(),
+            _ => reader::last_committed_seq_after(target, &objects, self.position.as_mut())?,
+        };
         let step = self.step_in(target, &objects, last);
         // Kept for the next round's listing, from the position's segment on (a follower
         // without a position lists and reads from the start again).
