@@ -532,6 +532,12 @@ impl ReadPosition {
                 .is_some_and(|o| o.key == self.key && o.size >= self.offset)
     }
 
+    /// Forgets the bytes `last_committed_seq_after` kept: they were read for the replay of the
+    /// same round, and a later round's replay must read what is there then.
+    pub fn forget_prefetched(&mut self) {
+        self.prefetched = None;
+    }
+
     /// Whether `objects` show nothing after it: its segment is the newest and ends at its
     /// offset. A follower polling a stream that did not change need not read anything.
     pub fn at_end_of(&self, objects: &GenerationObjects) -> bool {
@@ -1460,11 +1466,15 @@ pub fn last_committed_seq_after(
         key: object.key.clone(),
         source,
     };
+    let mut position = position;
+    if let Some(p) = position.as_deref_mut() {
+        p.forget_prefetched();
+    }
     match position.filter(|p| p.first_seq == first_seq && p.still_in(objects)) {
         Some(p) => {
-            p.prefetched = None;
             let mut from = target.get_from(&p.key, p.offset)?;
-            let mut tail = Vec::new();
+            let expected = object.size.saturating_sub(p.offset) as usize;
+            let mut tail = Vec::with_capacity(expected.min(PREFETCH_BYTES_MAX + 1));
             (&mut from)
                 .take(PREFETCH_BYTES_MAX as u64 + 1)
                 .read_to_end(&mut tail)

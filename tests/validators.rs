@@ -262,12 +262,14 @@ fn follower_reseeds_from_a_new_generation() {
 }
 
 /// A target that counts the bytes read from it, the reads it was asked for and the objects it
-/// listed.
+/// listed; while `torn` is set, a read from an offset returns only the first half of what is
+/// there (as a reader that came while a writer was appending).
 struct CountingTarget {
     inner: Box<dyn Target>,
     read: std::sync::Arc<std::sync::atomic::AtomicU64>,
     gets: std::sync::atomic::AtomicU64,
     listed: std::sync::atomic::AtomicU64,
+    torn: std::sync::atomic::AtomicBool,
 }
 
 struct CountingReader {
@@ -329,7 +331,14 @@ impl Target for CountingTarget {
         key: &str,
         offset: u64,
     ) -> Result<Box<dyn std::io::Read + Send>, walstream::target::TargetError> {
-        self.inner.get_from(key, offset).map(|r| self.count(r))
+        let r = self.inner.get_from(key, offset)?;
+        if !self.torn.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(self.count(r));
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut { r }, &mut bytes).unwrap();
+        bytes.truncate(bytes.len() / 2);
+        Ok(self.count(Box::new(std::io::Cursor::new(bytes))))
     }
     fn put_file(&self, key: &str, path: &Path) -> Result<(), walstream::target::TargetError> {
         self.inner.put_file(key, path)
@@ -346,27 +355,46 @@ impl Target for CountingTarget {
     }
 }
 
-/// A follower that takes one round per transaction reads each record of the stream about once
-/// (it reads on from where the last round stopped: in the active segment, and across sealed
-/// segments whose kept page versions the next one continues), and its replica equals the
-/// primary at every round.
-#[test]
-fn follower_reads_on_from_where_it_stopped() {
-    use walstream::validate::{FollowStep, Follower};
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bank.db");
-    // Small segments: the follower crosses many rolls, most of them continuing kept versions.
+/// A bank database in `dir` whose stream rolls every 24 KiB (so that a follower crosses many
+/// rolls, most of them continuing kept versions), its target counted, and a follower with the
+/// bank's invariant that has seeded its replica: (primary, target, replica, follower).
+fn seeded_follower_of_small_segments(
+    dir: &Path,
+) -> (
+    rusqlite::Connection,
+    CountingTarget,
+    std::path::PathBuf,
+    walstream::validate::Follower,
+) {
+    let db = dir.join("bank.db");
     let conn = bank(&db, "&walstream_segment_bytes=24K", 60);
     let counting = CountingTarget {
         inner: default_target(&db),
         read: Default::default(),
         gets: Default::default(),
         listed: Default::default(),
+        torn: Default::default(),
     };
-    let replica = dir.path().join("replica.db");
-    let mut follower = Follower::new(replica.clone(), vec![INVARIANT.to_string()]);
+    let replica = dir.join("replica.db");
+    let mut follower =
+        walstream::validate::Follower::new(replica.clone(), vec![INVARIANT.to_string()]);
     let first = follower.step(&counting).unwrap();
-    assert!(matches!(first, FollowStep::Seeded { .. }), "{first:?}");
+    assert!(
+        matches!(first, walstream::validate::FollowStep::Seeded { .. }),
+        "{first:?}"
+    );
+    (conn, counting, replica, follower)
+}
+
+/// A follower that takes one round per transaction reads each record of the stream about once
+/// (it reads on from where the last round stopped: in the active segment, and across sealed
+/// segments whose kept page versions the next one continues), and its replica equals the
+/// primary at every round.
+#[test]
+fn follower_reads_on_from_where_it_stopped() {
+    use walstream::validate::FollowStep;
+    let dir = tempfile::tempdir().unwrap();
+    let (conn, counting, replica, mut follower) = seeded_follower_of_small_segments(dir.path());
     counting.read.store(0, std::sync::atomic::Ordering::Relaxed);
     counting
         .listed
@@ -431,6 +459,46 @@ fn follower_reads_on_from_where_it_stopped() {
         listed <= 4 * 1500,
         "{listed} objects listed in 1500 rounds of a stream of {} objects",
         objects.segments.len() + 1
+    );
+}
+
+/// A round that finds the newest transaction half written applies nothing; a later round, after
+/// the segment rolled, applies it and what followed from what the stream holds then (a round
+/// once replayed the half it had kept from the earlier one, and failed).
+#[test]
+fn follower_reads_again_what_an_earlier_round_found_torn() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use walstream::validate::FollowStep;
+    let dir = tempfile::tempdir().unwrap();
+    let (conn, counting, replica, mut follower) = seeded_follower_of_small_segments(dir.path());
+    transfer(&conn, 0, 60);
+    let step = follower.step(&counting).unwrap();
+    assert!(matches!(step, FollowStep::Advanced { .. }), "{step:?}");
+    transfer(&conn, 1, 60);
+    counting.torn.store(true, Relaxed);
+    let step = follower.step(&counting).unwrap();
+    assert!(matches!(step, FollowStep::UpToDate(_)), "{step:?}");
+    counting.torn.store(false, Relaxed);
+    let segments = || {
+        walstream::reader::latest_generation(counting.inner.as_ref())
+            .unwrap()
+            .segments
+            .len()
+    };
+    let before = segments();
+    let mut i = 2;
+    while segments() == before {
+        transfer(&conn, i, 60);
+        i += 1;
+    }
+    let seq = stream_head(counting.inner.as_ref()).1;
+    match follower.step(&counting).unwrap() {
+        FollowStep::Advanced { to, .. } => assert_eq!(to.seq, seq),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        unstamped(image(&open_plain(&replica))),
+        unstamped(image(&conn))
     );
 }
 
