@@ -132,8 +132,8 @@ impl SpoolLock<'_> {
             tail.segment_len,
             self.segment_path(tail.generation, tail.segment_first_seq),
         );
-        let len = match fs::metadata(&path) {
-            Ok(m) => m.len(),
+        let len = match super::len_at(&path) {
+            Ok(len) => len,
             Err(_) => return self.reload(),
         };
         if len == from {
