@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod diff;
+pub mod file_size;
 pub mod layout;
 pub mod prune;
 pub mod reader;

@@ -500,11 +500,11 @@ fn spool_inventory(dir: &Path) -> io::Result<SpoolInventory> {
             let Some(name) = layout::parse_key(&key) else {
                 continue;
             };
-            let Ok(meta) = file.metadata() else { continue };
-            let f = SpoolFile {
-                key,
-                size: meta.len(),
+            // Not `metadata()`: the active segment is among these (crate::file_size).
+            let Ok(size) = crate::file_size::len_at(&file.path()) else {
+                continue;
             };
+            let f = SpoolFile { key, size };
             let g = out.entry(generation).or_default();
             match name {
                 ObjectName::Snapshot { .. } => g.0 = Some(f),
@@ -917,7 +917,7 @@ impl Worker {
 
     /// Conditional upload; an existing object must be this very content.
     fn upload(&mut self, key: &str, path: &Path, hash: &str) -> Result<(), PassError> {
-        let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let size = crate::file_size::len_at(path).unwrap_or(0);
         let name = self.target_name();
         let placeholder = self
             .ack

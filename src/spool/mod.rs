@@ -15,13 +15,13 @@ mod scan;
 mod writer;
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use scan::Tail;
 pub use writer::TxnAppender;
 
+use crate::file_size::len_and_links;
 use crate::record::page::ChainLimit;
 use crate::record::RecordError;
 use crate::sign::Signer;
@@ -161,7 +161,7 @@ impl Spool {
             // A segment that was unlinked (the spool directory removed) is not where the
             // stream goes any more, whatever its length: appending to it would lose data.
             (Some(file), Some(tail)) if !tail.ended => {
-                size_and_links(file).is_ok_and(|(len, links)| len == tail.segment_len && links > 0)
+                len_and_links(file).is_ok_and(|(len, links)| len == tail.segment_len && links > 0)
             }
             _ => false,
         }
@@ -187,37 +187,7 @@ fn open_lock_file(dir: &Path) -> Result<File, SpoolError> {
 
 /// Whether `file` no longer has a name (its directory or itself was removed).
 fn unlinked(file: &File) -> bool {
-    size_and_links(file).is_ok_and(|(_, links)| links == 0)
-}
-
-/// The length of the file at `path`, asked for without its timestamps (as `size_and_links`).
-fn len_at(path: &Path) -> std::io::Result<u64> {
-    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
-    match statx(CWD, path, AtFlags::empty(), StatxFlags::SIZE) {
-        Ok(s) => Ok(s.stx_size),
-        Err(_) => fs::metadata(path).map(|m| m.len()),
-    }
-}
-
-/// The length and link count of an open file, asked for without its timestamps. Since Linux
-/// 6.13 a file whose change time was read gets a fine-grained timestamp at its next write, and
-/// that moves every later timestamp on the machine past the clock tick: SQLite's WAL then gets
-/// a new modification time at every commit, so at synchronous=FULL each of its fsyncs also
-/// writes the WAL's inode, and waits for it. Asking for the segment's metadata at every commit
-/// cost a FULL commit ~50 µs that way (docs/BENCHMARKS.md, "Changed in the third session of
-/// 2026-12-07").
-fn size_and_links(file: &File) -> std::io::Result<(u64, u64)> {
-    use rustix::fs::{statx, AtFlags, StatxFlags};
-    match statx(
-        file,
-        "",
-        AtFlags::EMPTY_PATH,
-        StatxFlags::SIZE | StatxFlags::NLINK,
-    ) {
-        Ok(s) => Ok((s.stx_size, u64::from(s.stx_nlink))),
-        // No statx (a kernel before 4.11, or a sandbox that refuses it): what std asks.
-        Err(_) => file.metadata().map(|m| (m.len(), m.nlink())),
-    }
+    len_and_links(file).is_ok_and(|(_, links)| links == 0)
 }
 
 /// The spool while its lock is held.
@@ -271,32 +241,4 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn sizes_and_links_are_read_without_timestamps_and_right() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("segment");
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
-        assert_eq!(size_and_links(&file).unwrap(), (0, 1));
-        file.write_all(&[7; 450]).unwrap();
-        assert_eq!(size_and_links(&file).unwrap(), (450, 1));
-        assert_eq!(len_at(&path).unwrap(), 450);
-        assert!(!unlinked(&file));
-        fs::remove_file(&path).unwrap();
-        assert!(unlinked(&file));
-        assert_eq!(
-            len_at(&path).unwrap_err().kind(),
-            std::io::ErrorKind::NotFound
-        );
-    }
 }

@@ -132,7 +132,7 @@ impl SpoolLock<'_> {
             tail.segment_len,
             self.segment_path(tail.generation, tail.segment_first_seq),
         );
-        let len = match super::len_at(&path) {
+        let len = match crate::file_size::len_at(&path) {
             Ok(len) => len,
             Err(_) => return self.reload(),
         };

@@ -37,14 +37,15 @@ impl LocalTarget {
             } else {
                 format!("{rel}/{name}")
             };
-            let meta = entry.metadata().map_err(|e| self.err(&key, e))?;
-            if meta.is_dir() {
+            // Not `metadata()`: a follower lists the active segment every few milliseconds
+            // (crate::file_size).
+            let kind = entry.file_type().map_err(|e| self.err(&key, e))?;
+            if kind.is_dir() {
                 self.walk(&entry.path(), &key, out)?;
             } else {
-                out.push(ObjectInfo {
-                    key,
-                    size: meta.len(),
-                });
+                let size =
+                    crate::file_size::len_at(&entry.path()).map_err(|e| self.err(&key, e))?;
+                out.push(ObjectInfo { key, size });
             }
         }
         Ok(())
