@@ -20,9 +20,10 @@ use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
 /// The length of the file at `path` (following symbolic links, as `std::fs::metadata`).
 pub fn len_at(path: &Path) -> io::Result<u64> {
     match statx(CWD, path, AtFlags::empty(), StatxFlags::SIZE) {
-        Ok(s) => Ok(s.stx_size),
-        // No statx (a kernel before 4.11, or a sandbox that refuses it): what std asks.
-        Err(_) => std::fs::metadata(path).map(|m| m.len()),
+        Ok(s) if has(s.stx_mask, StatxFlags::SIZE) => Ok(s.stx_size),
+        // No statx (a kernel before 4.11, or a sandbox that refuses it), or a file system that
+        // did not fill the length in: what std asks.
+        _ => std::fs::metadata(path).map(|m| m.len()),
     }
 }
 
@@ -30,9 +31,14 @@ pub fn len_at(path: &Path) -> io::Result<u64> {
 pub fn len_and_links(file: &File) -> io::Result<(u64, u64)> {
     let mask = StatxFlags::SIZE | StatxFlags::NLINK;
     match statx(file, "", AtFlags::EMPTY_PATH, mask) {
-        Ok(s) => Ok((s.stx_size, u64::from(s.stx_nlink))),
-        Err(_) => file.metadata().map(|m| (m.len(), m.nlink())),
+        Ok(s) if has(s.stx_mask, mask) => Ok((s.stx_size, u64::from(s.stx_nlink))),
+        _ => file.metadata().map(|m| (m.len(), m.nlink())),
     }
+}
+
+/// Whether statx filled in every field of `wanted` (its result mask says which it did).
+fn has(result_mask: u32, wanted: StatxFlags) -> bool {
+    StatxFlags::from_bits_retain(result_mask).contains(wanted)
 }
 
 #[cfg(test)]
