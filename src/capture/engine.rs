@@ -786,14 +786,13 @@ fn capture_frames(
 ) -> Result<FramesOutcome, CaptureError> {
     let (buf, window) = bufs;
     // Frames up to mxFrame are committed and present: no need to ask for the file's size, and
-    // they are read in runs. Without a wal-index, the checksum chain ends the log.
+    // they are read in runs. Without a wal-index (exclusive locking mode) the checksum chain
+    // ends the log and the end of the file shows as a short read; frames are read one by one
+    // rather than the file's size asked for, an fstat that reads its timestamps and so made
+    // every FULL commit write the WAL's inode (crate::file_size).
     let (file_size, end) = match limit {
         Some(mx) if mx > from.frame => (u64::MAX, frame_offset(mx + 1, from.page_size)),
-        Some(_) => (u64::MAX, 0),
-        None => {
-            let size = wal.size().map_err(crate::wal::WalError::Io)?;
-            (size, size)
-        }
+        Some(_) | None => (u64::MAX, 0),
     };
     let mut ahead = ReadAhead::new(wal, window, end);
     let wal: &mut dyn ReadAt = &mut ahead;
