@@ -532,12 +532,6 @@ impl ReadPosition {
                 .is_some_and(|o| o.key == self.key && o.size >= self.offset)
     }
 
-    /// Forgets the bytes `last_committed_seq_after` kept: they were read for the replay of the
-    /// same round, and a later round's replay must read what is there then.
-    pub fn forget_prefetched(&mut self) {
-        self.prefetched = None;
-    }
-
     /// Whether `objects` show nothing after it: its segment is the newest and ends at its
     /// offset. A follower polling a stream that did not change need not read anything.
     pub fn at_end_of(&self, objects: &GenerationObjects) -> bool {
@@ -1466,9 +1460,11 @@ pub fn last_committed_seq_after(
         key: object.key.clone(),
         source,
     };
+    // What an earlier call kept was for the replay that followed it, which may not have run: a
+    // replay after this call must read what is there now.
     let mut position = position;
     if let Some(p) = position.as_deref_mut() {
-        p.forget_prefetched();
+        p.prefetched = None;
     }
     match position.filter(|p| p.first_seq == first_seq && p.still_in(objects)) {
         Some(p) => {

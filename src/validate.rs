@@ -577,10 +577,6 @@ impl Follower {
     /// Transactions are applied in batches of SQLite transactions (`BATCH_MS`), so readers of
     /// the replica see whole transactions only; checks run after each transaction.
     pub fn step(&mut self, target: &dyn Target) -> Result<FollowStep, ValidateError> {
-        if let Some(p) = &mut self.position {
-            // Kept for the replay of the round that read them, which may not have run.
-            p.forget_prefetched();
-        }
         let known = self.known.take().filter(|_| self.position.is_some());
         let mut objects = reader::latest_generation_since(target, known)?;
         if self

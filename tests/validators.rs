@@ -218,9 +218,7 @@ fn follower_replica_never_shows_a_torn_transaction() {
     let reads = reader.stop();
     assert!(reads > 0);
     // The replica equals the primary (but for SQLite's stamps on page 1: `unstamped`).
-    let r = open_plain(&replica);
-    assert_eq!(unstamped(image(&r)), unstamped(image(&conn)));
-    drop(r);
+    assert_replica_is(&replica, &conn);
     drop(follower);
 }
 
@@ -257,8 +255,7 @@ fn follower_reseeds_from_a_new_generation() {
     let (ok, out, err) = cli(&["follow", &t, replica.to_str().unwrap(), "--once"]);
     assert!(ok, "{err}");
     assert!(out.contains("generation 2: seeded"), "{out}");
-    let r = open_plain(&replica);
-    assert_eq!(unstamped(image(&r)), unstamped(image(&conn)));
+    assert_replica_is(&replica, &conn);
 }
 
 /// A target that counts the bytes read from it, the reads it was asked for and the objects it
@@ -407,16 +404,10 @@ fn follower_reads_on_from_where_it_stopped() {
             other => panic!("round {i}: {other:?}"),
         }
         if i % 300 == 0 {
-            assert_eq!(
-                unstamped(image(&open_plain(&replica))),
-                unstamped(image(&conn))
-            );
+            assert_replica_is(&replica, &conn);
         }
     }
-    assert_eq!(
-        unstamped(image(&open_plain(&replica))),
-        unstamped(image(&conn))
-    );
+    assert_replica_is(&replica, &conn);
     let objects = walstream::reader::latest_generation(counting.inner.as_ref()).unwrap();
     assert!(
         objects.segments.len() > 10,
@@ -496,10 +487,7 @@ fn follower_reads_again_what_an_earlier_round_found_torn() {
         FollowStep::Advanced { to, .. } => assert_eq!(to.seq, seq),
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        unstamped(image(&open_plain(&replica))),
-        unstamped(image(&conn))
-    );
+    assert_replica_is(&replica, &conn);
 }
 
 /// Checks run on each transaction inside a batch; the one that fails is committed to the
@@ -531,10 +519,7 @@ fn follower_stops_at_the_failing_transaction_inside_a_batch() {
     let n = broken_at.to_string();
     let (ok, _, err) = cli(&["restore", &t, "-o", at.to_str().unwrap(), "--txn", &n]);
     assert!(ok, "{err}");
-    assert_eq!(
-        unstamped(image(&open_plain(&replica))),
-        unstamped(image(&open_plain(&at)))
-    );
+    assert_replica_is(&replica, &open_plain(&at));
 }
 
 /// A replica that is not the state its follow file names (a follower stopped between
@@ -567,10 +552,7 @@ fn follower_reseeds_a_replica_ahead_of_its_follow_file() {
     }
     let out = follow("seeded");
     assert!(out.contains("not the state its follow file names"), "{out}");
-    assert_eq!(
-        unstamped(image(&open_plain(&replica))),
-        unstamped(image(&conn))
-    );
+    assert_replica_is(&replica, &conn);
 
     // A follow file written before the root was recorded is trusted as it is.
     let text = std::fs::read_to_string(&state).unwrap();
@@ -581,10 +563,7 @@ fn follower_reseeds_a_replica_ahead_of_its_follow_file() {
         transfer(&conn, i, 30);
     }
     follow("applied");
-    assert_eq!(
-        unstamped(image(&open_plain(&replica))),
-        unstamped(image(&conn))
-    );
+    assert_replica_is(&replica, &conn);
 }
 
 /// A transaction that shrinks the database (DELETE then VACUUM) shrinks the replica's file as
@@ -621,10 +600,7 @@ fn follower_replica_shrinks_with_the_primary() {
     let pages: i64 = conn
         .query_row("PRAGMA page_count", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(
-        unstamped(image(&open_plain(&replica))),
-        unstamped(image(&conn))
-    );
+    assert_replica_is(&replica, &conn);
     // A `root --db` of a file whose write-ahead log holds pages is refused, by name.
     let r = replica.to_str().unwrap();
     let (ok, _, err) = cli(&["root", "--db", r]);
@@ -677,8 +653,5 @@ fn follower_checks_see_every_transaction_fresh() {
         }
     }
     follower.step(target.as_ref()).unwrap();
-    assert_eq!(
-        unstamped(image(&open_plain(&replica))),
-        unstamped(image(&conn))
-    );
+    assert_replica_is(&replica, &conn);
 }

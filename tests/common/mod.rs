@@ -95,6 +95,25 @@ pub fn unstamped(mut image: Vec<u8>) -> Vec<u8> {
     image
 }
 
+/// Asserts that the database file `replica` (a follower's) holds `primary`'s pages, but for
+/// SQLite's stamps on page 1 (`unstamped`), naming the first byte where they differ.
+#[track_caller]
+pub fn assert_replica_is(replica: &Path, primary: &Connection) {
+    let (r, p) = (
+        unstamped(image(&open_plain(replica))),
+        unstamped(image(primary)),
+    );
+    if r != p {
+        let at = r.iter().zip(&p).position(|(a, b)| a != b);
+        panic!(
+            "{} ({} bytes) differs from the primary ({} bytes), first at byte {at:?}",
+            replica.display(),
+            r.len(),
+            p.len()
+        );
+    }
+}
+
 pub fn image_hash(conn: &Connection) -> blake3::Hash {
     blake3::hash(&image(conn))
 }
